@@ -1,0 +1,37 @@
+# ttfnet-lightning developer commands. `make help` lists them.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+export WANDB_MODE ?= offline
+
+.PHONY: help install test test-slow train bench clean
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade --quiet pip
+	# torch/torchvision first: pip takes 2.14.1 / 0.29.1 from this machine's local disk
+	$(BIN)/pip install --quiet "torch==2.14.1" "torchvision==0.29.1" || $(BIN)/pip install --quiet torch torchvision
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install the package editable with [dev]
+
+test: $(STAMP)  ## run the fast test suite (installs first if needed)
+	$(BIN)/python -m pytest -m "not slow" -q
+
+test-slow: $(STAMP)  ## run only the slow tests
+	$(BIN)/python -m pytest -m slow -q
+
+train: $(STAMP)  ## train TTFNet-R18 (fast schedule) on the built-in data
+	$(BIN)/python -m ttfnet_lightning.train backbone=r18 schedule=fast
+
+bench: $(STAMP)  ## run the benchmarks in benchmarks/
+	$(BIN)/python benchmarks/bench_encoder.py
+	$(BIN)/python benchmarks/bench_model.py
+
+clean:  ## remove the venv and run outputs
+	rm -rf $(VENV) outputs multirun .pytest_cache

@@ -1,0 +1,104 @@
+"""Decoding: network maps -> per-image detections ``{boxes, scores, labels}`` (xyxy pixels).
+
+Shapes: B images, C classes, h x w output map, K top detections, N kept detections of one image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["grid_boxes", "decode_detections"]
+
+
+def grid_boxes(distances: Tensor, stride: int) -> Tensor:
+    """Turn per-pixel distances (l, t, r, b) into boxes, as equation (5) of the paper.
+
+    The prediction at grid cell (i, j) decodes as ``(j*r - l, i*r - t, j*r + r_, i*r + b)``: no
+    half-stride offset, the same in training and test (the released code's convention).
+
+    Args:
+        distances: (..., 4, h, w) distances in input pixels.
+        stride: output stride r.
+    Returns:
+        (..., 4, h, w) boxes x1, y1, x2, y2 in input pixels.
+    """
+    h, w = distances.shape[-2:]
+    xs = torch.arange(w, device=distances.device, dtype=distances.dtype) * stride
+    ys = torch.arange(h, device=distances.device, dtype=distances.dtype) * stride
+    x = xs.view(1, w).expand(h, w)
+    y = ys.view(h, 1).expand(h, w)
+    l, t, r, b = distances.unbind(dim=-3)
+    return torch.stack((x - l, y - t, x + r, y + b), dim=-3)
+
+
+@torch.no_grad()
+def decode_detections(
+    heatmap_logits: Tensor,
+    wh: Tensor,
+    *,
+    input_size: tuple[int, int],
+    orig_sizes: Sequence[tuple[int, int]] | Tensor | None = None,
+    stride: int = 4,
+    k: int = 100,
+    score_threshold: float = 0.01,
+    pool_size: int = 3,
+) -> list[dict[str, Tensor]]:
+    """Decode TTFNet outputs into detections, one dict per image (torchmetrics' mAP format).
+
+    sigmoid -> keep 3x3 local maxima (max-pool) -> top-K over all classes and positions ->
+    gather the box at each peak -> clamp to the input image -> rescale to the original size ->
+    drop scores <= threshold. No NMS (the paper's test procedure). Everything is batched; only the
+    final split by the score threshold is per image.
+
+    Args:
+        heatmap_logits: (B, C, h, w) raw heatmap logits.
+        wh: (B, 4, h, w) distances (l, t, r, b) in input pixels, or (B, 4*C, h, w) class-aware.
+        input_size: (H, W) of the network input.
+        orig_sizes: B pairs (h0, w0) to rescale to; None keeps input pixels.
+        stride: output stride.
+        k: detections kept per image before the threshold (100).
+        score_threshold: minimum score (0.01, strict ``>`` as in the released code).
+        pool_size: max-pool window for peak keeping (3).
+    Returns:
+        B dicts with ``boxes`` (N, 4) float xyxy, ``scores`` (N,), ``labels`` (N,) int64.
+    """
+    B, C, h, w = heatmap_logits.shape
+    H, W = int(input_size[0]), int(input_size[1])
+    heat = heatmap_logits.float().sigmoid()
+    pad = (pool_size - 1) // 2
+    peaks = F.max_pool2d(heat, pool_size, stride=1, padding=pad)
+    heat = heat * (peaks == heat)
+    k = min(k, C * h * w)
+    scores, idx = heat.reshape(B, -1).topk(k, dim=1)  # (B, K)
+    labels = idx // (h * w)
+    pix = idx % (h * w)
+    ys = (pix // w).to(wh.dtype) * stride
+    xs = (pix % w).to(wh.dtype) * stride
+
+    class_aware = wh.shape[1] != 4
+    if class_aware:
+        # channel of class c, side s: 4*c + s
+        chan = labels.unsqueeze(-1) * 4 + torch.arange(4, device=wh.device)  # (B, K, 4)
+        flat = chan * (h * w) + pix.unsqueeze(-1)
+        dist = wh.reshape(B, -1).gather(1, flat.reshape(B, -1)).reshape(B, k, 4)
+    else:
+        dist = wh.reshape(B, 4, h * w).gather(2, pix.unsqueeze(1).expand(B, 4, k)).permute(0, 2, 1)
+    dist = dist.float()
+    boxes = torch.stack(
+        (xs - dist[..., 0], ys - dist[..., 1], xs + dist[..., 2], ys + dist[..., 3]), dim=-1
+    )
+    boxes[..., 0::2] = boxes[..., 0::2].clamp(0, W)
+    boxes[..., 1::2] = boxes[..., 1::2].clamp(0, H)
+    if orig_sizes is not None:
+        sizes = torch.as_tensor(orig_sizes, dtype=torch.float32, device=boxes.device).reshape(B, 2)
+        scale = torch.stack((sizes[:, 1] / W, sizes[:, 0] / H, sizes[:, 1] / W, sizes[:, 0] / H), dim=-1)
+        boxes = boxes * scale.unsqueeze(1)
+    keep = scores > score_threshold
+    return [
+        {"boxes": boxes[i][keep[i]], "scores": scores[i][keep[i]], "labels": labels[i][keep[i]]}
+        for i in range(B)
+    ]

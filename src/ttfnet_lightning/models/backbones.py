@@ -1,0 +1,247 @@
+"""Backbones returning four feature maps at strides 4, 8, 16, 32.
+
+* ResNet-18/34 from torchvision (64/128/256/512 channels), optional ImageNet weights.
+* DarkNet-53 written here per the released TTFNet (128/256/512/1024 channels).
+
+Both support ``frozen_stages`` (-1 none, 0 stem, 1 stem + stage 1 (default), ...): frozen
+parameters get ``requires_grad=False`` and frozen modules stay in eval mode (their BN statistics
+do not move), while BN elsewhere trains. ``weights=PATH`` loads a local state dict with strict key
+checking: a mismatch raises an error listing the missing and unexpected keys.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torchvision.models import ResNet18_Weights, ResNet34_Weights, resnet18, resnet34
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ResNetBackbone", "DarkNet53", "build_backbone", "load_state_dict_strict", "WeightsError"]
+
+
+class WeightsError(RuntimeError):
+    """Backbone weights could not be obtained or do not match the architecture."""
+
+
+def _read_state_dict(path: str | Path) -> dict[str, Tensor]:
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise WeightsError(f"backbone weights file not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt or non-tensor pickle
+        raise WeightsError(f"could not read backbone weights from {path}: {exc}") from exc
+    # accept a bare state dict or the usual checkpoint wrappers
+    for key in ("state_dict", "model"):
+        if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
+            obj = obj[key]
+    if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise WeightsError(f"{path} does not hold a state dict (a mapping of parameter names to tensors)")
+    state = dict(obj)
+    for prefix in ("module.", "backbone."):  # DataParallel / detector checkpoints
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix) :]: v for k, v in state.items()}
+    return state
+
+
+def load_state_dict_strict(
+    module: nn.Module, path: str | Path, *, ignore_prefixes: tuple[str, ...] = ()
+) -> None:
+    """Load a local state dict into ``module`` with strict key and shape checking.
+
+    Keys starting with one of ``ignore_prefixes`` (e.g. a classifier ``fc.`` the backbone does not
+    have) are dropped first. Anything else missing, unexpected or of the wrong shape raises
+    :class:`WeightsError` naming the file and listing the offending keys.
+    """
+    state = {k: v for k, v in _read_state_dict(path).items() if not k.startswith(ignore_prefixes)}
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shape = sorted(
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in set(own) & set(state)
+        if state[k].shape != own[k].shape
+    )
+    if missing or unexpected or shape:
+
+        def fmt(keys: list[str]) -> str:
+            return ", ".join(keys[:20]) + (f", ... ({len(keys)} in all)" if len(keys) > 20 else "")
+
+        parts = [f"backbone weights {path} do not match {type(module).__name__}:"]
+        if missing:
+            parts.append(f"missing keys ({len(missing)}): {fmt(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys ({len(unexpected)}): {fmt(unexpected)}")
+        if shape:
+            parts.append(f"shape mismatches ({len(shape)}): {fmt(shape)}")
+        raise WeightsError("\n  ".join(parts))
+    module.load_state_dict(state, strict=True)
+    log.info("loaded backbone weights from %s (%d tensors)", path, len(state))
+
+
+class _FreezableBackbone(nn.Module):
+    """Common freezing logic: subclasses list their stages (stem first) in ``self.stages``."""
+
+    out_channels: tuple[int, int, int, int]
+    frozen_stages: int
+
+    def _stage_modules(self) -> list[nn.Module]:
+        raise NotImplementedError
+
+    def _freeze(self) -> None:
+        for stage in self._stage_modules()[: self.frozen_stages + 1]:
+            stage.eval()
+            for p in stage.parameters():
+                p.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> "_FreezableBackbone":
+        super().train(mode)
+        self._freeze()  # frozen stages keep eval-mode BN whatever the caller asks
+        return self
+
+
+_RESNETS = {
+    18: (resnet18, ResNet18_Weights.IMAGENET1K_V1),
+    34: (resnet34, ResNet34_Weights.IMAGENET1K_V1),
+}
+
+
+class ResNetBackbone(_FreezableBackbone):
+    """torchvision ResNet-18/34 trunk: (B, 3, H, W) -> 4 maps at strides 4, 8, 16, 32.
+
+    Args:
+        depth: 18 or 34.
+        pretrained: start from torchvision's ImageNet weights (downloaded once into the torch hub
+            cache; offline this fails with an error naming the ``weights=PATH`` alternative).
+        weights: path to a local state dict (torchvision ResNet key names; ``fc.*`` is ignored),
+            loaded strictly. Takes precedence over ``pretrained``.
+        frozen_stages: -1 none, 0 stem, 1 stem + layer1 (default), up to 4.
+    """
+
+    def __init__(
+        self, *, depth: int = 18, pretrained: bool = False, weights: str | None = None, frozen_stages: int = 1
+    ) -> None:
+        super().__init__()
+        if depth not in _RESNETS:
+            raise ValueError(f"ResNet depth must be one of {sorted(_RESNETS)}, got {depth}")
+        if not -1 <= frozen_stages <= 4:
+            raise ValueError(f"frozen_stages must be in [-1, 4], got {frozen_stages}")
+        builder, tv_weights = _RESNETS[depth]
+        net = builder(weights=None)
+        if weights:
+            load_state_dict_strict(net, weights, ignore_prefixes=())
+        elif pretrained:
+            try:
+                net.load_state_dict(tv_weights.get_state_dict(progress=False))
+            except Exception as exc:  # URLError, HTTPError, socket errors, SSL errors...
+                raise WeightsError(
+                    f"could not download torchvision's {tv_weights} for ResNet-{depth} ({exc}). "
+                    "This machine may be offline: download the file elsewhere and pass "
+                    "backbone.weights=/path/to/resnet.pth, or set backbone.pretrained=false."
+                ) from exc
+        self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
+        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
+        self.out_channels = (64, 128, 256, 512)
+        self.frozen_stages = frozen_stages
+        self._freeze()
+
+    def _stage_modules(self) -> list[nn.Module]:
+        return [nn.ModuleList([self.conv1, self.bn1]), self.layer1, self.layer2, self.layer3, self.layer4]
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        c2 = self.layer1(x)
+        c3 = self.layer2(c2)
+        c4 = self.layer3(c3)
+        c5 = self.layer4(c4)
+        return [c2, c3, c4, c5]
+
+
+def _conv_bn_leaky(cin: int, cout: int, k: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.LeakyReLU(0.1, inplace=True),
+    )
+
+
+class _DarkResidual(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = _conv_bn_leaky(channels, channels // 2, 1)
+        self.conv2 = _conv_bn_leaky(channels // 2, channels, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.conv2(self.conv1(x))
+
+
+class DarkNet53(_FreezableBackbone):
+    """DarkNet-53 (YOLOv3) trunk as in the released TTFNet.
+
+    Stem: 3x3 conv 32 ch, stride 1. Five stages, each a 3x3 stride-2 conv followed by
+    [1, 2, 8, 8, 4] residual blocks (1x1 to C/2, 3x3 back to C) with C = 64/128/256/512/1024;
+    every conv is conv (no bias) + BN + LeakyReLU(0.1). Returns stages 2-5 (strides 4, 8, 16, 32;
+    128, 256, 512, 1024 channels).
+
+    Args:
+        weights: local state dict path, loaded strictly (the released code used strict=False and
+            missed key mismatches silently).
+        pretrained: not available (torchvision has no DarkNet weights); raises with a hint.
+        frozen_stages: -1 none, 0 stem, 1 stem + stage 1 (default), up to 5.
+    """
+
+    BLOCKS = (1, 2, 8, 8, 4)
+    CHANNELS = (64, 128, 256, 512, 1024)
+
+    def __init__(self, *, pretrained: bool = False, weights: str | None = None, frozen_stages: int = 1) -> None:
+        super().__init__()
+        if not -1 <= frozen_stages <= 5:
+            raise ValueError(f"frozen_stages must be in [-1, 5], got {frozen_stages}")
+        self.stem = _conv_bn_leaky(3, 32, 3)
+        stages = []
+        cin = 32
+        for cout, n in zip(self.CHANNELS, self.BLOCKS):
+            stages.append(nn.Sequential(_conv_bn_leaky(cin, cout, 3, stride=2), *[_DarkResidual(cout) for _ in range(n)]))
+            cin = cout
+        self.stages = nn.ModuleList(stages)
+        self.out_channels = (128, 256, 512, 1024)
+        self.frozen_stages = frozen_stages
+        if weights:
+            load_state_dict_strict(self, weights)
+        elif pretrained:
+            raise WeightsError(
+                "no downloadable ImageNet weights exist for DarkNet-53 here: pass "
+                "backbone.weights=/path/to/darknet53.pth (a state dict with this module's keys), "
+                "or set backbone.pretrained=false to train from scratch."
+            )
+        self._freeze()
+
+    def _stage_modules(self) -> list[nn.Module]:
+        return [self.stem, *self.stages]
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        x = self.stem(x)
+        outs = []
+        for i, stage in enumerate(self.stages):
+            x = stage(x)
+            if i >= 1:
+                outs.append(x)
+        return outs
+
+
+def build_backbone(
+    name: str, *, pretrained: bool = False, weights: str | None = None, frozen_stages: int = 1
+) -> _FreezableBackbone:
+    """Backbone by name: ``"r18"``, ``"r34"`` or ``"d53"``."""
+    if name in ("r18", "resnet18"):
+        return ResNetBackbone(depth=18, pretrained=pretrained, weights=weights, frozen_stages=frozen_stages)
+    if name in ("r34", "resnet34"):
+        return ResNetBackbone(depth=34, pretrained=pretrained, weights=weights, frozen_stages=frozen_stages)
+    if name in ("d53", "darknet53"):
+        return DarkNet53(pretrained=pretrained, weights=weights, frozen_stages=frozen_stages)
+    raise ValueError(f"unknown backbone {name!r}: expected one of 'r18', 'r34', 'd53'")
