@@ -2,9 +2,11 @@
 
 Each unit is run on detached inputs so its forward and backward time are measured separately
 (the sum equals a normal training step's network time up to autograd bookkeeping). Loss = the
-real TTFNet loss on encoded targets. Deformable (paper) and plain up-sampling convs.
+real TTFNet loss on encoded targets. Deformable (paper) up-sampling convs with each deformable-conv
+implementation (``deform_impl``: native grid_sample + matmul, torchvision.ops.deform_conv2d) and plain
+up-sampling convs.
 
-    python benchmarks/bench_model.py [--size 512] [--batch 2] [--backbone r18]
+    python benchmarks/bench_model.py [--size 512] [--batch 2] [--backbone r18] [--deform-impl both]
 """
 
 from __future__ import annotations
@@ -70,7 +72,12 @@ def main() -> None:
     p.add_argument("--backbone", default="r18")
     p.add_argument("--classes", type=int, default=80)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument(
+        "--deform-impl", choices=("native", "torchvision", "both"), default="both",
+        help="deformable-conv implementation(s) to time (plus the plain-conv neck)",
+    )
     args = p.parse_args()
+    impls = ("native", "torchvision") if args.deform_impl == "both" else (args.deform_impl,)
     torch.manual_seed(0)
     print(f"machine: {machine()}")
     print("backbone stem + stage 1 frozen (paper default), BN in train mode")
@@ -81,12 +88,14 @@ def main() -> None:
     o = args.size // 4
     targets = encode_targets(boxes, labels, num_classes=args.classes, output_size=(o, o))
     loss_fn = TTFNetLoss(stride=4)
-    for deformable in (True, False):
-        net = TTFNet(num_classes=args.classes, backbone=args.backbone, deformable=deformable).train()
+    configs = [(True, impl) for impl in impls] + [(False, "native")]
+    for deformable, impl in configs:
+        torch.manual_seed(0)
+        net = TTFNet(num_classes=args.classes, backbone=args.backbone, deformable=deformable, deform_impl=impl).train()
         runs = [step_times(net, images, targets, loss_fn) for _ in range(args.repeats + 1)][1:]
         med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
         total = sum(med.values())
-        name = "deformable (paper)" if deformable else "plain conv"
+        name = f"deformable (paper), deform_impl={impl}" if deformable else "plain conv"
         print(f"\nneck: {name}   total {total:.2f} s")
         for unit in ("backbone", "neck", "head+loss"):
             f, b = med[f"{unit} fwd"], med[f"{unit} bwd"]

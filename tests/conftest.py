@@ -36,3 +36,34 @@ def raccoon() -> Path:
     if not (root / "Annotations").is_dir():
         pytest.skip(f"raccoon VOC data not found at {root}")
     return root
+
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "src" / "ttfnet_lightning" / "conf"
+
+
+def compose(config_name: str = "train", overrides: list[str] | None = None):
+    """A Hydra config composed from the package's conf/ (no @hydra.main, no chdir)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return hydra_compose(config_name=config_name, overrides=list(overrides or []))
+
+
+# a training run small enough for a test: 64 px built-in data, a few steps, CSV only
+TINY_TRAIN = [
+    "data.datamodule.input_size=[64,64]",
+    "data.datamodule.num_train=16",
+    "data.datamodule.num_val=8",
+    "data.datamodule.batch_size=8",
+    "data.datamodule.num_workers=0",
+    "schedule.max_epochs=2",
+    "schedule.warmup_steps=2",
+    "schedule.milestones=[1]",
+    "trainer=cpu",
+    "trainer.enable_progress_bar=false",
+    "logger=csv",
+    "callbacks.log_val_images=0",
+]

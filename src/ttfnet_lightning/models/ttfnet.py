@@ -28,6 +28,9 @@ class TTFNet(nn.Module):
         neck_channels: (256, 128, 64).
         shortcut_convs: shortcut convs for backbone stages 2, 3, 4 ((3, 2, 1); (0, 0, 0) = none).
         deformable: modulated deformable up-sampling convs (True) or plain convs.
+        deform_impl: ``"native"`` (grid_sample + matmul, default, much faster on CPU) or
+            ``"torchvision"`` (``torchvision.ops.deform_conv2d``) for the deformable convs; same
+            parameters and results.
         heatmap_convs, heatmap_channels, box_convs, box_channels: head sizes; ``box_convs=None``
             takes the released value for the backbone (1 for r18, 2 otherwise).
         class_aware: 4*C regression channels.
@@ -51,6 +54,7 @@ class TTFNet(nn.Module):
         neck_channels: Sequence[int] = (256, 128, 64),
         shortcut_convs: Sequence[int] = (3, 2, 1),
         deformable: bool = True,
+        deform_impl: str = "native",
         heatmap_convs: int = 2,
         heatmap_channels: int = 128,
         box_convs: int | None = None,
@@ -67,6 +71,7 @@ class TTFNet(nn.Module):
             channels=tuple(neck_channels),
             shortcut_convs=tuple(shortcut_convs),
             deformable=deformable,
+            deform_impl=deform_impl,
         )
         if box_convs is None:
             box_convs = _DEFAULT_BOX_CONVS.get(backbone, 2)

@@ -1,0 +1,309 @@
+"""MS COCO detection data set (standard layout: ``root/annotations/instances_{split}.json`` and
+``root/{split}/*.jpg``), read with pycocotools.
+
+Labels are contiguous: the sorted category ids map to 0..C-1 (``cat_ids[label]`` is the original
+id, also exposed as ``label_to_cat_id`` for writing COCO results). The annotation file is
+validated up front and every problem raises :class:`DataError` naming the file (and the
+annotation / category id).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+
+from .errors import DataError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["CocoDetection", "load_coco_json", "load_rgb_image"]
+
+
+def load_rgb_image(path: Path) -> tv_tensors.Image:
+    """Read an image file with PIL as RGB -> ``tv_tensors.Image`` uint8 (3, H, W).
+
+    Raises:
+        DataError: the file is missing, unreadable, truncated or not an image (names the path).
+    """
+    try:
+        with Image.open(path) as im:
+            rgb = im.convert("RGB")  # forces the full decode: truncated files fail here
+    except FileNotFoundError:
+        raise DataError(f"image file not found: {path}") from None
+    except (OSError, ValueError, SyntaxError) as e:  # PIL.UnidentifiedImageError is an OSError
+        raise DataError(f"cannot read image {path}: {e}") from None
+    arr = np.array(rgb, dtype=np.uint8)  # (H, W, 3), writable copy
+    return tv_tensors.Image(torch.from_numpy(arr).permute(2, 0, 1).contiguous())
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def load_coco_json(path: Path) -> dict[str, Any]:
+    """Read and validate a COCO instances file.
+
+    Checks: the file exists and is JSON; it is an object with ``images``, ``annotations`` and
+    ``categories`` lists; there is at least one image; images have ``id``, ``file_name``,
+    ``height``, ``width``; categories have distinct ``id`` and a ``name``; every annotation has an
+    ``id``, an ``image_id`` of a listed image, a ``category_id`` of a listed category and a
+    ``bbox`` of 4 finite numbers.
+
+    Raises:
+        DataError: naming the file and the problem (and the annotation id where it applies).
+    """
+    if not path.is_file():
+        raise DataError(f"COCO annotation file not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"COCO annotation file {path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise DataError(f"COCO annotation file {path}: expected a JSON object, got {type(data).__name__}")
+    missing = [k for k in ("images", "annotations", "categories") if k not in data]
+    if missing:
+        raise DataError(f"COCO annotation file {path} is missing the key(s) {missing}")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data[key], list):
+            raise DataError(f"COCO annotation file {path}: '{key}' must be a list, got {type(data[key]).__name__}")
+    if not data["images"]:
+        raise DataError(f"COCO annotation file {path} is empty: it lists no images")
+    if not data["categories"]:
+        raise DataError(f"COCO annotation file {path} lists no categories")
+
+    image_ids = set()
+    for img in data["images"]:
+        if not isinstance(img, dict) or any(k not in img for k in ("id", "file_name", "height", "width")):
+            raise DataError(
+                f"COCO annotation file {path}: image entry {str(img)[:120]} needs id, file_name, height, width"
+            )
+        if not (_is_number(img["height"]) and _is_number(img["width"]) and img["height"] > 0 and img["width"] > 0):
+            raise DataError(
+                f"COCO annotation file {path}: image id {img['id']} has invalid size {img['width']}x{img['height']}"
+            )
+        image_ids.add(img["id"])
+    cat_ids = set()
+    for cat in data["categories"]:
+        if not isinstance(cat, dict) or "id" not in cat or "name" not in cat:
+            raise DataError(f"COCO annotation file {path}: category entry {str(cat)[:120]} needs id and name")
+        if cat["id"] in cat_ids:
+            raise DataError(f"COCO annotation file {path}: category id {cat['id']} is listed twice")
+        cat_ids.add(cat["id"])
+    for ann in data["annotations"]:
+        if not isinstance(ann, dict) or any(k not in ann for k in ("id", "image_id", "category_id", "bbox")):
+            raise DataError(
+                f"COCO annotation file {path}: annotation {str(ann)[:120]} needs id, image_id, category_id, bbox"
+            )
+        aid = ann["id"]
+        bbox = ann["bbox"]
+        if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
+            raise DataError(
+                f"COCO annotation file {path}: annotation id {aid} has bbox {bbox!r}, expected 4 numbers [x, y, w, h]"
+            )
+        if ann["category_id"] not in cat_ids:
+            raise DataError(
+                f"COCO annotation file {path}: annotation id {aid} has category_id {ann['category_id']}, "
+                f"which is not in 'categories'"
+            )
+        if ann["image_id"] not in image_ids:
+            raise DataError(
+                f"COCO annotation file {path}: annotation id {aid} refers to image_id {ann['image_id']}, "
+                f"which is not in 'images'"
+            )
+    return data
+
+
+class CocoDetection(Dataset):
+    """COCO detection data set.
+
+    ``dataset[i]`` -> ``(image, target)``: image ``tv_tensors.Image`` uint8 (3, H, W) after
+    ``transforms``; target ``boxes`` ``BoundingBoxes`` xyxy float32 (M, 4) (non-crowd boxes only,
+    transformed-image pixels), ``labels`` int64 (M,) in [0, C), ``image_id`` (the COCO image id),
+    ``orig_size`` (h, w), and ``gt_boxes`` float32 (N, 4) xyxy original pixels / ``gt_labels``
+    int64 (N,) / ``gt_iscrowd`` int64 (N,): every non-degenerate annotation, crowd included.
+
+    Boxes are clipped to the image; a box with no area left (w <= 0 or h <= 0 after clipping,
+    e.g. outside the image) is dropped from both and counted in ``num_degenerate`` (one warning
+    per data set names the file).
+
+    Args:
+        root: COCO root folder.
+        split: split name, e.g. ``"val2017"``.
+        ann_file: annotation json (default ``root/annotations/instances_{split}.json``).
+        image_dir: image folder (default ``root/{split}``).
+        transforms: callable ``(image, target) -> (image, target)`` (see ``build_transforms``).
+        keep_empty: keep images without non-crowd boxes (False: drop them, e.g. for training).
+        skip_bad_images: on a missing/corrupt image, log a warning and return the next readable
+            image instead of raising (``num_skipped`` counts the distinct bad images met by this
+            process); with False, ``__getitem__`` raises :class:`DataError`. In an evaluation
+            set a skipped image's slot repeats the replacement image (and its ``image_id``).
+        max_bad_images: with ``skip_bad_images``, raise once more than this many distinct bad
+            images were met.
+    Raises:
+        DataError: missing/malformed annotation file, unknown category id, no images, missing
+            image folder.
+    """
+
+    def __init__(
+        self,
+        *,
+        root: str | Path,
+        split: str = "val2017",
+        ann_file: str | Path | None = None,
+        image_dir: str | Path | None = None,
+        transforms: Callable[..., Any] | None = None,
+        keep_empty: bool = True,
+        skip_bad_images: bool = False,
+        max_bad_images: int = 10,
+    ) -> None:
+        self.root = Path(root)
+        self.split = split
+        self.ann_file = Path(ann_file) if ann_file is not None else self.root / "annotations" / f"instances_{split}.json"
+        self.image_dir = Path(image_dir) if image_dir is not None else self.root / split
+        self.transforms = transforms
+        self.keep_empty = bool(keep_empty)
+        self.skip_bad_images = bool(skip_bad_images)
+        self.max_bad_images = int(max_bad_images)
+        self.bad_images: dict[int, str] = {}  # index -> path of bad images met by this process
+
+        data = load_coco_json(self.ann_file)
+        if not self.image_dir.is_dir():
+            raise DataError(f"COCO image folder not found: {self.image_dir} (annotations: {self.ann_file})")
+        from pycocotools.coco import COCO
+
+        coco = COCO()
+        coco.dataset = data
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+            coco.createIndex()
+        self.coco = coco
+
+        self.cat_ids: list[int] = sorted(coco.cats)
+        self.cat_id_to_label = {c: i for i, c in enumerate(self.cat_ids)}
+        self.class_names: list[str] = [str(coco.cats[c]["name"]) for c in self.cat_ids]
+
+        self.num_degenerate = 0
+        self.image_ids: list[int] = []
+        self.file_names: list[str] = []
+        self.orig_sizes: list[tuple[int, int]] = []
+        self._boxes: list[np.ndarray] = []
+        self._labels: list[np.ndarray] = []
+        self._crowd: list[np.ndarray] = []
+        for img in data["images"]:
+            iid = img["id"]
+            h, w = int(img["height"]), int(img["width"])
+            anns = coco.imgToAnns.get(iid, [])
+            if anns:
+                xywh = np.array([a["bbox"] for a in anns], dtype=np.float64).reshape(-1, 4)
+                xyxy = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1)
+                xyxy = np.clip(xyxy, 0, [w, h, w, h])
+                ok = (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])
+                self.num_degenerate += int((~ok).sum())
+                labels = np.array([self.cat_id_to_label[a["category_id"]] for a in anns], dtype=np.int64)[ok]
+                crowd = np.array([int(bool(a.get("iscrowd", 0))) for a in anns], dtype=np.int64)[ok]
+                boxes = xyxy[ok].astype(np.float32)
+            else:
+                boxes = np.zeros((0, 4), np.float32)
+                labels = np.zeros(0, np.int64)
+                crowd = np.zeros(0, np.int64)
+            if not self.keep_empty and not (crowd == 0).any():
+                continue
+            self.image_ids.append(iid)
+            self.file_names.append(str(img["file_name"]))
+            self.orig_sizes.append((h, w))
+            self._boxes.append(boxes)
+            self._labels.append(labels)
+            self._crowd.append(crowd)
+        if self.num_degenerate:
+            log.warning(
+                "%s: dropped %d degenerate box(es) (no area left after clipping to the image)",
+                self.ann_file,
+                self.num_degenerate,
+            )
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.cat_ids)
+
+    @property
+    def label_to_cat_id(self) -> list[int]:
+        """Contiguous label -> COCO category id (``cat_ids``)."""
+        return list(self.cat_ids)
+
+    @property
+    def num_skipped(self) -> int:
+        """Distinct bad images skipped by this process (``skip_bad_images=True``)."""
+        return len(self.bad_images)
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def image_path(self, index: int) -> Path:
+        return self.image_dir / self.file_names[index]
+
+    def annotations(self, index: int) -> dict[str, np.ndarray]:
+        """Untransformed annotations of image ``index``: ``boxes`` (N, 4) xyxy original pixels,
+        ``labels`` (N,), ``iscrowd`` (N,) (all non-degenerate annotations)."""
+        return {"boxes": self._boxes[index], "labels": self._labels[index], "iscrowd": self._crowd[index]}
+
+    def _load(self, index: int) -> tuple[tv_tensors.Image, dict[str, Any]]:
+        path = self.image_path(index)
+        image = load_rgb_image(path)
+        h, w = self.orig_sizes[index]
+        if tuple(image.shape[-2:]) != (h, w):
+            raise DataError(
+                f"image {path} is {image.shape[-1]}x{image.shape[-2]} (WxH) but {self.ann_file} says {w}x{h}"
+            )
+        gt_boxes = torch.from_numpy(self._boxes[index].copy())
+        gt_labels = torch.from_numpy(self._labels[index].copy())
+        gt_crowd = torch.from_numpy(self._crowd[index].copy())
+        keep = gt_crowd == 0
+        target: dict[str, Any] = {
+            "boxes": tv_tensors.BoundingBoxes(gt_boxes[keep], format="XYXY", canvas_size=(h, w)),
+            "labels": gt_labels[keep],
+            "image_id": int(self.image_ids[index]),
+            "orig_size": (h, w),
+            "gt_boxes": gt_boxes,
+            "gt_labels": gt_labels,
+            "gt_iscrowd": gt_crowd,
+        }
+        if self.transforms is not None:
+            image, target = self.transforms(image, target)
+        return image, target
+
+    def __getitem__(self, index: int) -> tuple[tv_tensors.Image, dict[str, Any]]:
+        n = len(self)
+        index = int(index)
+        if index < 0:
+            index += n
+        if not 0 <= index < n:
+            raise IndexError(f"index {index} out of range for {n} images")
+        if not self.skip_bad_images:
+            return self._load(index)
+        for step in range(n):
+            i = (index + step) % n
+            if i in self.bad_images:
+                continue
+            try:
+                return self._load(i)
+            except DataError as e:
+                self.bad_images[i] = str(self.image_path(i))
+                log.warning("skipping bad image (%d so far in this process): %s", self.num_skipped, e)
+                if self.num_skipped > self.max_bad_images:
+                    raise DataError(
+                        f"more than max_bad_images={self.max_bad_images} bad images in {self.image_dir} "
+                        f"(last: {e}); fix the data or raise max_bad_images"
+                    ) from None
+        raise DataError(f"no readable image in {self.image_dir} (all {n} failed)")

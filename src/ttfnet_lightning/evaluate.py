@@ -1,0 +1,116 @@
+"""Evaluate a checkpoint: COCO AP table and inference speed on this machine.
+
+    python -m ttfnet_lightning.evaluate ckpt=outputs/.../checkpoints/last.ckpt
+    python -m ttfnet_lightning.evaluate ckpt=... data=coco data.datamodule.root=/data/coco
+
+Speeds: *model-only* = network forward + decoding on a pre-loaded batch on the device (the paper's
+FPS definition, batch 1 and the data batch size); *end-to-end* = the whole validation loop
+(loading, resizing, transfer, network, decoding, metric) divided by the number of images.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from .checkpoints import load_model
+
+log = logging.getLogger(__name__)
+
+__all__ = ["evaluate", "model_speed"]
+
+
+@torch.inference_mode()
+def model_speed(model, *, batch_size: int, input_size: tuple[int, int], iters: int = 20, warmup: int = 3) -> float:
+    """Images per second of forward + decode on random input already on the model's device."""
+    device = model.device
+    H, W = input_size
+    images = torch.randn(batch_size, 3, H, W, device=device)
+    meta = [{"orig_size": (H, W)}] * batch_size
+    for _ in range(warmup):
+        model.decode(*model(images), meta, (H, W))
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        model.decode(*model(images), meta, (H, W))
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return batch_size * iters / (time.perf_counter() - t0)
+
+
+def _out_dir(cfg: DictConfig) -> Path:
+    if cfg.get("output_dir"):
+        return Path(cfg.output_dir)
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.output_dir)
+    return Path("outputs/evaluate") / time.strftime("%Y-%m-%d_%H-%M-%S")
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Validate ``cfg.ckpt`` on ``cfg.data``'s validation split; returns and prints the metrics."""
+    out = _out_dir(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    model = load_model(cfg.ckpt)
+    input_size = list(cfg.input_size or model.hparams.input_size)
+    overrides: dict[str, Any] = {"input_size": input_size}
+    if cfg.get("batch_size"):
+        overrides["batch_size"] = int(cfg.batch_size)
+    dm = instantiate(cfg.data.datamodule, **overrides, _convert_="all")
+    if dm.num_classes != model.hparams.num_classes:
+        raise ValueError(
+            f"checkpoint {cfg.ckpt} predicts {model.hparams.num_classes} classes but data '{cfg.data.name}' "
+            f"has {dm.num_classes}; evaluate on the data set the model was trained for"
+        )
+    if dm.label_to_cat_id is not None:
+        model.hparams.label_to_cat_id = list(dm.label_to_cat_id)
+    trainer: pl.Trainer = instantiate(cfg.trainer, default_root_dir=str(out), logger=False, callbacks=[], _convert_="all")
+    t0 = time.perf_counter()
+    results = trainer.validate(model, datamodule=dm, verbose=False)[0]
+    seconds = time.perf_counter() - t0
+    num_images = len(dm.val_dataloader().dataset)
+    model.write_results_json(out / "detections_val.json")
+    model = model.to(trainer.strategy.root_device).eval()
+    speed = {
+        "model_only_images_per_s_batch1": model_speed(model, batch_size=1, input_size=input_size, iters=cfg.speed_iters),
+        f"model_only_images_per_s_batch{dm.batch_size}": model_speed(
+            model, batch_size=dm.batch_size, input_size=input_size, iters=max(cfg.speed_iters // 4, 2)
+        ),
+        "end_to_end_images_per_s": num_images / seconds,
+    }
+    metrics = {k: float(v) for k, v in results.items()} | speed | {
+        "num_images": num_images,
+        "device": str(trainer.strategy.root_device),
+        "threads": torch.get_num_threads(),
+        "input_size": input_size,
+        "checkpoint": str(cfg.ckpt),
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    print(f"\nEvaluation of {cfg.ckpt} on {cfg.data.name} val ({num_images} images, {input_size[0]}x{input_size[1]})")
+    for k in ("val/AP", "val/AP50", "val/AP75", "val/APs", "val/APm", "val/APl"):
+        if k in metrics:
+            print(f"  {k[4:]:<5} {metrics[k]:6.2f}")
+    print(f"speed on {metrics['device']} ({metrics['threads']} threads):")
+    for k, v in speed.items():
+        print(f"  {k:<36} {v:8.1f}")
+    print(f"wrote {out / 'metrics.json'} and {out / 'detections_val.json'}")
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    evaluate(cfg)
+
+
+if __name__ == "__main__":
+    main()
