@@ -50,8 +50,12 @@ def test_schedules_match_the_paper():
     assert (got["fast"]["max_epochs"], got["fast"]["milestones"], got["fast"]["augment"]) == (12, [9, 11], False)
     assert (got["2x"]["max_epochs"], got["2x"]["milestones"], got["2x"]["augment"]) == (24, [18, 22], False)
     assert (got["10x"]["max_epochs"], got["10x"]["milestones"], got["10x"]["augment"]) == (120, [90, 110], True)
-    d53 = resolved(["backbone=d53"])["schedule"]
+    coco = ["data=coco", "data.datamodule.root=/x"]
+    r18, d53 = resolved(coco)["schedule"], resolved(["backbone=d53", *coco])["schedule"]
+    assert (r18["lr"], r18["reference_batch"], r18["scale_lr"]) == (0.016, 128, True)
     assert (d53["lr"], d53["reference_batch"]) == (0.015, 96)
+    # the built-in data (from scratch, CPU budget) uses the paper LR per 16 images
+    assert resolved([])["schedule"]["reference_batch"] == 16
 
 
 @pytest.mark.parametrize("option", options("experiment"))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -76,10 +77,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         model.hparams.label_to_cat_id = list(dm.label_to_cat_id)
     trainer: pl.Trainer = instantiate(cfg.trainer, default_root_dir=str(out), logger=False, callbacks=[], _convert_="all")
     t0 = time.perf_counter()
-    results = trainer.validate(model, datamodule=dm, verbose=False)[0]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*overridden `on_after_batch_transfer`.*")
+        results = trainer.validate(model, datamodule=dm, verbose=False)[0]  # writes detections_val.json
     seconds = time.perf_counter() - t0
     num_images = len(dm.val_dataloader().dataset)
-    model.write_results_json(out / "detections_val.json")
     model = model.to(trainer.strategy.root_device).eval()
     speed = {
         "model_only_images_per_s_batch1": model_speed(model, batch_size=1, input_size=input_size, iters=cfg.speed_iters),
@@ -99,7 +101,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     print(f"\nEvaluation of {cfg.ckpt} on {cfg.data.name} val ({num_images} images, {input_size[0]}x{input_size[1]})")
     for k in ("val/AP", "val/AP50", "val/AP75", "val/APs", "val/APm", "val/APl"):
         if k in metrics:
-            print(f"  {k[4:]:<5} {metrics[k]:6.2f}")
+            print(f"  {k[4:]:<5} " + (f"{metrics[k]:6.2f}" if metrics[k] >= 0 else "   n/a (no ground truth of this size)"))
     print(f"speed on {metrics['device']} ({metrics['threads']} threads):")
     for k, v in speed.items():
         print(f"  {k:<36} {v:8.1f}")

@@ -165,7 +165,8 @@ def _print_metrics(metrics: dict[str, float], title: str) -> None:
     width = max((len(k) for k in keys), default=0)
     print(f"\n{title}")
     for k in keys:
-        print(f"  {k:<{width}}  {metrics[k]:.3f}")
+        na = k.startswith("val/AP") and metrics[k] < 0  # torchmetrics: -1 = no ground truth of that size
+        print(f"  {k:<{width}}  " + ("n/a (no ground truth of this size)" if na else f"{metrics[k]:.3f}"))
 
 
 def train(cfg: DictConfig) -> float | None:
