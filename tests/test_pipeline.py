@@ -220,3 +220,26 @@ def test_short_voc_run(raccoon, tmp_path):
     value = train(compose("train", overrides))
     rows = read_csv(tmp_path / "metrics.csv")
     assert value is not None and column(rows, "val/AP50")
+
+
+def test_interrupted_run_leaves_a_resumable_checkpoint(tmp_path, monkeypatch):
+    """A crash (or Ctrl-C) mid-epoch writes checkpoints/interrupted.ckpt at the step reached,
+    and ``ckpt_path=`` resumes from it."""
+    import pytorch_lightning as pl
+
+    import ttfnet_lightning.train as train_mod
+
+    class Crash(pl.Callback):
+        def on_train_batch_end(self, trainer, *args):
+            if trainer.global_step == 3:
+                raise RuntimeError("simulated crash")
+
+    build = train_mod.build_callbacks
+    monkeypatch.setattr(train_mod, "build_callbacks", lambda cfg, out: [*build(cfg, out), Crash()])
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(compose("train", [*TINY_TRAIN, f"output_dir={tmp_path / 'a'}"]))
+    ckpt = tmp_path / "a" / "checkpoints" / "interrupted.ckpt"
+    assert torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"] == 3
+    monkeypatch.setattr(train_mod, "build_callbacks", build)
+    train(compose("train", [*TINY_TRAIN, f"output_dir={tmp_path / 'b'}", f"ckpt_path={ckpt}"]))
+    assert torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["global_step"] == 4
