@@ -243,3 +243,15 @@ def test_interrupted_run_leaves_a_resumable_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(train_mod, "build_callbacks", build)
     train(compose("train", [*TINY_TRAIN, f"output_dir={tmp_path / 'b'}", f"ckpt_path={ckpt}"]))
     assert torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["global_step"] == 4
+
+
+def test_rerun_into_the_same_output_dir_resumes(trained, tmp_path):
+    """With OnExceptionCheckpoint, Lightning resumes from output_dir/checkpoints/last.ckpt when
+    ckpt_path is not given (documented in the README): no work is lost by re-running."""
+    import shutil
+
+    out = tmp_path / "again"
+    shutil.copytree(trained / "checkpoints", out / "checkpoints")
+    train(compose("train", [*TINY_TRAIN, f"output_dir={out}", "schedule.max_epochs=3"]))
+    assert torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["global_step"] == 6
+    assert column(read_csv(out / "metrics.csv"), "time/step") == [6.0]
