@@ -30,6 +30,10 @@ from .lit_module import TTFNetModule
 
 log = logging.getLogger(__name__)
 
+# `hydra.run.dir: ${ttf_or:${output_dir},outputs/...}`: an explicit output_dir is also Hydra's run dir
+if not OmegaConf.has_resolver("ttf_or"):
+    OmegaConf.register_new_resolver("ttf_or", lambda value, default: default if value in (None, "") else value)
+
 __all__ = ["train", "build_datamodule", "build_module", "build_loggers", "build_callbacks", "output_dir"]
 
 
