@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .coco import CocoDetection
@@ -66,7 +67,7 @@ class DetectionDataModule(pl.LightningDataModule):
             drop_last=train and len(dataset) > self.batch_size,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
-            pin_memory=False,
+            pin_memory=torch.cuda.is_available(),  # faster host-to-GPU copies; off on CPU-only machines
             collate_fn=collate_detection,
         )
 
