@@ -20,32 +20,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from .errors import DataError
+from .sample import check_index, detection_sample, load_rgb_image
 
 log = logging.getLogger(__name__)
 
 __all__ = ["CocoDetection", "load_coco_json", "load_rgb_image"]
-
-
-def load_rgb_image(path: Path) -> tv_tensors.Image:
-    """Read an image file with PIL as RGB -> ``tv_tensors.Image`` uint8 (3, H, W).
-
-    Raises:
-        DataError: the file is missing, unreadable, truncated or not an image (names the path).
-    """
-    try:
-        with Image.open(path) as im:
-            rgb = im.convert("RGB")  # forces the full decode: truncated files fail here
-    except FileNotFoundError:
-        raise DataError(f"image file not found: {path}") from None
-    except (OSError, ValueError, SyntaxError) as e:  # PIL.UnidentifiedImageError is an OSError
-        raise DataError(f"cannot read image {path}: {e}") from None
-    arr = np.array(rgb, dtype=np.uint8)  # (H, W, 3), writable copy
-    return tv_tensors.Image(torch.from_numpy(arr).permute(2, 0, 1).contiguous())
 
 
 def _is_number(x: Any) -> bool:
@@ -266,30 +249,18 @@ class CocoDetection(Dataset):
             raise DataError(
                 f"image {path} is {image.shape[-1]}x{image.shape[-2]} (WxH) but {self.ann_file} says {w}x{h}"
             )
-        gt_boxes = torch.from_numpy(self._boxes[index].copy())
-        gt_labels = torch.from_numpy(self._labels[index].copy())
-        gt_crowd = torch.from_numpy(self._crowd[index].copy())
-        keep = gt_crowd == 0
-        target: dict[str, Any] = {
-            "boxes": tv_tensors.BoundingBoxes(gt_boxes[keep], format="XYXY", canvas_size=(h, w)),
-            "labels": gt_labels[keep],
-            "image_id": int(self.image_ids[index]),
-            "orig_size": (h, w),
-            "gt_boxes": gt_boxes,
-            "gt_labels": gt_labels,
-            "gt_iscrowd": gt_crowd,
-        }
-        if self.transforms is not None:
-            image, target = self.transforms(image, target)
-        return image, target
+        return detection_sample(
+            image,
+            gt_boxes=torch.from_numpy(self._boxes[index].copy()),
+            gt_labels=torch.from_numpy(self._labels[index].copy()),
+            gt_iscrowd=torch.from_numpy(self._crowd[index].copy()),
+            image_id=int(self.image_ids[index]),
+            transforms=self.transforms,
+        )
 
     def __getitem__(self, index: int) -> tuple[tv_tensors.Image, dict[str, Any]]:
         n = len(self)
-        index = int(index)
-        if index < 0:
-            index += n
-        if not 0 <= index < n:
-            raise IndexError(f"index {index} out of range for {n} images")
+        index = check_index(index, n)
         if not self.skip_bad_images:
             return self._load(index)
         for step in range(n):

@@ -32,6 +32,7 @@ from PIL import Image, ImageDraw
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
+from .sample import check_index, detection_sample
 from .transforms import as_size
 
 __all__ = ["ShapesDataset", "render_shapes", "SHAPE_KINDS", "DEFAULT_SHAPE_CLASSES"]
@@ -310,25 +311,13 @@ class ShapesDataset(Dataset):
         )
 
     def __getitem__(self, index: int) -> tuple[tv_tensors.Image, dict[str, Any]]:
-        index = int(index)
-        if index < 0:
-            index += self.num_images
-        if not 0 <= index < self.num_images:
-            raise IndexError(f"index {index} out of range for {self.num_images} images")
+        index = check_index(index, self.num_images)
         img, boxes, labels = self.render(index)
-        h, w = self.image_size
-        image = tv_tensors.Image(torch.from_numpy(img).permute(2, 0, 1).contiguous())
-        gt_boxes = torch.from_numpy(boxes)
-        gt_labels = torch.from_numpy(labels)
-        target: dict[str, Any] = {
-            "boxes": tv_tensors.BoundingBoxes(gt_boxes.clone(), format="XYXY", canvas_size=(h, w)),
-            "labels": gt_labels.clone(),
-            "image_id": index,
-            "orig_size": (h, w),
-            "gt_boxes": gt_boxes,
-            "gt_labels": gt_labels,
-            "gt_iscrowd": torch.zeros(len(labels), dtype=torch.int64),
-        }
-        if self.transforms is not None:
-            image, target = self.transforms(image, target)
-        return image, target
+        return detection_sample(
+            tv_tensors.Image(torch.from_numpy(img).permute(2, 0, 1).contiguous()),
+            gt_boxes=torch.from_numpy(boxes),
+            gt_labels=torch.from_numpy(labels),
+            gt_iscrowd=torch.zeros(len(labels), dtype=torch.int64),
+            image_id=index,
+            transforms=self.transforms,
+        )

@@ -21,8 +21,8 @@ import torch
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from .coco import load_rgb_image
 from .errors import DataError
+from .sample import check_index, detection_sample, load_rgb_image
 
 log = logging.getLogger(__name__)
 
@@ -212,28 +212,16 @@ class VocDetection(Dataset):
         return {"boxes": self._boxes[index], "labels": self._labels[index], "difficult": self._difficult[index]}
 
     def __getitem__(self, index: int) -> tuple[tv_tensors.Image, dict[str, Any]]:
-        n = len(self)
-        index = int(index)
-        if index < 0:
-            index += n
-        if not 0 <= index < n:
-            raise IndexError(f"index {index} out of range for {n} images")
+        index = check_index(index, len(self))
         image = load_rgb_image(self._paths[index])
         h, w = int(image.shape[-2]), int(image.shape[-1])
         boxes = np.minimum(self._boxes[index], np.array([w, h, w, h], dtype=np.float32))
         ok = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-        gt_boxes = torch.from_numpy(boxes[ok].copy())
-        gt_labels = torch.from_numpy(self._labels[index][ok].copy())
-        difficult = torch.from_numpy(self._difficult[index][ok].copy())
-        target: dict[str, Any] = {
-            "boxes": tv_tensors.BoundingBoxes(gt_boxes[~difficult], format="XYXY", canvas_size=(h, w)),
-            "labels": gt_labels[~difficult],
-            "image_id": int(self.image_ids[index]),
-            "orig_size": (h, w),
-            "gt_boxes": gt_boxes,
-            "gt_labels": gt_labels,
-            "gt_iscrowd": difficult.to(torch.int64),
-        }
-        if self.transforms is not None:
-            image, target = self.transforms(image, target)
-        return image, target
+        return detection_sample(
+            image,
+            gt_boxes=torch.from_numpy(boxes[ok].copy()),
+            gt_labels=torch.from_numpy(self._labels[index][ok].copy()),
+            gt_iscrowd=torch.from_numpy(self._difficult[index][ok].copy()),
+            image_id=int(self.image_ids[index]),
+            transforms=self.transforms,
+        )
