@@ -10,8 +10,9 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torchvision.ops import box_convert
 
-__all__ = ["grid_boxes", "decode_detections"]
+__all__ = ["grid_boxes", "decode_detections", "coco_results"]
 
 
 def grid_boxes(distances: Tensor, stride: int) -> Tensor:
@@ -102,3 +103,26 @@ def decode_detections(
         {"boxes": boxes[i][keep[i]], "scores": scores[i][keep[i]], "labels": labels[i][keep[i]]}
         for i in range(B)
     ]
+
+
+def coco_results(
+    detections: Sequence[dict[str, Tensor]],
+    image_ids: Sequence[int],
+    label_to_cat_id: Sequence[int] | None = None,
+) -> list[dict]:
+    """Detections (one ``{boxes (N,4) xyxy, scores, labels}`` dict per image) -> COCO results
+    entries ``{image_id, category_id, bbox [x, y, w, h], score}``; labels are mapped to category
+    ids when ``label_to_cat_id`` is given (e.g. COCO's original ids), else written as they are."""
+    results = []
+    for det, image_id in zip(detections, image_ids):
+        xywh = box_convert(det["boxes"].detach().cpu(), "xyxy", "xywh").tolist()
+        for b, s, c in zip(xywh, det["scores"].detach().cpu().tolist(), det["labels"].cpu().tolist()):
+            results.append(
+                {
+                    "image_id": int(image_id),
+                    "category_id": int(label_to_cat_id[c]) if label_to_cat_id is not None else int(c),
+                    "bbox": [round(v, 2) for v in b],
+                    "score": round(float(s), 5),
+                }
+            )
+    return results

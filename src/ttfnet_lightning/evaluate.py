@@ -14,17 +14,16 @@ import json
 import logging
 import time
 import warnings
-from pathlib import Path
 from typing import Any
 
 import hydra
 import pytorch_lightning as pl
 import torch
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from .checkpoints import load_model
+from .train import output_dir
 
 log = logging.getLogger(__name__)
 
@@ -50,17 +49,9 @@ def model_speed(model, *, batch_size: int, input_size: tuple[int, int], iters: i
     return batch_size * iters / (time.perf_counter() - t0)
 
 
-def _out_dir(cfg: DictConfig) -> Path:
-    if cfg.get("output_dir"):
-        return Path(cfg.output_dir)
-    if HydraConfig.initialized():
-        return Path(HydraConfig.get().runtime.output_dir)
-    return Path("outputs/evaluate") / time.strftime("%Y-%m-%d_%H-%M-%S")
-
-
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Validate ``cfg.ckpt`` on ``cfg.data``'s validation split; returns and prints the metrics."""
-    out = _out_dir(cfg)
+    out = output_dir(cfg, "outputs/evaluate")
     out.mkdir(parents=True, exist_ok=True)
     model = load_model(cfg.ckpt)
     input_size = list(cfg.input_size or model.hparams.input_size)
@@ -81,7 +72,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         warnings.filterwarnings("ignore", message=r".*overridden `on_after_batch_transfer`.*")
         results = trainer.validate(model, datamodule=dm, verbose=False)[0]  # writes detections_val.json
     seconds = time.perf_counter() - t0
-    num_images = len(dm.val_dataloader().dataset)
+    num_images = len(dm.val_dataset)
     model = model.to(trainer.strategy.root_device).eval()
     speed = {
         "model_only_images_per_s_batch1": model_speed(model, batch_size=1, input_size=input_size, iters=cfg.speed_iters),

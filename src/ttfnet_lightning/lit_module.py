@@ -21,7 +21,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from .decode import decode_detections
+from .decode import coco_results, decode_detections
 from .losses import TTFNetLoss
 from .models import TTFNet
 from .targets import encode_targets
@@ -248,19 +248,7 @@ class TTFNetModule(pl.LightningModule):
         return gts
 
     def _collect_results(self, dets: list[dict[str, Tensor]], meta: Sequence[dict[str, Any]]) -> None:
-        cat_ids = self.hparams.label_to_cat_id
-        for d, m in zip(dets, meta):
-            boxes = d["boxes"].detach().cpu()
-            xywh = torch.cat((boxes[:, :2], boxes[:, 2:] - boxes[:, :2]), dim=1).tolist()
-            for b, s, c in zip(xywh, d["scores"].cpu().tolist(), d["labels"].cpu().tolist()):
-                self._val_results.append(
-                    {
-                        "image_id": int(m["image_id"]),
-                        "category_id": int(cat_ids[c]) if cat_ids is not None else int(c),
-                        "bbox": [round(v, 2) for v in b],
-                        "score": round(float(s), 5),
-                    }
-                )
+        self._val_results += coco_results(dets, [m["image_id"] for m in meta], self.hparams.label_to_cat_id)
 
     def on_validation_epoch_start(self) -> None:
         self._val_results = []

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from torchvision.utils import draw_bounding_boxes
 from tqdm import tqdm
 
 from .checkpoints import load_model, pick_device
+from .decode import coco_results
 
 log = logging.getLogger(__name__)
 
@@ -79,18 +81,16 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     results: list[dict[str, Any]] = []
     images: list[dict[str, Any]] = []
-    skipped = 0
-    for batch in tqdm(list(_batches(files, int(cfg.batch_size))), desc="predict", unit="batch"):
+    # images are read batch by batch (the generator), never all at once
+    num_batches = math.ceil(len(files) / int(cfg.batch_size))
+    for batch in tqdm(_batches(files, int(cfg.batch_size)), total=num_batches, desc="predict", unit="batch"):
         x = torch.stack([TF.resize(img, [H, W], antialias=True) for _, _, img in batch]).to(device)
         meta = [{"orig_size": tuple(img.shape[-2:])} for _, _, img in batch]
         dets = model.decode(*model(model.normalize(x)), meta, (H, W))
+        results += coco_results(dets, [idx for idx, _, _ in batch], cat_ids)
         for (idx, f, img), det in zip(batch, dets):
             boxes, scores, labels = det["boxes"].cpu(), det["scores"].cpu(), det["labels"].cpu()
             images.append({"id": idx, "file_name": f.name, "height": int(img.shape[-2]), "width": int(img.shape[-1])})
-            for b, s, c in zip(boxes.tolist(), scores.tolist(), labels.tolist()):
-                results.append(
-                    {"image_id": idx, "category_id": int(cat_ids[c]), "bbox": [round(b[0], 2), round(b[1], 2), round(b[2] - b[0], 2), round(b[3] - b[1], 2)], "score": round(s, 5)}
-                )
             keep = scores >= cfg.draw_threshold
             drawn = img
             if keep.any():

@@ -37,13 +37,15 @@ if not OmegaConf.has_resolver("ttf_or"):
 __all__ = ["train", "build_datamodule", "build_module", "build_loggers", "build_callbacks", "output_dir"]
 
 
-def output_dir(cfg: DictConfig) -> Path:
-    """``cfg.output_dir``, else the Hydra run dir, else ``outputs/<name>/<time>``."""
+def output_dir(cfg: DictConfig, fallback_parent: str | Path | None = None) -> Path:
+    """``cfg.output_dir``, else the Hydra run dir, else ``<fallback_parent>/<time>``
+    (``outputs/<name>`` by default)."""
     if cfg.get("output_dir"):
         return Path(cfg.output_dir)
     if HydraConfig.initialized():
         return Path(HydraConfig.get().runtime.output_dir)
-    return Path("outputs") / str(cfg.name) / time.strftime("%Y-%m-%d_%H-%M-%S")
+    parent = Path(fallback_parent) if fallback_parent is not None else Path("outputs") / str(cfg.name)
+    return parent / time.strftime("%Y-%m-%d_%H-%M-%S")
 
 
 def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
@@ -195,7 +197,7 @@ def train(cfg: DictConfig) -> float | None:
         warnings.filterwarnings("ignore", message=r".*ckpt_path.*")
         warnings.filterwarnings("ignore", message=r".*overridden `on_after_batch_transfer`.*")
         trainer.fit(model, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}  # all logged values are scalars
     _print_metrics(metrics, f"final metrics ({out})")
     ckpt = trainer.checkpoint_callback
     if ckpt is not None and ckpt.best_model_path:
