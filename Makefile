@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export WANDB_MODE ?= offline
 
-.PHONY: help install test test-slow train bench clean
+.PHONY: help install test test-slow train bench clean tables table1 table2 table3 table4 table5 table6 cpu-pretrained
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -29,9 +29,26 @@ test-slow: $(STAMP)  ## run only the slow tests
 train: $(STAMP)  ## train TTFNet-R18 (fast schedule) on the built-in data
 	$(BIN)/python -m ttfnet_lightning.train backbone=r18 schedule=fast
 
+# --- the paper's Tables 1-6 at CPU scale (protocol=cpu, built-in data; see README "Reproducing the paper").
+# Each is a resumable Hydra sweep into multirun/tableN-cpu: rerun after an interruption to continue.
+CPU_PRETRAINED := results/cpu-pretrained
+
+$(CPU_PRETRAINED)/%.pth: | $(STAMP)
+	$(BIN)/python -m ttfnet_lightning.train experiment=cpu_pretrain backbone=$*
+
+cpu-pretrained: $(CPU_PRETRAINED)/r18.pth  ## pretrain the CPU protocol's ResNet-18 backbone once (~15 min)
+
+table1 table2 table3 table4 table5: $(CPU_PRETRAINED)/r18.pth
+	$(BIN)/python -m ttfnet_lightning.train experiment=$@ protocol=cpu
+
+table6: $(CPU_PRETRAINED)/r18.pth $(CPU_PRETRAINED)/r34.pth $(CPU_PRETRAINED)/d53.pth
+	$(BIN)/python -m ttfnet_lightning.train experiment=$@ protocol=cpu
+
+tables: table1 table2 table3 table4 table5 table6  ## run every CPU-scale paper table (hours; resumable)
+
 bench: $(STAMP)  ## run the benchmarks in benchmarks/
 	$(BIN)/python benchmarks/bench_encoder.py
 	$(BIN)/python benchmarks/bench_model.py
 
 clean:  ## remove the venv and run outputs
-	rm -rf $(VENV) outputs multirun .pytest_cache
+	rm -rf $(VENV) outputs multirun .pytest_cache  # keeps results/ (measured tables, CPU backbones)

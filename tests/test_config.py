@@ -60,7 +60,7 @@ def test_schedules_match_the_paper():
 
 @pytest.mark.parametrize("option", options("experiment"))
 def test_every_experiment_composes(option):
-    cfg = resolved([f"experiment={option}", "data.datamodule.root=/some/where"])
+    cfg = resolved([f"experiment={option}", "++data.datamodule.root=/some/where"])
     assert cfg["name"]
 
 

@@ -18,13 +18,17 @@ two 1-D profiles (length h and w) and every per-box sum is a product of two 1-D 
 done in chunks of boxes to bound memory. There is no Python loop over boxes or images, no
 ``.item()``/``.tolist()``: the function runs on the tensors' device with no host synchronisation.
 
+:func:`regression_coverage` counts, per output pixel, the boxes whose regression area covers it
+(the ambiguity analysis of the paper's Tables 2 and 3); it shares the geometry (box order, centres,
+radii, rectangle sub-boxes, clipping) with :func:`encode_targets` through one private helper.
+
 Shapes: B images, M boxes per image (padded; label -1 marks padding), C classes, h x w output map.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import Tensor
@@ -35,7 +39,10 @@ RadiusFormula = Literal["centernet", "exact"]
 _AREA_WEIGHTS = ("log", "sqrt", "area", "norm", "none")
 _RADIUS_FORMULAS = ("centernet", "exact")
 
-__all__ = ["encode_targets", "gaussian_radius", "AreaWeight", "RadiusFormula"]
+#: encoder options that never change which pixels are samples (weights, memory, naming)
+_WEIGHT_ONLY_OPTIONS = ("name", "gaussian_weight", "area_weight", "chunk_size")
+
+__all__ = ["encode_targets", "regression_coverage", "gaussian_radius", "AreaWeight", "RadiusFormula"]
 
 
 def gaussian_radius(
@@ -106,6 +113,123 @@ def _interval(pos: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
     return (p >= lo.unsqueeze(-1)) & (p <= hi.unsqueeze(-1))
 
 
+def _check_inputs(boxes: Tensor, labels: Tensor, *, radius_formula: str) -> None:
+    """ValueError for arguments :func:`encode_targets` and :func:`regression_coverage` reject."""
+    if radius_formula not in _RADIUS_FORMULAS:
+        raise ValueError(f"radius_formula must be one of {_RADIUS_FORMULAS}, got {radius_formula!r}")
+    if boxes.dim() != 3 or boxes.shape[-1] != 4:
+        raise ValueError(f"boxes must have shape (B, M, 4), got {tuple(boxes.shape)}")
+    if labels.shape != boxes.shape[:2]:
+        raise ValueError(f"labels must have shape {tuple(boxes.shape[:2])} (B, M), got {tuple(labels.shape)}")
+
+
+class _Geometry(NamedTuple):
+    """Per-box geometry shared by :func:`encode_targets` and :func:`regression_coverage`, boxes in
+    drawing order (largest area first). Shapes: (B, M) unless noted."""
+
+    boxes: Tensor  # (B, M, 4) float32 xyxy input pixels
+    valid: Tensor  # bool: a real box (not padding)
+    area: Tensor  # (w + 1) * (h + 1) in input pixels
+    rank: Tensor  # int32 1..M in drawing order, 0 for padding
+    hm_channel: Tensor  # heatmap channel: the label, C for padding
+    group: Tensor  # regression group: the label when class-aware, else 0 (0 for padding)
+    gx_a: Tensor  # (B, M, w) heatmap kernel profile along x (0 outside its window)
+    gy_a: Tensor  # (B, M, h) heatmap kernel profile along y
+    gx_r: Tensor  # (B, M, w) regression-area Gaussian profile along x (the 0/1 mask for the rectangle)
+    gy_r: Tensor  # (B, M, h) likewise along y
+    inx_r: Tensor  # (B, M, w) bool: the regression area's columns (clipped to the map)
+    iny_r: Tensor  # (B, M, h) bool: its rows
+
+
+def _geometry(
+    boxes: Tensor,
+    labels: Tensor,
+    *,
+    num_classes: int,
+    output_size: tuple[int, int],
+    stride: int,
+    alpha: float,
+    beta: float,
+    wh_gaussian: bool,
+    aspect_ratio: bool,
+    class_aware: bool,
+    min_overlap: float,
+    radius_formula: RadiusFormula,
+) -> _Geometry:
+    """Sort the boxes into drawing order and compute their heatmap kernels and regression areas as
+    separable 1-D profiles (see :func:`encode_targets` for the arguments; M >= 1)."""
+    device = boxes.device
+    h, w = int(output_size[0]), int(output_size[1])
+    B, M = labels.shape
+    C = int(num_classes)
+    boxes = boxes.to(torch.float32)
+    labels = labels.to(torch.int64)
+    valid = (labels >= 0) & (labels < C)
+
+    # --- processing order: largest area first (stable), so the smallest box is drawn last and wins.
+    bw = (boxes[..., 2] - boxes[..., 0]).clamp(min=0)
+    bh = (boxes[..., 3] - boxes[..., 1]).clamp(min=0)
+    area = (bw + 1) * (bh + 1)  # >= 1, so log/sqrt are finite for degenerate boxes
+    # order key: padding first (never drawn), then by decreasing area; stable keeps input order on ties
+    key = torch.where(valid, area, torch.full_like(area, float("inf")))
+    order = torch.sort(key, dim=1, descending=True, stable=True).indices  # (B, M)
+    boxes = boxes.gather(1, order.unsqueeze(-1).expand(B, M, 4))
+    labels = labels.gather(1, order)
+    valid = valid.gather(1, order)
+    area = area.gather(1, order)
+    # rank 1..M in drawing order; 0 = padding (never owns a pixel)
+    rank = torch.arange(1, M + 1, device=device, dtype=torch.int32).expand(B, M) * valid
+
+    # --- feature-scale geometry (float32, same operation order as the released code)
+    fx1 = (boxes[..., 0] / stride).clamp(0, w - 1)
+    fy1 = (boxes[..., 1] / stride).clamp(0, h - 1)
+    fx2 = (boxes[..., 2] / stride).clamp(0, w - 1)
+    fy2 = (boxes[..., 3] / stride).clamp(0, h - 1)
+    feat_w = (fx2 - fx1).clamp(min=0)
+    feat_h = (fy2 - fy1).clamp(min=0)
+    cx = torch.floor((boxes[..., 0] + boxes[..., 2]) / 2 / stride).to(torch.int64)
+    cy = torch.floor((boxes[..., 1] + boxes[..., 3]) / 2 / stride).to(torch.int64)
+
+    if aspect_ratio:
+        rw_a = (feat_w / 2.0 * alpha).to(torch.int64)
+        rh_a = (feat_h / 2.0 * alpha).to(torch.int64)
+    else:
+        r_iso = gaussian_radius(feat_h, feat_w, min_overlap=min_overlap, formula=radius_formula)
+        r_iso = r_iso.clamp(min=0).to(torch.int64)
+        rw_a = rh_a = r_iso
+
+    xs = torch.arange(w, device=device)
+    ys = torch.arange(h, device=device)
+    gx_a, inx_a = _profile(xs, cx, rw_a)  # (B, M, w)
+    gy_a, iny_a = _profile(ys, cy, rh_a)  # (B, M, h)
+
+    # --- regression area per box: 1-D profiles (weights) and inside masks along x and y
+    if wh_gaussian:
+        if beta == alpha:
+            gx_r, inx_r, gy_r, iny_r = gx_a, inx_a, gy_a, iny_a
+        else:
+            rw_b = (feat_w / 2.0 * beta).to(torch.int64)
+            rh_b = (feat_h / 2.0 * beta).to(torch.int64)
+            gx_r, inx_r = _profile(xs, cx, rw_b)
+            gy_r, iny_r = _profile(ys, cy, rh_b)
+    else:
+        r1 = (1 - beta) / 2
+        x1s = torch.round((1 - r1) * boxes[..., 0] + r1 * boxes[..., 2])
+        y1s = torch.round((1 - r1) * boxes[..., 1] + r1 * boxes[..., 3])
+        x2s = torch.round(r1 * boxes[..., 0] + (1 - r1) * boxes[..., 2])
+        y2s = torch.round(r1 * boxes[..., 1] + (1 - r1) * boxes[..., 3])
+        x1s, x2s = [torch.round(v / stride).clamp(0, w - 1).to(torch.int64) for v in (x1s, x2s)]
+        y1s, y2s = [torch.round(v / stride).clamp(0, h - 1).to(torch.int64) for v in (y1s, y2s)]
+        inx_r = _interval(xs, x1s, x2s)
+        iny_r = _interval(ys, y1s, y2s)
+        gx_r, gy_r = inx_r.to(torch.float32), iny_r.to(torch.float32)
+
+    hm_channel = torch.where(valid, labels, torch.full_like(labels, C))
+    group = hm_channel if class_aware else torch.zeros_like(labels)
+    group = torch.where(valid, group, torch.zeros_like(group))
+    return _Geometry(boxes, valid, area, rank, hm_channel, group, gx_a, gy_a, gx_r, gy_r, inx_r, iny_r)
+
+
 @torch.no_grad()
 def encode_targets(
     boxes: Tensor,
@@ -164,12 +288,7 @@ def encode_targets(
     """
     if area_weight not in _AREA_WEIGHTS:
         raise ValueError(f"area_weight must be one of {_AREA_WEIGHTS}, got {area_weight!r}")
-    if radius_formula not in _RADIUS_FORMULAS:
-        raise ValueError(f"radius_formula must be one of {_RADIUS_FORMULAS}, got {radius_formula!r}")
-    if boxes.dim() != 3 or boxes.shape[-1] != 4:
-        raise ValueError(f"boxes must have shape (B, M, 4), got {tuple(boxes.shape)}")
-    if labels.shape != boxes.shape[:2]:
-        raise ValueError(f"labels must have shape {tuple(boxes.shape[:2])} (B, M), got {tuple(labels.shape)}")
+    _check_inputs(boxes, labels, radius_formula=radius_formula)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     if gaussian_weight is None:
@@ -187,23 +306,13 @@ def encode_targets(
             torch.full((B, 4 * G, h, w), -1.0, device=device),
             torch.zeros(B, G, h, w, device=device),
         )
-    boxes = boxes.to(torch.float32)
-    labels = labels.to(torch.int64)
-    valid = (labels >= 0) & (labels < C)
-
-    # --- processing order: largest area first (stable), so the smallest box is drawn last and wins.
-    bw = (boxes[..., 2] - boxes[..., 0]).clamp(min=0)
-    bh = (boxes[..., 3] - boxes[..., 1]).clamp(min=0)
-    area = (bw + 1) * (bh + 1)  # >= 1, so log/sqrt are finite for degenerate boxes
-    # order key: padding first (never drawn), then by decreasing area; stable keeps input order on ties
-    key = torch.where(valid, area, torch.full_like(area, float("inf")))
-    order = torch.sort(key, dim=1, descending=True, stable=True).indices  # (B, M)
-    boxes = boxes.gather(1, order.unsqueeze(-1).expand(B, M, 4))
-    labels = labels.gather(1, order)
-    valid = valid.gather(1, order)
-    area = area.gather(1, order)
-    # rank 1..M in drawing order; 0 = padding (never owns a pixel)
-    rank = torch.arange(1, M + 1, device=device, dtype=torch.int32).expand(B, M) * valid
+    geo = _geometry(
+        boxes, labels, num_classes=C, output_size=(h, w), stride=stride, alpha=alpha, beta=beta,
+        wh_gaussian=wh_gaussian, aspect_ratio=aspect_ratio, class_aware=class_aware, min_overlap=min_overlap,
+        radius_formula=radius_formula,
+    )
+    boxes, area, rank, hm_channel, group = geo.boxes, geo.area, geo.rank, geo.hm_channel, geo.group
+    gx_a, gy_a, gx_r, gy_r, inx_r, iny_r = geo.gx_a, geo.gy_a, geo.gx_r, geo.gy_r, geo.inx_r, geo.iny_r
 
     if area_weight == "log":
         box_weight = area.log()
@@ -214,49 +323,6 @@ def encode_targets(
     else:  # "norm" and "none"
         box_weight = torch.ones_like(area)
 
-    # --- feature-scale geometry (float32, same operation order as the released code)
-    fx1 = (boxes[..., 0] / stride).clamp(0, w - 1)
-    fy1 = (boxes[..., 1] / stride).clamp(0, h - 1)
-    fx2 = (boxes[..., 2] / stride).clamp(0, w - 1)
-    fy2 = (boxes[..., 3] / stride).clamp(0, h - 1)
-    feat_w = (fx2 - fx1).clamp(min=0)
-    feat_h = (fy2 - fy1).clamp(min=0)
-    cx = torch.floor((boxes[..., 0] + boxes[..., 2]) / 2 / stride).to(torch.int64)
-    cy = torch.floor((boxes[..., 1] + boxes[..., 3]) / 2 / stride).to(torch.int64)
-
-    if aspect_ratio:
-        rw_a = (feat_w / 2.0 * alpha).to(torch.int64)
-        rh_a = (feat_h / 2.0 * alpha).to(torch.int64)
-    else:
-        r_iso = gaussian_radius(feat_h, feat_w, min_overlap=min_overlap, formula=radius_formula)
-        r_iso = r_iso.clamp(min=0).to(torch.int64)
-        rw_a = rh_a = r_iso
-
-    xs = torch.arange(w, device=device)
-    ys = torch.arange(h, device=device)
-    gx_a, inx_a = _profile(xs, cx, rw_a)  # (B, M, w)
-    gy_a, iny_a = _profile(ys, cy, rh_a)  # (B, M, h)
-
-    # --- regression area per box: 1-D profiles (weights) and inside masks along x and y
-    if wh_gaussian:
-        if beta == alpha:
-            gx_r, inx_r, gy_r, iny_r = gx_a, inx_a, gy_a, iny_a
-        else:
-            rw_b = (feat_w / 2.0 * beta).to(torch.int64)
-            rh_b = (feat_h / 2.0 * beta).to(torch.int64)
-            gx_r, inx_r = _profile(xs, cx, rw_b)
-            gy_r, iny_r = _profile(ys, cy, rh_b)
-    else:
-        r1 = (1 - beta) / 2
-        x1s = torch.round((1 - r1) * boxes[..., 0] + r1 * boxes[..., 2])
-        y1s = torch.round((1 - r1) * boxes[..., 1] + r1 * boxes[..., 3])
-        x2s = torch.round(r1 * boxes[..., 0] + (1 - r1) * boxes[..., 2])
-        y2s = torch.round(r1 * boxes[..., 1] + (1 - r1) * boxes[..., 3])
-        x1s, x2s = [torch.round(v / stride).clamp(0, w - 1).to(torch.int64) for v in (x1s, x2s)]
-        y1s, y2s = [torch.round(v / stride).clamp(0, h - 1).to(torch.int64) for v in (y1s, y2s)]
-        inx_r = _interval(xs, x1s, x2s)
-        iny_r = _interval(ys, y1s, y2s)
-        gx_r, gy_r = inx_r.to(torch.float32), iny_r.to(torch.float32)
     if not gaussian_weight:
         gx_r, gy_r = inx_r.to(torch.float32), iny_r.to(torch.float32)
     # per-box normaliser: sum over the clipped area = product of the 1-D sums
@@ -269,9 +335,6 @@ def encode_targets(
     # --- the (B, m, h, w) reductions, chunked over boxes
     heatmap = torch.zeros(B, C + 1, h * w, device=device)  # channel C collects padding
     owner_rank = torch.zeros(B, G, h * w, device=device, dtype=torch.int32)
-    hm_channel = torch.where(valid, labels, torch.full_like(labels, C))
-    group = hm_channel if class_aware else torch.zeros_like(labels)
-    group = torch.where(valid, group, torch.zeros_like(group))
     for s in range(0, M, chunk_size):
         e = min(s + chunk_size, M)
         m = e - s
@@ -302,3 +365,70 @@ def encode_targets(
     reg_weight = torch.where(owned.reshape(B, G, h, w), scale_o * gy_o * gx_o, torch.zeros_like(scale_o))
     return heatmap, box_target, reg_weight
 
+
+@torch.no_grad()
+def regression_coverage(
+    boxes: Tensor,
+    labels: Tensor,
+    *,
+    num_classes: int,
+    output_size: tuple[int, int],
+    stride: int = 4,
+    alpha: float = 0.54,
+    beta: float = 0.54,
+    wh_gaussian: bool = True,
+    aspect_ratio: bool = True,
+    class_aware: bool = False,
+    min_overlap: float = 0.7,
+    radius_formula: RadiusFormula = "centernet",
+    **ignored: Any,
+) -> Tensor:
+    """How many boxes' regression areas cover each output pixel, for a whole batch at once.
+
+    The regression areas are exactly those of :func:`encode_targets` with the same options (one
+    shared geometry helper): a pixel where the count is >= 1 gets a regression sample, and one
+    where it is >= 2 is an ambiguous sample (the encoder gives it to the smallest box).
+
+    Every area is a rectangle, the product of a row mask and a column mask, so the counts are one
+    batched matrix product ``rows^T @ cols`` of 0/1 matrices over the boxes: exact in float32
+    (integers below 2^24), and no (B, M, h, w) tensor is ever built.
+
+    Args:
+        boxes: (B, M, 4) float xyxy boxes in input pixels.
+        labels: (B, M) int64 class indices in [0, C); -1 marks padding (never counted).
+        num_classes: C.
+        output_size: (h, w) of the output map.
+        stride, alpha, beta, wh_gaussian, aspect_ratio, class_aware, min_overlap, radius_formula:
+            as in :func:`encode_targets` (``alpha``, ``aspect_ratio`` and the radius options
+            matter for the regression area only when it shares the heatmap kernel,
+            ``wh_gaussian`` and ``beta == alpha``).
+        **ignored: encoder options that never change the areas (``gaussian_weight``,
+            ``area_weight``, ``chunk_size``, the kernel config's ``name``),
+            so a whole kernel config can be passed; any other name is a ``TypeError``.
+
+    Returns:
+        (B, G, h, w) int32 counts, G = C when ``class_aware`` (channel c counts the boxes of
+        class c only) else 1.
+    """
+    unknown = sorted(set(ignored) - set(_WEIGHT_ONLY_OPTIONS))
+    if unknown:
+        raise TypeError(f"regression_coverage got unexpected option(s) {unknown}")
+    _check_inputs(boxes, labels, radius_formula=radius_formula)
+    h, w = int(output_size[0]), int(output_size[1])
+    B, M = labels.shape
+    G = int(num_classes) if class_aware else 1
+    if M == 0:
+        return torch.zeros(B, G, h, w, device=boxes.device, dtype=torch.int32)
+    geo = _geometry(
+        boxes, labels, num_classes=num_classes, output_size=(h, w), stride=stride, alpha=alpha, beta=beta,
+        wh_gaussian=wh_gaussian, aspect_ratio=aspect_ratio, class_aware=class_aware, min_overlap=min_overlap,
+        radius_formula=radius_formula,
+    )
+    rows = (geo.iny_r & geo.valid.unsqueeze(-1)).to(torch.float32)  # (B, M, h); padding covers nothing
+    cols = geo.inx_r.to(torch.float32)  # (B, M, w)
+    if class_aware:  # rows of box m go to its class's block: (B, M, G * h)
+        onehot = torch.nn.functional.one_hot(geo.group, G).to(torch.float32)  # (B, M, G)
+        rows = (onehot.unsqueeze(-1) * rows.unsqueeze(2)).reshape(B, M, G * h)
+    with torch.autocast(boxes.device.type, enabled=False):  # 0/1 products summed exactly in float32
+        counts = torch.bmm(rows.transpose(1, 2), cols)  # (B, G * h, w)
+    return counts.to(torch.int32).reshape(B, G, h, w)

@@ -11,6 +11,7 @@ validation, for sweepers.
 
 from __future__ import annotations
 
+import json
 import logging
 import netrc
 import os
@@ -21,18 +22,24 @@ from typing import Any
 
 import hydra
 import pytorch_lightning as pl
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from .callbacks import LogValPredictions, TimeToAccuracy
 from .lit_module import TTFNetModule
+from .tables import job_dirname
+from .tracking import flatten_dict, job_overrides, log_hyperparams
 
 log = logging.getLogger(__name__)
 
 # `hydra.run.dir: ${ttf_or:${output_dir},outputs/...}`: an explicit output_dir is also Hydra's run dir
 if not OmegaConf.has_resolver("ttf_or"):
     OmegaConf.register_new_resolver("ttf_or", lambda value, default: default if value in (None, "") else value)
+# `hydra.sweep.subdir: ${ttf_jobdir:${hydra.overrides.task},${table.grid...}}` in the paper-table sweeps
+if not OmegaConf.has_resolver("ttf_jobdir"):
+    OmegaConf.register_new_resolver("ttf_jobdir", job_dirname)
 
 __all__ = ["train", "build_datamodule", "build_module", "build_loggers", "build_callbacks", "output_dir"]
 
@@ -98,23 +105,28 @@ def wandb_offline(setting: bool | None) -> bool:
         return True
 
 
-def _group(cfg: DictConfig) -> str | None:
-    if cfg.get("group"):
-        return str(cfg.group)
-    if HydraConfig.initialized() and HydraConfig.get().mode == hydra.types.RunMode.MULTIRUN:
-        return "sweep-" + Path(HydraConfig.get().sweep.dir).name  # all jobs of one sweep together
-    return None
-
-
 def build_loggers(cfg: DictConfig, out: Path) -> list[Any]:
-    """CSV always (``out/metrics.csv``), plus the tracker(s) of the ``logger`` group."""
+    """CSV always (``out/metrics.csv``), plus the tracker(s) of the ``logger`` group.
+
+    W&B gets the run identity of :func:`tracking.run_identity` (group, job_type, tags); values
+    set on the logger itself (``logger.wandb.group=...``) win, its tags are kept."""
     from pytorch_lightning.loggers import CSVLogger
+
+    from .tracking import run_identity
 
     loggers: list[Any] = [CSVLogger(save_dir=str(out), name="", version="")]
     for key, lg_cfg in (cfg.get("logger") or {}).items():
         target = str(lg_cfg.get("_target_", ""))
         if target.endswith("WandbLogger"):
-            kw = {"offline": wandb_offline(lg_cfg.get("offline")), "save_dir": str(out), "group": _group(cfg)}
+            ident = run_identity(cfg)
+            tags = [str(t) for t in (lg_cfg.get("tags") or [])]
+            kw = {
+                "offline": wandb_offline(lg_cfg.get("offline")),
+                "save_dir": str(out),
+                "group": lg_cfg.get("group") or ident["group"],
+                "job_type": lg_cfg.get("job_type") or ident["job_type"],
+                "tags": list(dict.fromkeys(tags + ident["tags"])),
+            }
             lg = instantiate(lg_cfg, **kw, _convert_="all")
         elif target.endswith("TensorBoardLogger"):
             lg = instantiate(lg_cfg, save_dir=str(out), _convert_="all")
@@ -175,28 +187,117 @@ def _print_metrics(metrics: dict[str, float], title: str) -> None:
         print(f"  {k:<{width}}  " + ("n/a (no ground truth of this size)" if na else f"{metrics[k]:.3f}"))
 
 
+RESULTS_FILE = "results.json"
+
+
+def read_results(out: str | Path) -> dict[str, Any] | None:
+    """The ``results.json`` a run left in its output dir (None if there is none or it is unreadable)."""
+    path = Path(out) / RESULTS_FILE
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_results(out: Path, results: dict[str, Any]) -> None:
+    tmp = out / (RESULTS_FILE + ".tmp")
+    tmp.write_text(json.dumps(results, indent=2, sort_keys=True))
+    tmp.replace(out / RESULTS_FILE)  # atomic: a reader never sees half a file
+
+
+def resume_checkpoint(out: str | Path) -> Path | None:
+    """The newest of ``checkpoints/{last,interrupted,latest-step*}.ckpt`` in a run's output dir.
+
+    After a hard kill the periodic ``latest-step*`` may be newer than the last validation's
+    ``last.ckpt``; after Ctrl-C/SIGTERM/a crash ``interrupted.ckpt`` is the newest."""
+    ckpt_dir = Path(out) / "checkpoints"
+    cands = [p for p in [ckpt_dir / "last.ckpt", ckpt_dir / "interrupted.ckpt", *ckpt_dir.glob("latest-step*.ckpt")] if p.is_file()]
+    return max(cands, key=lambda p: p.stat().st_mtime) if cands else None
+
+
+# keys that may change between a run and its resumption without changing its result
+_RESUME_FREE_KEYS = ("logger", "callbacks", "trainer.enable_progress_bar", "data.datamodule.num_workers", "data.datamodule.root",
+                     "backbone.weights", "pretrained_weights", "name", "group", "tags", "project", "ckpt_path", "skip_finished",
+                     "output_dir", "job_overrides", "table.grid", "export_backbone")
+
+
+def check_same_config(out: Path, resolved: dict[str, Any]) -> None:
+    """Refuse to resume or skip a run whose stored ``config_resolved.yaml`` differs from ``resolved``
+    (a changed setting must not silently reuse another configuration's checkpoints or results)."""
+    stored_file = out / "config_resolved.yaml"
+    if not stored_file.is_file():
+        return
+    stored = flatten_dict(OmegaConf.to_container(OmegaConf.load(stored_file), resolve=True))
+    now = flatten_dict(resolved)
+    free = lambda k: any(k == f or k.startswith(f + ".") for f in _RESUME_FREE_KEYS)  # noqa: E731
+    diff = sorted(k for k in set(stored) | set(now) if not free(k) and stored.get(k, "<absent>") != now.get(k, "<absent>"))
+    if diff:
+        lines = [f"  {k}: stored {stored.get(k, '<absent>')!r}, now {now.get(k, '<absent>')!r}" for k in diff[:15]]
+        raise ValueError(
+            f"{out} holds a run with a different configuration, which this run would resume or skip:\n"
+            + "\n".join(lines)
+            + "\nUse another output_dir (or hydra.sweep.dir=... for a sweep), or delete the old run."
+        )
+
+
+def export_backbone_weights(model: TTFNetModule, path: str | Path) -> Path:
+    """Write the network's backbone as a state dict loadable with ``backbone.weights=PATH``
+    (torchvision key names for ResNets, the module's own names for DarkNet-53)."""
+    backbone = model.net.backbone
+    module = getattr(backbone, "net", backbone)  # ResNetBackbone wraps a torchvision ResNet
+    state = {k: v.detach().cpu() for k, v in module.state_dict().items() if not k.startswith("fc.")}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+    return path
+
+
 def train(cfg: DictConfig) -> float | None:
-    """Train and validate; returns the last value of ``cfg.optimized_metric`` (None if never validated)."""
+    """Train and validate; returns the last value of ``cfg.optimized_metric`` (None if never validated).
+
+    Writes ``results.json`` (final metrics, timing, the job's overrides) into the output dir when
+    training ends. A run whose output dir already holds a finished ``results.json`` is not trained
+    again (``skip_finished``, default true): re-running a sweep skips its finished jobs. An
+    unfinished run resumes from its newest checkpoint (see :func:`resume_checkpoint`)."""
     out = output_dir(cfg)
+    done = read_results(out)
+    if done is not None or resume_checkpoint(out) is not None:
+        check_same_config(out, OmegaConf.to_container(cfg, resolve=True))
+    if cfg.get("skip_finished", True) and done and done.get("status") == "finished":
+        print(f"\nskipping {out}: finished earlier (results.json; skip_finished=false trains again)")
+        if cfg.get("export_backbone") and not Path(cfg.export_backbone).is_file():
+            from .checkpoints import load_model
+
+            export_backbone_weights(load_model(out / "checkpoints" / "last.ckpt"), cfg.export_backbone)
+        return done.get("metrics", {}).get(str(cfg.optimized_metric))
     out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
     pl.seed_everything(int(cfg.seed), workers=True)
     dm = build_datamodule(cfg)
     model = build_module(cfg, dm)
     loggers = build_loggers(cfg, out)
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    for lg in loggers:
-        lg.log_hyperparams({"config": resolved})
+    for lg in loggers:  # W&B: flat config keys, val/* against training hours
+        log_hyperparams(lg, cfg, resolved)
     (out / "config_resolved.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)))
     trainer: pl.Trainer = instantiate(
         cfg.trainer, default_root_dir=str(out), logger=loggers, callbacks=build_callbacks(cfg, out), _convert_="all"
     )
     log.info("output dir: %s", out)
+    ckpt_path = cfg.get("ckpt_path") or resume_checkpoint(out)
+    if ckpt_path and not cfg.get("ckpt_path"):
+        print(f"resuming {out} from {ckpt_path}")
     with warnings.catch_warnings():
-        # with OnExceptionCheckpoint, Lightning resumes from checkpoints/last.ckpt when ckpt_path is
-        # None and one exists: rerunning into the same output_dir continues that run (intended)
-        warnings.filterwarnings("ignore", message=r".*ckpt_path.*")
+        warnings.filterwarnings("ignore", message=r".*ckpt_path=\"last\".*")  # we pass the checkpoint explicitly
         warnings.filterwarnings("ignore", message=r".*overridden `on_after_batch_transfer`.*")
-        trainer.fit(model, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
+        trainer.fit(model, datamodule=dm, ckpt_path=None if ckpt_path is None else str(ckpt_path))
+        if not trainer.interrupted and trainer.callback_metrics.get("time/step") != trainer.global_step:
+            # the schedule ended between validations (check_val_every_n_epoch > 1): the reported
+            # metrics must be those of the final model
+            trainer.validate(model, datamodule=dm, verbose=False)
+            trainer.save_checkpoint(out / "checkpoints" / "last.ckpt")  # last.ckpt = the final model
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}  # all logged values are scalars
     _print_metrics(metrics, f"final metrics ({out})")
     ckpt = trainer.checkpoint_callback
@@ -205,12 +306,42 @@ def train(cfg: DictConfig) -> float | None:
         print(f"  last checkpoint: {out / 'checkpoints' / 'last.ckpt'}")
     value = metrics.get(str(cfg.optimized_metric))
     _finish_wandb(loggers)
+    if trainer.interrupted:  # Ctrl-C: Lightning returned normally, but the run is not finished
+        # (and a sweep must stop here rather than start its next job)
+        raise KeyboardInterrupt(f"training interrupted: {out} is not finished; run the same command again to resume it")
+    results: dict[str, Any] = {
+        "status": "finished",
+        "metrics": metrics,
+        "global_step": int(trainer.global_step),
+        "wall_seconds_last_session": time.time() - started,
+        "overrides": job_overrides(cfg),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    if cfg.get("measure_fps"):
+        from .evaluate import model_speed
+
+        model.eval()
+        results["fps"] = model_speed(model, batch_size=1, input_size=tuple(model.hparams.input_size), iters=30, warmup=5)
+        results["fps_device"] = str(model.device)
+        print(f"  model-only speed: {results['fps']:.1f} images/s (batch 1, {model.device})")
+    if cfg.get("export_backbone"):
+        print(f"  backbone weights: {export_backbone_weights(model, cfg.export_backbone)}")
+    _write_results(out, results)
     return value
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    return train(cfg)
+    try:
+        return train(cfg)
+    except Exception as exc:
+        # a failed job of a paper-table sweep is marked in its results.json (the table shows
+        # "failed"; a rerun tries it again); Hydra goes on with the other jobs and reports it
+        if cfg.get("table") is not None:
+            out = output_dir(cfg)
+            if out.is_dir():
+                _write_results(out, {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "overrides": job_overrides(cfg)})
+        raise
 
 
 if __name__ == "__main__":

@@ -59,7 +59,7 @@ def load_state_dict_strict(
     :class:`WeightsError` naming the file and listing the offending keys.
     """
     state = {k: v for k, v in _read_state_dict(path).items() if not k.startswith(ignore_prefixes)}
-    own = module.state_dict()
+    own = {k: v for k, v in module.state_dict().items() if not k.startswith(ignore_prefixes)}
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     shape = sorted(
@@ -80,7 +80,8 @@ def load_state_dict_strict(
         if shape:
             parts.append(f"shape mismatches ({len(shape)}): {fmt(shape)}")
         raise WeightsError("\n  ".join(parts))
-    module.load_state_dict(state, strict=True)
+    # every key outside ignore_prefixes was checked above; strict=False only tolerates those
+    module.load_state_dict(state, strict=not ignore_prefixes)
     log.info("loaded backbone weights from %s (%d tensors)", path, len(state))
 
 
@@ -134,7 +135,7 @@ class ResNetBackbone(_FreezableBackbone):
         builder, tv_weights = _RESNETS[depth]
         net = builder(weights=None)
         if weights:
-            load_state_dict_strict(net, weights, ignore_prefixes=())
+            load_state_dict_strict(net, weights, ignore_prefixes=("fc.",))
         elif pretrained:
             try:
                 net.load_state_dict(tv_weights.get_state_dict(progress=False))
