@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -92,14 +91,15 @@ def test_shapes_bad_arguments():
         ShapesDataset(num_images=2)[2]
 
 
-def test_shapes_generation_is_fast():
-    ds = ShapesDataset(num_images=50, image_size=(128, 128))
-    ds[0]
-    t = time.perf_counter()
-    for i in range(50):
-        ds.render(i)
-    per_sample = (time.perf_counter() - t) / 50
-    assert per_sample < 0.02  # ~2 ms on one core; generous for a shared machine
+def test_shapes_sample_does_not_depend_on_render_order():
+    """Sample i is the same whatever was rendered before it (workers render in any order).
+    (Its speed, ~1-2 ms per 128 px sample, is not asserted here: timing does not belong in tests.)"""
+    ds = ShapesDataset(num_images=6, image_size=(128, 128))
+    forward = [ds.render(i) for i in range(6)]
+    backward = [ds.render(i) for i in reversed(range(6))][::-1]
+    for (im_a, box_a, lab_a), (im_b, box_b, lab_b) in zip(forward, backward):
+        assert np.array_equal(im_a, im_b) and np.array_equal(box_a, box_b) and np.array_equal(lab_a, lab_b)
+    assert not np.array_equal(forward[0][0], forward[1][0])
 
 
 # ----------------------------------------------------------------------------------- transforms

@@ -193,7 +193,8 @@ class Table:
 
     def markdown(self) -> str:
         head = [self.corner, *self.columns]
-        lines = [f"**{self.title}**", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        header = " | ".join(head)
+        lines = [f"**{self.title}**", "", "| " + header + " |", "|" + "---|" * len(header.split(" | "))]
         for r in self.rows:
             lines.append("| " + " | ".join([r, *(self.cells.get((r, c), Cell()).text() for c in self.columns)]) + " |")
         lines += ["", "Cells: ours, mean ± std over seeds ((n/N): only n of N jobs finished); [paper].", ""]
