@@ -42,9 +42,9 @@ from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Table", "Job", "build_table", "expand_grid", "expand_sweep", "job_dirname", "paper_values", "write_table", "AggregateOnMultirunEnd", "main"]
+__all__ = ["Table", "Job", "build_table", "expand_grid", "expand_sweep", "job_dirname", "read_results", "paper_values", "write_table", "AggregateOnMultirunEnd", "main"]
 
-RESULTS_FILE = "results.json"  # same name as train.RESULTS_FILE (train imports Lightning; this module does not)
+RESULTS_FILE = "results.json"  # a run's final record, written by train.train (defined here: no Lightning import)
 
 
 def job_dirname(task_overrides: Sequence[str], grid: Any) -> str:
@@ -90,11 +90,16 @@ class Job:
         return None if value is None or not math.isfinite(float(value)) else float(value)
 
 
-def _job_status(job_dir: Path) -> tuple[str, dict[str, Any]]:
+def read_results(out: str | Path) -> dict[str, Any] | None:
+    """The ``results.json`` a run left in its output dir (None if there is none or it is unreadable)."""
     try:
-        results = json.loads((job_dir / RESULTS_FILE).read_text())
+        return json.loads((Path(out) / RESULTS_FILE).read_text())
     except (OSError, ValueError):
-        results = {}
+        return None
+
+
+def _job_status(job_dir: Path) -> tuple[str, dict[str, Any]]:
+    results = read_results(job_dir) or {}
     if results.get("status") in ("finished", "failed"):
         return str(results["status"]), results
     if (job_dir / "config_resolved.yaml").is_file() or (job_dir / ".hydra").is_dir():
@@ -286,19 +291,8 @@ def table1(jobs: Sequence[Job], paper: dict[str, Any], ratio_fn=None) -> Table:
     marks = {"+Norm": lambda c: c != "none", "+Sqrt": lambda c: "Sqrt" in c, "+Log": lambda c: "Log" in c, "+Gaussian": lambda c: "Gaussian" in c}
     for row, has in marks.items():
         for c in cols:
-            cells[(row, c)] = _Mark(has(c))
+            cells[(row, c)] = _Text("X" if has(c) else "")
     return Table("table1", "Table 1: regression weights W_ij (beta = 0.54), AP", [*marks, "AP"], cols, cells)
-
-
-class _Mark(Cell):
-    """A check-mark cell of the paper's layout (no value)."""
-
-    def __init__(self, on: bool) -> None:
-        super().__init__()
-        self.on = on
-
-    def text(self, with_paper: bool = True) -> str:
-        return "X" if self.on else ""
 
 
 def table2(jobs: Sequence[Job], paper: dict[str, Any], ratio_fn=None) -> Table:
@@ -358,7 +352,7 @@ def table4(jobs: Sequence[Job], paper: dict[str, Any], ratio_fn=None) -> Table:
         return float(job.results["fps"]) if job.status == "finished" and "fps" in job.results else None
 
     cells = _fill(jobs, lambda j: ("AP", col(j)), _ap)
-    cells.update({(("FPS", c)): cell for (_, c), cell in _fill(jobs, lambda j: ("FPS", col(j)), fps).items()})
+    cells.update(_fill(jobs, lambda j: ("FPS", col(j)), fps))
     for i, (s, c) in enumerate(zip(settings, cols)):
         for st in range(3):
             cells[(f"Stage {st + 2}", c)] = _Text(str(s[st]))

@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .callbacks import LogValPredictions, TimeToAccuracy
 from .lit_module import TTFNetModule
-from .tables import job_dirname
+from .tables import RESULTS_FILE, job_dirname, read_results
 from .tracking import flatten_dict, job_overrides, log_hyperparams
 
 log = logging.getLogger(__name__)
@@ -187,18 +187,6 @@ def _print_metrics(metrics: dict[str, float], title: str) -> None:
         print(f"  {k:<{width}}  " + ("n/a (no ground truth of this size)" if na else f"{metrics[k]:.3f}"))
 
 
-RESULTS_FILE = "results.json"
-
-
-def read_results(out: str | Path) -> dict[str, Any] | None:
-    """The ``results.json`` a run left in its output dir (None if there is none or it is unreadable)."""
-    path = Path(out) / RESULTS_FILE
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def _write_results(out: Path, results: dict[str, Any]) -> None:
     tmp = out / (RESULTS_FILE + ".tmp")
     tmp.write_text(json.dumps(results, indent=2, sort_keys=True))
@@ -262,9 +250,10 @@ def train(cfg: DictConfig) -> float | None:
     again (``skip_finished``, default true): re-running a sweep skips its finished jobs. An
     unfinished run resumes from its newest checkpoint (see :func:`resume_checkpoint`)."""
     out = output_dir(cfg)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
     done = read_results(out)
     if done is not None or resume_checkpoint(out) is not None:
-        check_same_config(out, OmegaConf.to_container(cfg, resolve=True))
+        check_same_config(out, resolved)
     if cfg.get("skip_finished", True) and done and done.get("status") == "finished":
         print(f"\nskipping {out}: finished earlier (results.json; skip_finished=false trains again)")
         if cfg.get("export_backbone") and not Path(cfg.export_backbone).is_file():
@@ -278,7 +267,6 @@ def train(cfg: DictConfig) -> float | None:
     dm = build_datamodule(cfg)
     model = build_module(cfg, dm)
     loggers = build_loggers(cfg, out)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
     for lg in loggers:  # W&B: flat config keys, val/* against training hours
         log_hyperparams(lg, cfg, resolved)
     (out / "config_resolved.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)))
