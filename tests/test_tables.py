@@ -104,7 +104,7 @@ def test_table6_paper_grid():
 
 
 # -------------------------------------------------------------------------------- CPU protocol
-@pytest.mark.parametrize("table,count", [("table1", 18), ("table2", 28), ("table3", 15), ("table4", 12), ("table5", 24), ("table6", 9)])
+@pytest.mark.parametrize("table,count", [("table1", 18), ("table2", 16), ("table3", 15), ("table4", 12), ("table5", 24), ("table6", 9)])
 def test_cpu_protocol_grids(table, count):
     jobs = grid_jobs(table, "cpu")
     assert len(jobs) == count
