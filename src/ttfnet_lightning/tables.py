@@ -153,6 +153,7 @@ class Cell:
     statuses: list[str] = field(default_factory=list)
     paper: float | None = None
     digits: int = 1
+    seeds: list[int | None] = field(default_factory=list)  # the seed of each value (pairs cells by seed)
 
     @property
     def mean(self) -> float | None:
@@ -234,6 +235,7 @@ def _fill(jobs: Sequence[Job], key: Callable[[Job], tuple[str, str] | None], met
         v = metric(job)
         if v is not None:
             cell.values.append(v)
+            cell.seeds.append(job.cfg.get("seed"))
     return cells
 
 
@@ -457,19 +459,41 @@ def _se(cell: Cell, pooled: float) -> float:
     return sd / math.sqrt(max(len(cell.values), 1))
 
 
+def _paired(ca: Cell, cb: Cell) -> list[float]:
+    """Per-seed differences a - b over the seeds both cells have (empty unless every value has a
+    seed, the seeds are distinct and at least two are shared)."""
+    if len(ca.seeds) != len(ca.values) or len(cb.seeds) != len(cb.values):
+        return []
+    a, b = dict(zip(ca.seeds, ca.values)), dict(zip(cb.seeds, cb.values))
+    if None in a or None in b or len(a) != len(ca.values) or len(b) != len(cb.values):
+        return []
+    common = sorted(set(a) & set(b))
+    return [a[s] - b[s] for s in common] if len(common) >= 2 else []
+
+
 def compare(table: Table, a: tuple[str, str], b: tuple[str, str], claim: str) -> Verdict:
     """Claim "cell a > cell b": reproduced when mean(a) - mean(b) > 2 standard errors of the
-    difference, not reproduced when it is below -2, within noise otherwise."""
+    difference, not reproduced when it is below -2, within noise otherwise.
+
+    When both cells ran the same seeds (the CPU grids do), the comparison is paired by seed: the
+    difference is the mean of the per-seed differences and its standard error theirs, which removes
+    what a seed does to every setting alike (its data order and head initialisation)."""
     ca, cb = table.cells.get(a), table.cells.get(b)
     if ca is None or cb is None or not ca.values or not cb.values:
         return Verdict(claim, "not measured", "cells missing")
-    pooled = _noise(table)
-    se = math.sqrt(_se(ca, pooled) ** 2 + _se(cb, pooled) ** 2)
-    d = ca.mean - cb.mean
+    diffs = _paired(ca, cb)
+    if diffs:
+        d = statistics.fmean(diffs)
+        se = statistics.stdev(diffs) / math.sqrt(len(diffs))
+        how = f", paired by seed (n = {len(diffs)})"
+    else:
+        pooled = _noise(table)
+        se = math.sqrt(_se(ca, pooled) ** 2 + _se(cb, pooled) ** 2)
+        d = ca.mean - cb.mean
+        how = ""
+    # (with se == 0, any nonzero difference exceeds it; no difference at all stays within noise)
     verdict = "reproduced" if d > 2 * se else "not reproduced" if d < -2 * se else "within noise"
-    if se == 0:
-        verdict = "reproduced" if d > 0 else "not reproduced"
-    return Verdict(claim, verdict, f"{ca.mean:.2f} vs {cb.mean:.2f}, difference {d:+.2f}, 2 SE = {2 * se:.2f}")
+    return Verdict(claim, verdict, f"{ca.mean:.2f} vs {cb.mean:.2f}, difference {d:+.2f}, 2 SE = {2 * se:.2f}{how}")
 
 
 def _all_of(claim: str, parts: list[Verdict]) -> Verdict:
