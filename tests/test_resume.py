@@ -23,6 +23,7 @@ from conftest import REPO, TINY_TRAIN
 RUN = [o for o in TINY_TRAIN if not o.startswith(("data.datamodule.num_train", "data.datamodule.batch_size", "data.datamodule.num_val"))] + [
     "data.datamodule.num_train=16", "data.datamodule.batch_size=4", "data.datamodule.num_val=4",
     "callbacks.checkpoint_every_n_steps=1", "trainer.log_every_n_steps=1", "hydra.job.chdir=false",
+    "exact_resume=true",
 ]
 TIME_COLUMNS = ("time/train_seconds", "time/train_hours")
 

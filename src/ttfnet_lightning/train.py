@@ -357,7 +357,7 @@ def train(cfg: DictConfig) -> float | None:
         log_hyperparams(lg, cfg, resolved)
     (out / "config_resolved.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)))
     callbacks = build_callbacks(cfg, out)
-    if cfg.get("exact_resume", True):
+    if cfg.get("exact_resume", False):
         order = DataOrder(int(cfg.seed))
         order.wrap(dm)
         callbacks.append(order)
@@ -373,7 +373,8 @@ def train(cfg: DictConfig) -> float | None:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r".*ckpt_path=\"last\".*")  # we pass the checkpoint explicitly
             warnings.filterwarnings("ignore", message=r".*overridden `on_after_batch_transfer`.*")
-            warnings.filterwarnings("ignore", message=r".*dataloader is not resumable.*")  # DataOrder positions it
+            if cfg.get("exact_resume", False):
+                warnings.filterwarnings("ignore", message=r".*dataloader is not resumable.*")  # DataOrder positions it
             trainer.fit(model, datamodule=dm, ckpt_path=None if ckpt_path is None else str(ckpt_path))
             if not trainer.interrupted and trainer.callback_metrics.get("time/step") != trainer.global_step:
                 # the schedule ended between validations (check_val_every_n_epoch > 1): the reported
