@@ -107,8 +107,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     seconds = time.perf_counter() - t0
     # the validation loader is in order: the images evaluated are the first ones (trainer.limit_val_batches)
     num_batches = trainer.num_val_batches[0] if trainer.num_val_batches else 0
-    evaluated_ids = list(dm.val_dataset.image_ids)[: int(min(num_batches * dm.batch_size, len(dm.val_dataset)))]
-    num_images = len(evaluated_ids)
+    num_images = int(min(num_batches * dm.batch_size, len(dm.val_dataset)))
     model = model.to(trainer.strategy.root_device).eval()
     speed = {
         "model_only_images_per_s_batch1": model_speed(model, batch_size=1, input_size=input_size, iters=cfg.speed_iters),
@@ -127,7 +126,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     dets_json = out / "detections_val.json"
     official = None
     if dm.val_ann_file and Path(dm.val_ann_file).is_file() and dets_json.is_file():
-        official = coco_official_metrics(dm.val_ann_file, dets_json, evaluated_ids)
+        official = coco_official_metrics(dm.val_ann_file, dets_json, dm.val_dataset.image_ids[:num_images])
         metrics |= {f"coco/{k}": v for k, v in official.items()}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     print(f"\nEvaluation of {cfg.ckpt} on {cfg.data.name} val ({num_images} images, {input_size[0]}x{input_size[1]})")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import logging
 
@@ -20,7 +20,6 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .check import CheckReport, check_datasets, default_cache_dir
 from .coco import CocoDetection
 from .collate import collate_detection
 from .errors import DataError
@@ -28,6 +27,9 @@ from .sample import ImageFileDataset
 from .shapes import DEFAULT_SHAPE_CLASSES, ShapesDataset
 from .transforms import as_size, build_transforms
 from .voc import VocDetection
+
+if TYPE_CHECKING:
+    from .check import CheckReport
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +109,9 @@ class ImageFileDataModule(DetectionDataModule):
         super().__init__(**kwargs)
         self.skip_bad_images, self.max_bad_images = bool(skip_bad_images), int(max_bad_images)
         self.preflight, self.preflight_workers = bool(preflight), int(preflight_workers)
+        # .check is imported when used: `python -m ttfnet_lightning.data.check` must not find it imported
+        from .check import default_cache_dir
+
         self.check_cache_dir = Path(check_cache_dir) if check_cache_dir is not None else default_cache_dir()
         self._checked: set[int] = set()  # id() of the data sets already checked
 
@@ -125,6 +130,8 @@ class ImageFileDataModule(DetectionDataModule):
 
     def check_data(self) -> CheckReport:
         """Pre-flight check of the built data sets (nothing excluded; see :func:`check_datasets`)."""
+        from .check import check_datasets
+
         return check_datasets(self.image_datasets(), cache_dir=self.check_cache_dir, workers=self.preflight_workers)
 
     def run_preflight(self) -> None:
@@ -133,6 +140,8 @@ class ImageFileDataModule(DetectionDataModule):
         todo = {k: v for k, v in self.image_datasets().items() if id(v) not in self._checked}
         if not self.preflight or not todo:
             return
+        from .check import check_datasets
+
         report = check_datasets(todo, cache_dir=self.check_cache_dir, workers=self.preflight_workers)
         self._checked.update(id(v) for v in todo.values())
         if report.fatal:
