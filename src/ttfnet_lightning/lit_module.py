@@ -245,8 +245,9 @@ class TTFNetModule(pl.LightningModule):
     @staticmethod
     def ground_truth(batch: dict[str, Any]) -> list[dict[str, Tensor]]:
         """Per-image ground truth in original-image pixels for the mAP metric: the data set's own
-        annotations (``meta[i]["gt_boxes"]``, with crowd/difficult flags) when present, else the
-        batch boxes scaled back from input pixels."""
+        annotations (``meta[i]["gt_boxes"]``, with crowd/difficult flags and ``gt_area``, the area
+        COCO's APs/APm/APl bucket by: COCO's annotation ``area``, box area elsewhere) when present,
+        else the batch boxes scaled back from input pixels (the metric then uses box areas)."""
         H, W = batch["images"].shape[-2:]
         device = batch["images"].device
         gts = []
@@ -255,6 +256,8 @@ class TTFNetModule(pl.LightningModule):
                 gt = {"boxes": m["gt_boxes"].to(device).float().reshape(-1, 4), "labels": m["gt_labels"].to(device).long()}
                 if "gt_iscrowd" in m:
                     gt["iscrowd"] = m["gt_iscrowd"].to(device).long()
+                if "gt_area" in m:
+                    gt["area"] = m["gt_area"].to(device).float().reshape(-1)
             else:
                 keep = batch["labels"][i] >= 0
                 h0, w0 = m["orig_size"]
