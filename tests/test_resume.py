@@ -77,35 +77,15 @@ def metrics(out: Path) -> list[dict[str, str]]:
         return [{k: v for k, v in r.items() if k not in TIME_COLUMNS} for r in csv.DictReader(f)]
 
 
-def assert_same_run(a: Path, b: Path, *, bitwise: bool = True) -> None:
-    """Same weights and metrics.csv rows (steps, epochs, losses, LR, AP; wall-clock columns aside).
-    ``bitwise=False``: same rows and step labels, values within 1 % (a resumed run's first forward
-    pass differs from the uninterrupted one's in the 4th significant digit on CPU, with the same
-    weights, buffers and batch -- cause not found yet; see the README)."""
+def assert_same_run(a: Path, b: Path) -> None:
+    """Bitwise the same weights and buffers, and the same metrics.csv rows (steps, epochs,
+    losses, LR, AP; the wall-clock columns aside)."""
     wa, wb = weights(a), weights(b)
     assert wa.keys() == wb.keys()
-    if bitwise:
-        different = [k for k in wa if not torch.equal(wa[k], wb[k])]
-    else:
-        different = [k for k in wa if wa[k].is_floating_point() and not torch.allclose(wa[k], wb[k], rtol=1e-2, atol=1e-3)]
+    different = [k for k in wa if not torch.equal(wa[k], wb[k])]
     assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
     ma, mb = metrics(a), metrics(b)
-    assert [(r["epoch"], r["step"], sorted(k for k, v in r.items() if v)) for r in ma] == [
-        (r["epoch"], r["step"], sorted(k for k, v in r.items() if v)) for r in mb
-    ], "metrics.csv rows differ in steps, epochs or keys"
-    for x, y in zip(ma, mb):
-        for k, v in x.items():
-            if v and k not in ("epoch", "step"):
-                assert (v == y[k]) if bitwise else float(v) == pytest.approx(float(y[k]), rel=1e-2, abs=1e-3), (k, x, y)
-
-
-def same_run_or_xfail(a: Path, b: Path, why: str) -> None:
-    """Known gap (issue 8, item 11/12): the runs agree in batches, steps and rows but not in every
-    value; recorded as an expected failure with the difference, not hidden."""
-    try:
-        assert_same_run(a, b, bitwise=False)
-    except AssertionError as exc:
-        pytest.xfail(f"{why}: {str(exc).splitlines()[0][:300]}")
+    assert ma == mb, "metrics.csv rows differ"
 
 
 @pytest.fixture(scope="module")
@@ -130,8 +110,7 @@ def test_sigterm_mid_epoch_checkpoints_exits_nonzero_and_resumes_exactly(referen
     again = run(command(out))
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resuming" in again.stdout and "interrupted.ckpt" in again.stdout
-    # same batches, steps, rows; values: BatchNorm running statistics differ beyond 1 % (known gap)
-    same_run_or_xfail(reference, out, "resumed run not value-exact (first step after resume differs in the 4th digit)")
+    assert_same_run(reference, out)
 
 
 def test_hard_kill_resumes_from_the_latest_step_checkpoint_exactly(reference, tmp_path):
@@ -143,7 +122,7 @@ def test_hard_kill_resumes_from_the_latest_step_checkpoint_exactly(reference, tm
     again = run(command(out))
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"latest-step{newest}.ckpt" in again.stdout, again.stdout[-2000:]
-    same_run_or_xfail(reference, out, "resumed run not value-exact (first step after resume differs in the 4th digit)")
+    assert_same_run(reference, out)
 
 
 def test_two_seeded_runs_give_identical_metrics_with_default_workers(reference, tmp_path):
@@ -151,8 +130,9 @@ def test_two_seeded_runs_give_identical_metrics_with_default_workers(reference, 
     out = tmp_path / "again"
     proc = run([c for c in command(out) if not c.startswith("data.datamodule.num_workers")])
     assert proc.returncode == 0, proc.stderr[-3000:]
-    # measured: 143 tensors differ from the num_workers=0 reference (worker count changes the values)
-    same_run_or_xfail(reference, out, "default workers (2) vs num_workers=0 not identical")
+    # the reference loads data in the main process: augmentations seeded per sample make the
+    # worker count irrelevant
+    assert_same_run(reference, out)
 
 
 def test_sigterm_stops_the_whole_sweep(tmp_path):

@@ -11,13 +11,13 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback, OnExceptionCheckpoint
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .lit_module import NonFiniteError, image_ids
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TimeToAccuracy", "LogValPredictions", "FiniteGuard", "InterruptCheckpoint", "EpochSampler", "DataOrder"]
+__all__ = ["TimeToAccuracy", "LogValPredictions", "FiniteGuard", "InterruptCheckpoint", "EpochSampler", "SeededSamples", "DataOrder"]
 
 
 # the clock of TimeToAccuracy (a module attribute so that tests can replace it)
@@ -190,11 +190,31 @@ class InterruptCheckpoint(OnExceptionCheckpoint):
             log.warning("wrote %s at global step %d (%s)", self.ckpt_path, trainer.global_step, type(exception).__name__)
 
 
-class EpochSampler(Sampler[int]):
-    """Training order of epoch ``e``: a permutation drawn from ``(seed, e)`` alone, so it is the
-    same in every run with this seed and after any resume; ``skip`` leaves out the first batches of
-    the next iteration (a mid-epoch resume continues with the batch after the last trained one).
-    Set up by :class:`DataOrder`."""
+class SeededSamples(Dataset):
+    """A training data set whose item ``(index, seed)`` is ``dataset[index]`` computed with torch's
+    RNG seeded by ``seed`` (and restored afterwards): random augmentations (flips, crops,
+    photometric changes) then depend on the sample's place in the data order alone, not on the
+    process, the worker or what ran before -- the same after a resume and with any worker count."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        index, seed = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.dataset[index]
+
+
+class EpochSampler(Sampler[tuple[int, int]]):
+    """Training order of epoch ``e``: a permutation and one augmentation seed per position, drawn
+    from ``(seed, e)`` alone, so they are the same in every run with this seed and after any
+    resume; yields ``(index, augmentation seed)`` for :class:`SeededSamples`. ``skip`` leaves out
+    the first samples of the next iteration (a mid-epoch resume continues with the batch after the
+    last trained one). Set up by :class:`DataOrder`."""
 
     def __init__(self, num_samples: int, seed: int) -> None:
         self.num_samples = int(num_samples)
@@ -205,9 +225,11 @@ class EpochSampler(Sampler[int]):
     def set_epoch(self, epoch: int) -> None:  # called by Lightning before each epoch
         self.epoch = int(epoch)
 
-    def order(self, epoch: int) -> list[int]:
+    def order(self, epoch: int) -> list[tuple[int, int]]:
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + int(epoch))
-        return torch.randperm(self.num_samples, generator=gen).tolist()
+        perm = torch.randperm(self.num_samples, generator=gen).tolist()
+        seeds = torch.randint(0, 2**62, (self.num_samples,), generator=gen).tolist()
+        return list(zip(perm, seeds))
 
     def __iter__(self):
         skip, self.skip = self.skip, 0
@@ -225,9 +247,9 @@ class DataOrder(Callback):
     (Lightning restarts a mid-epoch resume's loader from its beginning); on resume the sampler
     starts at that epoch and skips those batches, and the first batch after the resume is checked
     to be the one Lightning expects (an error, never a silently different order). The model has no
-    dropout, so with the shapes data (rendered from ``(seed, index)``) and no augmentation a resumed
-    run trains on exactly the batches of an uninterrupted one. Augmentations draw from the global
-    RNG and are not replayed after a resume."""
+    dropout, the shapes data are rendered from ``(seed, index)``, and random augmentations (the
+    training flip included) are seeded per sample from the same order (:class:`SeededSamples`), so a
+    resumed run trains on exactly the batches of an uninterrupted one, with any worker count."""
 
     def __init__(self, seed: int) -> None:
         self.seed = int(seed)
@@ -247,7 +269,7 @@ class DataOrder(Callback):
                 self.sampler.skip = batches * int(dl.batch_size)
                 self._check, self._resume_at = (epoch, batches), None
             return DataLoader(
-                dl.dataset, batch_size=dl.batch_size, sampler=self.sampler, drop_last=dl.drop_last,
+                SeededSamples(dl.dataset), batch_size=dl.batch_size, sampler=self.sampler, drop_last=dl.drop_last,
                 num_workers=dl.num_workers, collate_fn=dl.collate_fn, pin_memory=dl.pin_memory,
                 persistent_workers=dl.persistent_workers, worker_init_fn=dl.worker_init_fn,
             )
