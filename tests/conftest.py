@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,8 @@ import pytest
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+# the data pre-flight check's cache (data/check.py): a temporary folder, not the user's ~/.cache
+os.environ.setdefault("TTFNET_LIGHTNING_CACHE", tempfile.mkdtemp(prefix="ttfnet-test-cache-"))
 
 REPO = Path(__file__).resolve().parents[1]
 

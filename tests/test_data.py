@@ -407,7 +407,8 @@ def test_coco_bad_images_raise_or_skip(tmp_path: Path, caplog):
     with pytest.raises(DataError, match="not found.*a2.jpg"):
         ds[2]
 
-    skip = CocoDetection(root=root, split="val", skip_bad_images=True, max_bad_images=5)
+    # training: a bad image is replaced by the next readable one
+    skip = CocoDetection(root=root, split="val", skip_bad_images=True, substitute_bad_images=True, max_bad_images=5)
     with caplog.at_level(logging.WARNING):
         _, t = skip[1]  # a1 corrupt, a2 missing -> a3
     assert t["image_id"] == 103 and skip.num_skipped == 2
@@ -415,7 +416,7 @@ def test_coco_bad_images_raise_or_skip(tmp_path: Path, caplog):
     skip[2]
     assert skip.num_skipped == 2  # known bad images are not counted twice
 
-    strict = CocoDetection(root=root, split="val", skip_bad_images=True, max_bad_images=1)
+    strict = CocoDetection(root=root, split="val", skip_bad_images=True, substitute_bad_images=True, max_bad_images=1)
     with pytest.raises(DataError, match="max_bad_images=1"):
         strict[1]
 
@@ -447,14 +448,14 @@ def _obj(name, box, difficult=0):
 def test_voc_tiny_set_difficult_and_classes(tmp_path: Path):
     objects = {"a": _obj("dog", (1, 1, 10, 20)) + _obj("cat", (5, 6, 40, 30), difficult=1), "b": _obj("cat", (3, 3, 8, 8))}
     root = _voc(tmp_path, objects)
-    ds = VocDetection(root=root, split="train")
+    ds = VocDetection(root=root, split="train", min_boxes_per_class=1)
     assert ds.class_names == ["cat", "dog"] and ds.image_names == ["a", "b"]
     img, t = ds[0]
     assert img.shape == (3, 30, 40)
     torch.testing.assert_close(t["gt_boxes"], torch.tensor([[0.0, 0, 10, 20], [4, 5, 40, 30]]))
     assert t["gt_labels"].tolist() == [1, 0] and t["gt_iscrowd"].tolist() == [0, 1]
     assert t["labels"].tolist() == [1] and len(t["boxes"]) == 1  # difficult not a training target
-    kd = VocDetection(root=root, split="train", keep_difficult=True)
+    kd = VocDetection(root=root, split="train", keep_difficult=True, min_boxes_per_class=0)
     assert kd[0][1]["labels"].tolist() == [1, 0] and kd[0][1]["gt_iscrowd"].tolist() == [0, 0]
     assert VocDetection(root=root, split="train", class_names=["dog", "cat", "bird"]).num_classes == 3
 
@@ -467,14 +468,16 @@ def test_voc_bad_inputs(tmp_path: Path):
         VocDetection(root=root, split="val")
     (root / "Annotations" / "b.xml").write_text("<annotation><object><name>dog</name>")
     with pytest.raises(DataError, match=r"malformed VOC XML .*b\.xml"):
-        VocDetection(root=root, split="train")
+        VocDetection(root=root, split="train", min_boxes_per_class=0)
     (root / "Annotations" / "b.xml").write_text(f"<annotation>{_obj('dog', (1, 'x', 5, 5))}</annotation>")
     with pytest.raises(DataError, match=r"b\.xml.*'x', not a number"):
-        VocDetection(root=root, split="train")
+        VocDetection(root=root, split="train", min_boxes_per_class=0)
     (root / "Annotations" / "b.xml").unlink()
     with pytest.raises(DataError, match=r"annotation file not found.*b\.xml"):
-        VocDetection(root=root, split="train")
+        VocDetection(root=root, split="train", min_boxes_per_class=0)
+    # a missing image is a bad image (the one policy): raised when read, or found by the pre-flight check
     (root / "Annotations" / "b.xml").write_text(f"<annotation>{_obj('dog', (1, 1, 5, 5))}</annotation>")
     (root / "JPEGImages" / "b.jpg").unlink()
+    ds = VocDetection(root=root, split="train", min_boxes_per_class=0)
     with pytest.raises(DataError, match=r"image file not found.*b\.jpg"):
-        VocDetection(root=root, split="train")
+        ds[1]

@@ -78,7 +78,9 @@ IMAGES_PER_CALL = 64  # images per encoder call
 _MAX_COUNT_ELEMENTS = 1 << 24  # bound on rows * h * w of one coverage call (memory only)
 _CACHE_VERSION = 1  # bump when the definition or the box pipeline changes
 # data-module arguments that change how data is loaded, never which boxes the training set has
-_LOADER_ONLY = ("batch_size", "num_workers", "augment")
+_LOADER_ONLY = ("batch_size", "num_workers", "augment",
+                # the bad-image policy and the pre-flight check do not change the training boxes
+                "skip_bad_images", "max_bad_images", "substitute_bad_images", "preflight", "preflight_workers", "check_cache_dir")
 
 
 def ambiguity_counts(

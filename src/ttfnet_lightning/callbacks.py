@@ -1,4 +1,6 @@
-"""Lightning callbacks: time-to-accuracy tracking and validation images with boxes."""
+"""Lightning callbacks: time-to-accuracy tracking, validation images with boxes, and the pieces
+that make runs trustworthy: a NaN/inf guard, the interruption checkpoint, and a reproducible,
+resumable training data order."""
 
 from __future__ import annotations
 
@@ -8,11 +10,18 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.callbacks import Callback, OnExceptionCheckpoint
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .lit_module import NonFiniteError, image_ids
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TimeToAccuracy", "LogValPredictions"]
+__all__ = ["TimeToAccuracy", "LogValPredictions", "FiniteGuard", "InterruptCheckpoint", "EpochSampler", "SeededSamples", "DataOrder"]
+
+
+# the clock of TimeToAccuracy (a module attribute so that tests can replace it)
+_clock = time.perf_counter
 
 
 class TimeToAccuracy(Callback):
@@ -20,24 +29,36 @@ class TimeToAccuracy(Callback):
 
     The paper's point is accuracy per training hour; this logs ``time/train_seconds``,
     ``time/train_hours`` and ``time/step`` beside ``val/AP`` so AP can be plotted against training
-    time. The clock survives checkpoint/resume (it is part of the callback state).
+    time. The clock runs from each training batch's start (data loading included) until a
+    validation starts or training stops, also after a mid-epoch validation
+    (``val_check_interval < 1``). It survives checkpoint/resume: the saved state includes the
+    segment running at save time, so a checkpoint written on an exception or SIGTERM (or mid-epoch)
+    counts every second up to it. Seconds after the last checkpoint of a hard-killed run are lost
+    (they are spent again after the resume and counted then).
     """
 
     def __init__(self) -> None:
         self.train_seconds = 0.0
         self._since: float | None = None
 
+    def seconds(self) -> float:
+        """Training seconds so far, the running segment included."""
+        return self.train_seconds + (_clock() - self._since if self._since is not None else 0.0)
+
     def _pause(self) -> None:
         if self._since is not None:
-            self.train_seconds += time.perf_counter() - self._since
+            self.train_seconds += _clock() - self._since
             self._since = None
 
     def _resume(self) -> None:
         if self._since is None:
-            self._since = time.perf_counter()
+            self._since = _clock()
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._resume()
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        self._resume()  # after a mid-epoch validation the clock runs again from here
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._pause()
@@ -45,11 +66,10 @@ class TimeToAccuracy(Callback):
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._pause()
 
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.training:  # validation inside fit: the training loop goes on
-            self._resume()
-
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._pause()
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self._pause()
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -60,10 +80,11 @@ class TimeToAccuracy(Callback):
         pl_module.log("time/step", float(trainer.global_step))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"train_seconds": self.train_seconds}
+        return {"train_seconds": self.seconds()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.train_seconds = float(state_dict.get("train_seconds", 0.0))
+        self._since = None
 
 
 class LogValPredictions(Callback):
@@ -118,3 +139,168 @@ class LogValPredictions(Callback):
                     lg.experiment.add_images("val/predictions", torch.stack(drawn), trainer.global_step)
             except Exception as exc:  # a logging failure must never stop training
                 log.warning("could not log validation images to %s: %s", type(lg).__name__, exc)
+
+
+class FiniteGuard(Callback):
+    """Stop training when an optimiser step left NaN/inf weights (the loss itself is checked in
+    ``TTFNetModule.training_step``). Runs at every training batch end, before Lightning's
+    checkpoint callbacks, so that such weights are never validated or saved (as "best" or else)."""
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        params = [p for p in pl_module.parameters() if p.requires_grad]
+        if not params:
+            return
+        norms = torch._foreach_norm([p.detach() for p in params])
+        if bool(torch.isfinite(torch.stack(norms)).all()):
+            return
+        names = [n for n, p in pl_module.named_parameters() if p.requires_grad and not bool(torch.isfinite(p).all())]
+        raise NonFiniteError(
+            f"non-finite weights after the optimiser step of global step {trainer.global_step - 1} "
+            f"(epoch {trainer.current_epoch}, batch {batch_idx}; images {image_ids(batch)}): {len(names)} tensors, "
+            f"e.g. {names[:5]}. Training stopped, no checkpoint of this model is saved; lower schedule.lr and rerun."
+        )
+
+
+class InterruptCheckpoint(OnExceptionCheckpoint):
+    """``checkpoints/interrupted.ckpt`` when training stops on an exception, Ctrl-C or SIGTERM, so
+    that rerunning the command resumes it. Not written when nothing was trained in this session
+    (a bad config value or unreadable data: a corrected rerun must start afresh, or resume from
+    the checkpoint it was started from), nor for NaN/inf (such a model must not be resumed). A
+    failing write is logged and does not hide the original error."""
+
+    def __init__(self, dirpath: str, filename: str = "interrupted") -> None:
+        super().__init__(dirpath=dirpath, filename=filename)
+        self.trained_batches = 0
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.trained_batches += 1
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, NonFiniteError):
+            log.error("not writing %s: training diverged (%s)", self.ckpt_path, exception)
+            return
+        if self.trained_batches == 0:
+            log.info("not writing %s: no training step ran in this session", self.ckpt_path)
+            return
+        try:
+            super().on_exception(trainer, pl_module, exception)
+        except Exception as exc:  # the original exception is the one to report
+            log.error("could not write the interruption checkpoint %s: %s", self.ckpt_path, exc)
+        else:
+            log.warning("wrote %s at global step %d (%s)", self.ckpt_path, trainer.global_step, type(exception).__name__)
+
+
+class SeededSamples(Dataset):
+    """A training data set whose item ``(index, seed)`` is ``dataset[index]`` computed with torch's
+    RNG seeded by ``seed`` (and restored afterwards): random augmentations (flips, crops,
+    photometric changes) then depend on the sample's place in the data order alone, not on the
+    process, the worker or what ran before -- the same after a resume and with any worker count."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        index, seed = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.dataset[index]
+
+
+class EpochSampler(Sampler[tuple[int, int]]):
+    """Training order of epoch ``e``: a permutation and one augmentation seed per position, drawn
+    from ``(seed, e)`` alone, so they are the same in every run with this seed and after any
+    resume; yields ``(index, augmentation seed)`` for :class:`SeededSamples`. ``skip`` leaves out
+    the first samples of the next iteration (a mid-epoch resume continues with the batch after the
+    last trained one). Set up by :class:`DataOrder`."""
+
+    def __init__(self, num_samples: int, seed: int) -> None:
+        self.num_samples = int(num_samples)
+        self.seed = int(seed)
+        self.epoch = 0
+        self.skip = 0  # samples to leave out at the next __iter__
+
+    def set_epoch(self, epoch: int) -> None:  # called by Lightning before each epoch
+        self.epoch = int(epoch)
+
+    def order(self, epoch: int) -> list[tuple[int, int]]:
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + int(epoch))
+        perm = torch.randperm(self.num_samples, generator=gen).tolist()
+        seeds = torch.randint(0, 2**62, (self.num_samples,), generator=gen).tolist()
+        return list(zip(perm, seeds))
+
+    def __iter__(self):
+        skip, self.skip = self.skip, 0
+        return iter(self.order(self.epoch)[skip:])
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+class DataOrder(Callback):
+    """Reproducible, exactly resumable training data order (config ``exact_resume: true``).
+
+    :meth:`wrap` replaces the data module's shuffled training loader by the same loader over an
+    :class:`EpochSampler`. Checkpoints store the epoch and the number of batches trained in it
+    (Lightning restarts a mid-epoch resume's loader from its beginning); on resume the sampler
+    starts at that epoch and skips those batches, and the first batch after the resume is checked
+    to be the one Lightning expects (an error, never a silently different order). The model has no
+    dropout, the shapes data are rendered from ``(seed, index)``, and random augmentations (the
+    training flip included) are seeded per sample from the same order (:class:`SeededSamples`), so a
+    resumed run trains on exactly the batches of an uninterrupted one, with any worker count."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = int(seed)
+        self.sampler: EpochSampler | None = None
+        self._resume_at: tuple[int, int] | None = None  # (epoch, batches) from a loaded checkpoint
+        self._check: tuple[int, int] | None = None
+
+    def wrap(self, dm: pl.LightningDataModule) -> None:
+        make = dm.train_dataloader
+
+        def train_dataloader() -> DataLoader:
+            dl = make()
+            self.sampler = EpochSampler(len(dl.dataset), self.seed)
+            if self._resume_at is not None:
+                epoch, batches = self._resume_at
+                self.sampler.set_epoch(epoch)
+                self.sampler.skip = batches * int(dl.batch_size)
+                self._check, self._resume_at = (epoch, batches), None
+            return DataLoader(
+                SeededSamples(dl.dataset), batch_size=dl.batch_size, sampler=self.sampler, drop_last=dl.drop_last,
+                num_workers=dl.num_workers, collate_fn=dl.collate_fn, pin_memory=dl.pin_memory,
+                persistent_workers=dl.persistent_workers, worker_init_fn=dl.worker_init_fn,
+            )
+
+        dm.train_dataloader = train_dataloader  # type: ignore[method-assign]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}  # the position is written by on_save_checkpoint, which sees the trainer
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        done = int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
+        epoch = int(trainer.current_epoch)
+        if done >= trainer.num_training_batches:  # the epoch's batches are all trained
+            epoch, done = epoch + 1, 0
+        checkpoint["ttfnet_data_order"] = {"epoch": epoch, "batches": done, "seed": self.seed}
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("ttfnet_data_order")
+        if state is None:
+            log.warning("checkpoint has no data-order state (older version): the resumed epoch restarts its order")
+            return
+        if int(state["seed"]) != self.seed:
+            raise ValueError(f"checkpoint data order was seeded with {state['seed']}, this run with seed {self.seed}")
+        self._resume_at = (int(state["epoch"]), int(state["batches"]))
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        if self._check is None:
+            return
+        expected, self._check = self._check, None
+        if (trainer.current_epoch, batch_idx) != expected:
+            raise RuntimeError(
+                f"exact resume: the data order was positioned at epoch {expected[0]}, batch {expected[1]}, but Lightning "
+                f"resumed at epoch {trainer.current_epoch}, batch {batch_idx}; set exact_resume=false to resume anyway"
+            )

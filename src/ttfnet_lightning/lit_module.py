@@ -31,7 +31,16 @@ log = logging.getLogger(__name__)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-__all__ = ["TTFNetModule", "build_map_metric", "lr_factor"]
+__all__ = ["TTFNetModule", "NonFiniteError", "build_map_metric", "lr_factor"]
+
+
+class NonFiniteError(FloatingPointError):
+    """Training produced a NaN/inf loss or weights: the run stops (no checkpoint of it is saved)."""
+
+
+def image_ids(batch: dict[str, Any]) -> list[Any]:
+    """The ``image_id`` of each image of a batch (for error messages)."""
+    return [m.get("image_id") for m in batch.get("meta") or []]
 
 
 def build_map_metric():
@@ -196,6 +205,13 @@ class TTFNetModule(pl.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         losses, _ = self._losses(batch)
+        if not bool(torch.isfinite(losses["loss"])):
+            terms = ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items())
+            raise NonFiniteError(
+                f"non-finite training loss at global step {self.global_step} (epoch {self.current_epoch}, batch {batch_idx}): "
+                f"{terms}; images {image_ids(batch)}. Training stopped, no checkpoint of this model is saved; "
+                "lower schedule.lr (or check these images' boxes) and rerun."
+            )
         B = batch["images"].shape[0]
         self.log("train/loss", losses["loss"], prog_bar=True, batch_size=B)
         self.log("train/loss_heatmap", losses["loss_heatmap"], batch_size=B)
@@ -229,8 +245,9 @@ class TTFNetModule(pl.LightningModule):
     @staticmethod
     def ground_truth(batch: dict[str, Any]) -> list[dict[str, Tensor]]:
         """Per-image ground truth in original-image pixels for the mAP metric: the data set's own
-        annotations (``meta[i]["gt_boxes"]``, with crowd/difficult flags) when present, else the
-        batch boxes scaled back from input pixels."""
+        annotations (``meta[i]["gt_boxes"]``, with crowd/difficult flags and ``gt_area``, the area
+        COCO's APs/APm/APl bucket by: COCO's annotation ``area``, box area elsewhere) when present,
+        else the batch boxes scaled back from input pixels (the metric then uses box areas)."""
         H, W = batch["images"].shape[-2:]
         device = batch["images"].device
         gts = []
@@ -239,6 +256,8 @@ class TTFNetModule(pl.LightningModule):
                 gt = {"boxes": m["gt_boxes"].to(device).float().reshape(-1, 4), "labels": m["gt_labels"].to(device).long()}
                 if "gt_iscrowd" in m:
                     gt["iscrowd"] = m["gt_iscrowd"].to(device).long()
+                if "gt_area" in m:
+                    gt["area"] = m["gt_area"].to(device).float().reshape(-1)
             else:
                 keep = batch["labels"][i] >= 0
                 h0, w0 = m["orig_size"]
@@ -302,6 +321,21 @@ class TTFNetModule(pl.LightningModule):
             return float(hp.lr)
         return float(hp.lr) * self.total_batch_size() / float(hp.reference_batch)
 
+    def steps_per_epoch(self) -> int:
+        """Optimiser steps per epoch of the real training loader (``limit_train_batches`` applied),
+        independent of ``max_steps``: the LR milestones are epochs of the data."""
+        trainer = self.trainer
+        trainer.estimated_stepping_batches  # noqa: B018  (sets up the train dataloader when needed)
+        batches = trainer.num_training_batches
+        if not math.isfinite(batches):
+            if self.hparams.milestones:
+                raise ValueError(
+                    f"schedule.milestones {list(self.hparams.milestones)} are epochs, but the training loader has no "
+                    "length; use a sized data set or milestones: []"
+                )
+            return 1
+        return max(int(math.ceil(batches / max(int(trainer.accumulate_grad_batches), 1))), 1)
+
     def configure_optimizers(self):
         hp = self.hparams
         lr = self.effective_lr()
@@ -314,8 +348,7 @@ class TTFNetModule(pl.LightningModule):
             {"params": no_decay, "lr": lr * hp.bias_lr_mult, "weight_decay": hp.weight_decay * hp.bias_decay},
         ]
         opt = torch.optim.SGD(groups, lr=lr, momentum=hp.momentum)
-        max_epochs = max(int(self.trainer.max_epochs or 1), 1)
-        steps_per_epoch = max(int(math.ceil(self.trainer.estimated_stepping_batches / max_epochs)), 1)
+        steps_per_epoch = self.steps_per_epoch()
         log.info(
             "SGD lr %.5g (base %.5g for batch %d, total batch %d), %d steps/epoch, milestones %s",
             lr, hp.lr, hp.reference_batch, self.total_batch_size(), steps_per_epoch, list(hp.milestones),

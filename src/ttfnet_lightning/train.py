@@ -11,10 +11,12 @@ validation, for sweepers.
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import netrc
 import os
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -27,7 +29,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from .callbacks import LogValPredictions, TimeToAccuracy
+from .callbacks import DataOrder, FiniteGuard, InterruptCheckpoint, LogValPredictions, TimeToAccuracy
+from .checkpoints import StrictCheckpointIO
 from .lit_module import TTFNetModule
 from .tables import RESULTS_FILE, job_dirname, read_results
 from .tracking import flatten_dict, job_overrides, log_hyperparams
@@ -105,16 +108,62 @@ def wandb_offline(setting: bool | None) -> bool:
         return True
 
 
+def _resumable_csv_logger(out: Path) -> Any:
+    """``out/metrics.csv`` that survives resumes (Lightning's CSVLogger deletes it when a run is
+    restarted): rows go to disk as they are logged (nothing lost to a hard kill), a resumed run
+    appends after the rows logged up to its checkpoint's step, and a fresh run starts a new file.
+    The kept rows are chosen by :func:`truncate_metrics` (called from ``train``)."""
+    from pytorch_lightning.loggers import CSVLogger
+    from pytorch_lightning.loggers.csv_logs import ExperimentWriter
+
+    class KeepingWriter(ExperimentWriter):
+        def _check_log_dir_exists(self) -> None:  # keep metrics.csv; its header gives the known keys
+            if os.path.isfile(self.metrics_file_path):
+                with open(self.metrics_file_path, newline="") as f:
+                    self.metrics_keys = list(csv.DictReader(f).fieldnames or [])
+
+    class ResumableCSVLogger(CSVLogger):
+        @property
+        def experiment(self) -> ExperimentWriter:
+            if self._experiment is None:
+                self._fs.makedirs(self.root_dir, exist_ok=True)
+                self._experiment = KeepingWriter(log_dir=self.log_dir)
+            return self._experiment
+
+    return ResumableCSVLogger(save_dir=str(out), name="", version="", flush_logs_every_n_steps=1)
+
+
+def truncate_metrics(out: Path, resume_step: int | None) -> None:
+    """Before training: ``out/metrics.csv`` keeps the rows of logger steps < ``resume_step`` (the
+    resumed run logs the later ones again); no resume (None) -> the file is removed."""
+    path = out / "metrics.csv"
+    if not path.is_file():
+        return
+    if resume_step is None:
+        path.unlink()
+        return
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        fields, rows = list(reader.fieldnames or []), list(reader)
+    kept = [r for r in rows if r.get("step") in (None, "") or int(float(r["step"])) < resume_step]
+    if len(kept) != len(rows):
+        log.info("metrics.csv: dropped %d rows logged after the checkpoint's step %d", len(rows) - len(kept), resume_step)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(kept)
+    tmp.replace(path)
+
+
 def build_loggers(cfg: DictConfig, out: Path) -> list[Any]:
     """CSV always (``out/metrics.csv``), plus the tracker(s) of the ``logger`` group.
 
     W&B gets the run identity of :func:`tracking.run_identity` (group, job_type, tags); values
     set on the logger itself (``logger.wandb.group=...``) win, its tags are kept."""
-    from pytorch_lightning.loggers import CSVLogger
-
     from .tracking import run_identity
 
-    loggers: list[Any] = [CSVLogger(save_dir=str(out), name="", version="")]
+    loggers: list[Any] = [_resumable_csv_logger(out)]
     for key, lg_cfg in (cfg.get("logger") or {}).items():
         target = str(lg_cfg.get("_target_", ""))
         if target.endswith("WandbLogger"):
@@ -137,11 +186,24 @@ def build_loggers(cfg: DictConfig, out: Path) -> list[Any]:
     return loggers
 
 
+class _ResumeMetrics(pl.Callback):
+    """On resume, ``metrics.csv`` keeps the rows logged before the checkpoint's step (see
+    :func:`truncate_metrics`); the CSV is flushed with every checkpoint."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        truncate_metrics(self.out, int(checkpoint.get("global_step", 0)))
+
+
 def build_callbacks(cfg: DictConfig, out: Path) -> list[pl.Callback]:
-    from pytorch_lightning.callbacks import ModelCheckpoint, OnExceptionCheckpoint
+    from pytorch_lightning.callbacks import ModelCheckpoint
 
     ckpt_dir = out / "checkpoints"
     callbacks: list[pl.Callback] = [
+        # NaN/inf weights stop the run before any checkpoint callback sees them
+        FiniteGuard(),
         # best val/AP (this Lightning refreshes its save_last copy only when the best improves,
         # so last.ckpt has its own callback below)
         ModelCheckpoint(
@@ -154,12 +216,15 @@ def build_callbacks(cfg: DictConfig, out: Path) -> list[pl.Callback]:
         ),
         # last.ckpt after every validation, overwritten in place
         ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, enable_version_counter=False),
-        # interruption (Ctrl-C, SIGTERM, crash) -> interrupted.ckpt, resumable with ckpt_path=
-        OnExceptionCheckpoint(dirpath=ckpt_dir, filename="interrupted"),
+        # interruption (Ctrl-C, SIGTERM, crash) -> interrupted.ckpt; a rerun resumes from it
+        InterruptCheckpoint(dirpath=str(ckpt_dir), filename="interrupted"),
         TimeToAccuracy(),
+        _ResumeMetrics(out),
     ]
     every = cfg.callbacks.get("checkpoint_every_n_steps")
     if every:
+        # latest-step<N>.ckpt every N training steps (only the newest kept): what a rerun resumes
+        # from after a hard kill (SIGKILL, power loss), when it is newer than last.ckpt
         callbacks.append(
             ModelCheckpoint(dirpath=ckpt_dir, filename="latest-step{step}", every_n_train_steps=int(every), save_top_k=1, auto_insert_metric_name=False)
         )
@@ -194,19 +259,25 @@ def _write_results(out: Path, results: dict[str, Any]) -> None:
 
 
 def resume_checkpoint(out: str | Path) -> Path | None:
-    """The newest of ``checkpoints/{last,interrupted,latest-step*}.ckpt`` in a run's output dir.
+    """The newest of ``checkpoints/{last,interrupted,latest-step*}.ckpt`` and Lightning's SLURM
+    requeue checkpoints ``hpc_ckpt_*.ckpt`` in a run's output dir.
 
     After a hard kill the periodic ``latest-step*`` may be newer than the last validation's
-    ``last.ckpt``; after Ctrl-C/SIGTERM/a crash ``interrupted.ckpt`` is the newest."""
-    ckpt_dir = Path(out) / "checkpoints"
-    cands = [p for p in [ckpt_dir / "last.ckpt", ckpt_dir / "interrupted.ckpt", *ckpt_dir.glob("latest-step*.ckpt")] if p.is_file()]
-    return max(cands, key=lambda p: p.stat().st_mtime) if cands else None
+    ``last.ckpt``; after Ctrl-C/SIGTERM/a crash ``interrupted.ckpt`` is the newest; after a SLURM
+    requeue (SIGUSR1) ``hpc_ckpt_*``. Ties (same mtime) go to the later training step."""
+    out = Path(out)
+    ckpt_dir = out / "checkpoints"
+    cands = [ckpt_dir / "last.ckpt", ckpt_dir / "interrupted.ckpt", *ckpt_dir.glob("latest-step*.ckpt"), *out.glob("hpc_ckpt_*.ckpt")]
+    cands = [p for p in cands if p.is_file() and p.stat().st_size > 0]
+    return max(cands, key=lambda p: p.stat().st_mtime_ns) if cands else None
 
 
 # keys that may change between a run and its resumption without changing its result
 _RESUME_FREE_KEYS = ("logger", "callbacks", "trainer.enable_progress_bar", "data.datamodule.num_workers", "data.datamodule.root",
                      "backbone.weights", "pretrained_weights", "name", "group", "tags", "project", "ckpt_path", "skip_finished",
-                     "output_dir", "job_overrides", "table.grid", "export_backbone")
+                     "output_dir", "job_overrides", "table.grid", "export_backbone",
+                     # new key (data order): runs stored before it existed stay resumable/skippable
+                     "exact_resume")
 
 
 def check_same_config(out: Path, resolved: dict[str, Any]) -> None:
@@ -226,6 +297,18 @@ def check_same_config(out: Path, resolved: dict[str, Any]) -> None:
             + "\n".join(lines)
             + "\nUse another output_dir (or hydra.sweep.dir=... for a sweep), or delete the old run."
         )
+
+
+# exit status of a run stopped by SIGTERM (128 + 15, what a shell reports for a SIGTERM-killed process)
+SIGTERM_EXIT_CODE = 143
+
+
+def _interrupted(out: Path, what: str) -> SystemExit:
+    """The ``SystemExit`` (non-zero) of a run stopped by a signal, after saying how to resume it."""
+    ckpt = out / "checkpoints" / "interrupted.ckpt"
+    saved = f"{ckpt} written; " if ckpt.is_file() else ""
+    print(f"\ntraining stopped by {what}: {out} is not finished; {saved}run the same command again to resume it", file=sys.stderr, flush=True)
+    return SystemExit(SIGTERM_EXIT_CODE)
 
 
 def export_backbone_weights(model: TTFNetModule, path: str | Path) -> Path:
@@ -263,6 +346,9 @@ def train(cfg: DictConfig) -> float | None:
         return done.get("metrics", {}).get(str(cfg.optimized_metric))
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
+    ckpt_path = cfg.get("ckpt_path") or resume_checkpoint(out)
+    if not ckpt_path:
+        truncate_metrics(out, None)  # a fresh run: no rows of an earlier attempt in this dir
     pl.seed_everything(int(cfg.seed), workers=True)
     dm = build_datamodule(cfg)
     model = build_module(cfg, dm)
@@ -270,27 +356,42 @@ def train(cfg: DictConfig) -> float | None:
     for lg in loggers:  # W&B: flat config keys, val/* against training hours
         log_hyperparams(lg, cfg, resolved)
     (out / "config_resolved.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)))
+    callbacks = build_callbacks(cfg, out)
+    if cfg.get("exact_resume", False):
+        order = DataOrder(int(cfg.seed))
+        order.wrap(dm)
+        callbacks.append(order)
     trainer: pl.Trainer = instantiate(
-        cfg.trainer, default_root_dir=str(out), logger=loggers, callbacks=build_callbacks(cfg, out), _convert_="all"
+        cfg.trainer, default_root_dir=str(out), logger=loggers, callbacks=callbacks, plugins=[StrictCheckpointIO()], _convert_="all"
     )
     log.info("output dir: %s", out)
-    ckpt_path = cfg.get("ckpt_path") or resume_checkpoint(out)
     if ckpt_path and not cfg.get("ckpt_path"):
         print(f"resuming {out} from {ckpt_path}")
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*ckpt_path=\"last\".*")  # we pass the checkpoint explicitly
-        warnings.filterwarnings("ignore", message=r".*overridden `on_after_batch_transfer`.*")
-        trainer.fit(model, datamodule=dm, ckpt_path=None if ckpt_path is None else str(ckpt_path))
-        if not trainer.interrupted and trainer.callback_metrics.get("time/step") != trainer.global_step:
-            # the schedule ended between validations (check_val_every_n_epoch > 1): the reported
-            # metrics must be those of the final model
-            trainer.validate(model, datamodule=dm, verbose=False)
-            trainer.save_checkpoint(out / "checkpoints" / "last.ckpt")  # last.ckpt = the final model
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*ckpt_path=\"last\".*")  # we pass the checkpoint explicitly
+            warnings.filterwarnings("ignore", message=r".*overridden `on_after_batch_transfer`.*")
+            if cfg.get("exact_resume", False):
+                warnings.filterwarnings("ignore", message=r".*dataloader is not resumable.*")  # DataOrder positions it
+            trainer.fit(model, datamodule=dm, ckpt_path=None if ckpt_path is None else str(ckpt_path))
+            if not trainer.interrupted and trainer.callback_metrics.get("time/step") != trainer.global_step:
+                # the schedule ended between validations (check_val_every_n_epoch > 1): the reported
+                # metrics must be those of the final model
+                trainer.validate(model, datamodule=dm, verbose=False)
+                trainer.save_checkpoint(out / "checkpoints" / "last.ckpt")  # last.ckpt = the final model
+    except SIGTERMException:
+        # Lightning raises SystemExit() (exit status 0) on SIGTERM: schedulers must see a failure,
+        # and a sweep must stop here rather than start its next job
+        _finish_wandb(loggers)
+        raise _interrupted(out, "SIGTERM") from None
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}  # all logged values are scalars
     _print_metrics(metrics, f"final metrics ({out})")
     ckpt = trainer.checkpoint_callback
-    if ckpt is not None and ckpt.best_model_path:
+    if ckpt is not None and ckpt.best_model_path and Path(ckpt.best_model_path).is_file():
         print(f"  best checkpoint: {ckpt.best_model_path} (val/AP {float(ckpt.best_model_score):.3f})")
+    if (out / "checkpoints" / "last.ckpt").is_file():
         print(f"  last checkpoint: {out / 'checkpoints' / 'last.ckpt'}")
     value = metrics.get(str(cfg.optimized_metric))
     _finish_wandb(loggers)

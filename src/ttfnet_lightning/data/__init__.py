@@ -4,20 +4,27 @@ Sample format (every data set): ``dataset[i]`` -> ``(image, target)``; image ``t
 uint8 (3, H, W) RGB after the transforms; target dict with ``boxes`` (``BoundingBoxes`` xyxy
 float32 (M, 4), transformed-image pixels), ``labels`` int64 (M,) in [0, C), ``image_id`` int,
 ``orig_size`` (h, w), and for evaluation ``gt_boxes`` float32 (N, 4) xyxy original-image pixels,
-``gt_labels`` int64 (N,), ``gt_iscrowd`` int64 (N,) (crowd / difficult objects are 1).
-Batches: see :func:`collate_detection`.
+``gt_labels`` int64 (N,), ``gt_iscrowd`` int64 (N,) (crowd / difficult objects are 1), ``gt_area``
+float32 (N,) (the area COCO's APs/APm/APl bucket by: COCO's annotation ``area``, else box area).
+An evaluation set that skips a bad image returns a :class:`BadImage` instead (dropped by the collate).
+Batches: see :func:`collate_detection`. Image reading policy and pre-flight check: see
+:mod:`~ttfnet_lightning.data.sample` and :mod:`~ttfnet_lightning.data.check`.
 """
 
 from .coco import CocoDetection
 from .collate import collate_detection
-from .datamodules import CocoDataModule, DetectionDataModule, ShapesDataModule, VocDataModule
+from .datamodules import CocoDataModule, DetectionDataModule, ImageFileDataModule, ShapesDataModule, VocDataModule
 from .errors import DataError
+from .sample import BadImage, ImageFileDataset
 from .shapes import DEFAULT_SHAPE_CLASSES, SHAPE_KINDS, ShapesDataset, render_shapes
 from .transforms import build_transforms
 from .voc import VocDetection
 
 __all__ = [
     "DataError",
+    "BadImage",
+    "ImageFileDataset",
+    "ImageFileDataModule",
     "ShapesDataset",
     "render_shapes",
     "SHAPE_KINDS",

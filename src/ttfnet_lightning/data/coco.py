@@ -20,11 +20,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from .errors import DataError
-from .sample import check_index, detection_sample, load_rgb_image
+from .sample import ImageFileDataset, box_area, detection_sample, load_rgb_image
 
 log = logging.getLogger(__name__)
 
@@ -109,14 +108,16 @@ def load_coco_json(path: Path) -> dict[str, Any]:
     return data
 
 
-class CocoDetection(Dataset):
+class CocoDetection(ImageFileDataset):
     """COCO detection data set.
 
     ``dataset[i]`` -> ``(image, target)``: image ``tv_tensors.Image`` uint8 (3, H, W) after
     ``transforms``; target ``boxes`` ``BoundingBoxes`` xyxy float32 (M, 4) (non-crowd boxes only,
     transformed-image pixels), ``labels`` int64 (M,) in [0, C), ``image_id`` (the COCO image id),
     ``orig_size`` (h, w), and ``gt_boxes`` float32 (N, 4) xyxy original pixels / ``gt_labels``
-    int64 (N,) / ``gt_iscrowd`` int64 (N,): every non-degenerate annotation, crowd included.
+    int64 (N,) / ``gt_iscrowd`` int64 (N,) / ``gt_area`` float32 (N,) (the annotation's ``area``,
+    what COCO's APs/APm/APl bucket by; box area when the annotation has none): every
+    non-degenerate annotation, crowd included.
 
     Boxes are clipped to the image; a box with no area left (w <= 0 or h <= 0 after clipping,
     e.g. outside the image) is dropped from both and counted in ``num_degenerate`` (one warning
@@ -128,17 +129,23 @@ class CocoDetection(Dataset):
         ann_file: annotation json (default ``root/annotations/instances_{split}.json``).
         image_dir: image folder (default ``root/{split}``).
         transforms: callable ``(image, target) -> (image, target)`` (see ``build_transforms``).
-        keep_empty: keep images without non-crowd boxes (False: drop them, e.g. for training).
-        skip_bad_images: on a missing/corrupt image, log a warning and return the next readable
-            image instead of raising (``num_skipped`` counts the distinct bad images met by this
-            process); with False, ``__getitem__`` raises :class:`DataError`. In an evaluation
-            set a skipped image's slot repeats the replacement image (and its ``image_id``).
+        keep_empty: keep images without non-crowd boxes (False: drop them, e.g. for training;
+            the drops are counted in the log, and a set left empty raises :class:`DataError`).
+        skip_bad_images: on a missing/undecodable image, log a warning naming it and skip it
+            (``num_skipped`` counts the distinct bad images met by this process) instead of
+            raising :class:`DataError`; see :class:`ImageFileDataset` (truncated images load
+            with a warning either way).
+        substitute_bad_images: a skipped image is replaced by the next readable one (training);
+            False: ``dataset[i]`` returns a :class:`BadImage` that the collate drops (evaluation:
+            the image is excluded from the metric, never scored twice).
         max_bad_images: with ``skip_bad_images``, raise once more than this many distinct bad
             images were met.
     Raises:
         DataError: missing/malformed annotation file, unknown category id, no images, missing
-            image folder.
+            image folder, no usable image left with ``keep_empty=False``.
     """
+
+    per_image = ("image_ids", "file_names", "orig_sizes", "_boxes", "_labels", "_crowd", "_area")
 
     def __init__(
         self,
@@ -150,6 +157,7 @@ class CocoDetection(Dataset):
         transforms: Callable[..., Any] | None = None,
         keep_empty: bool = True,
         skip_bad_images: bool = False,
+        substitute_bad_images: bool = False,
         max_bad_images: int = 10,
     ) -> None:
         self.root = Path(root)
@@ -158,9 +166,9 @@ class CocoDetection(Dataset):
         self.image_dir = Path(image_dir) if image_dir is not None else self.root / split
         self.transforms = transforms
         self.keep_empty = bool(keep_empty)
-        self.skip_bad_images = bool(skip_bad_images)
-        self.max_bad_images = int(max_bad_images)
-        self.bad_images: dict[int, str] = {}  # index -> path of bad images met by this process
+        self.init_image_policy(
+            skip_bad_images=skip_bad_images, max_bad_images=max_bad_images, substitute_bad_images=substitute_bad_images
+        )
 
         data = load_coco_json(self.ann_file)
         if not self.image_dir.is_dir():
@@ -178,12 +186,15 @@ class CocoDetection(Dataset):
         self.class_names: list[str] = [str(coco.cats[c]["name"]) for c in self.cat_ids]
 
         self.num_degenerate = 0
+        # images dropped with keep_empty=False, by why: no annotation / only crowd / only degenerate
+        self.dropped: dict[str, int] = {"no annotations": 0, "only crowd boxes": 0, "only degenerate boxes": 0}
         self.image_ids: list[int] = []
         self.file_names: list[str] = []
         self.orig_sizes: list[tuple[int, int]] = []
         self._boxes: list[np.ndarray] = []
         self._labels: list[np.ndarray] = []
         self._crowd: list[np.ndarray] = []
+        self._area: list[np.ndarray] = []
         for img in data["images"]:
             iid = img["id"]
             h, w = int(img["height"]), int(img["width"])
@@ -197,11 +208,16 @@ class CocoDetection(Dataset):
                 labels = np.array([self.cat_id_to_label[a["category_id"]] for a in anns], dtype=np.int64)[ok]
                 crowd = np.array([int(bool(a.get("iscrowd", 0))) for a in anns], dtype=np.int64)[ok]
                 boxes = xyxy[ok].astype(np.float32)
+                given = np.array([a.get("area", 0) if _is_number(a.get("area")) else 0 for a in anns], np.float32)[ok]
+                area = np.where(given > 0, given, box_area(boxes)).astype(np.float32)
             else:
                 boxes = np.zeros((0, 4), np.float32)
                 labels = np.zeros(0, np.int64)
                 crowd = np.zeros(0, np.int64)
+                area = np.zeros(0, np.float32)
             if not self.keep_empty and not (crowd == 0).any():
+                why = "only crowd boxes" if len(crowd) else "only degenerate boxes" if anns else "no annotations"
+                self.dropped[why] += 1
                 continue
             self.image_ids.append(iid)
             self.file_names.append(str(img["file_name"]))
@@ -209,12 +225,22 @@ class CocoDetection(Dataset):
             self._boxes.append(boxes)
             self._labels.append(labels)
             self._crowd.append(crowd)
+            self._area.append(area)
         if self.num_degenerate:
             log.warning(
                 "%s: dropped %d degenerate box(es) (no area left after clipping to the image)",
                 self.ann_file,
                 self.num_degenerate,
             )
+        if not self.keep_empty:
+            drops = ", ".join(f"{n} with {why}" for why, n in self.dropped.items() if n)
+            if not self.image_ids:
+                raise DataError(
+                    f"COCO annotation file {self.ann_file} leaves no image with a usable (non-crowd, "
+                    f"non-degenerate) box: all {len(data['images'])} images dropped ({drops})"
+                )
+            if drops:
+                log.info("%s: dropped %d image(s) without a usable box (%s)", self.ann_file, sum(self.dropped.values()), drops)
 
     @property
     def num_classes(self) -> int:
@@ -225,56 +251,29 @@ class CocoDetection(Dataset):
         """Contiguous label -> COCO category id (``cat_ids``)."""
         return list(self.cat_ids)
 
-    @property
-    def num_skipped(self) -> int:
-        """Distinct bad images skipped by this process (``skip_bad_images=True``)."""
-        return len(self.bad_images)
-
-    def __len__(self) -> int:
-        return len(self.image_ids)
-
     def image_path(self, index: int) -> Path:
         return self.image_dir / self.file_names[index]
 
+    def expected_size(self, index: int) -> tuple[int, int]:
+        return self.orig_sizes[index]
+
     def annotations(self, index: int) -> dict[str, np.ndarray]:
         """Untransformed annotations of image ``index``: ``boxes`` (N, 4) xyxy original pixels,
-        ``labels`` (N,), ``iscrowd`` (N,) (all non-degenerate annotations)."""
-        return {"boxes": self._boxes[index], "labels": self._labels[index], "iscrowd": self._crowd[index]}
+        ``labels`` (N,), ``iscrowd`` (N,), ``area`` (N,) (all non-degenerate annotations)."""
+        return {
+            "boxes": self._boxes[index],
+            "labels": self._labels[index],
+            "iscrowd": self._crowd[index],
+            "area": self._area[index],
+        }
 
-    def _load(self, index: int) -> tuple[tv_tensors.Image, dict[str, Any]]:
-        path = self.image_path(index)
-        image = load_rgb_image(path)
-        h, w = self.orig_sizes[index]
-        if tuple(image.shape[-2:]) != (h, w):
-            raise DataError(
-                f"image {path} is {image.shape[-1]}x{image.shape[-2]} (WxH) but {self.ann_file} says {w}x{h}"
-            )
+    def make_sample(self, index: int, image: tv_tensors.Image) -> tuple[tv_tensors.Image, dict[str, Any]]:
         return detection_sample(
             image,
             gt_boxes=torch.from_numpy(self._boxes[index].copy()),
             gt_labels=torch.from_numpy(self._labels[index].copy()),
             gt_iscrowd=torch.from_numpy(self._crowd[index].copy()),
+            gt_area=torch.from_numpy(self._area[index].copy()),
             image_id=int(self.image_ids[index]),
             transforms=self.transforms,
         )
-
-    def __getitem__(self, index: int) -> tuple[tv_tensors.Image, dict[str, Any]]:
-        n = len(self)
-        index = check_index(index, n)
-        if not self.skip_bad_images:
-            return self._load(index)
-        for step in range(n):
-            i = (index + step) % n
-            if i in self.bad_images:
-                continue
-            try:
-                return self._load(i)
-            except DataError as e:
-                self.bad_images[i] = str(self.image_path(i))
-                log.warning("skipping bad image (%d so far in this process): %s", self.num_skipped, e)
-                if self.num_skipped > self.max_bad_images:
-                    raise DataError(
-                        f"more than max_bad_images={self.max_bad_images} bad images in {self.image_dir} "
-                        f"(last: {e}); fix the data or raise max_bad_images"
-                    ) from None
-        raise DataError(f"no readable image in {self.image_dir} (all {n} failed)")

@@ -8,6 +8,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .errors import DataError
+from .sample import BadImage, box_area
+
 __all__ = ["collate_detection"]
 
 
@@ -17,27 +20,38 @@ def _plain(x: Any, dtype: torch.dtype) -> Tensor:
     return t.to(device="cpu", dtype=dtype)
 
 
-def collate_detection(samples: Sequence[tuple[Tensor, dict[str, Any]]]) -> dict[str, Any]:
-    """Stack ``(image, target)`` samples into a padded batch.
+def collate_detection(samples: Sequence[tuple[Tensor, dict[str, Any]] | BadImage]) -> dict[str, Any]:
+    """Stack ``(image, target)`` samples into a padded batch; :class:`BadImage` markers (images an
+    evaluation set skipped) are dropped, so B may be smaller than the loader's batch size.
 
     Args:
-        samples: B samples; ``image`` uint8 (3, H, W) (all the same H x W, i.e. after resizing);
+        samples: samples; ``image`` uint8 (3, H, W) (all the same H x W, i.e. after resizing);
             ``target`` with ``boxes`` (M_i, 4) xyxy input pixels, ``labels`` (M_i,), ``image_id``,
             ``orig_size`` (h, w), and optionally ``gt_boxes`` (N_i, 4) / ``gt_labels`` (N_i,) /
-            ``gt_iscrowd`` (N_i,) in original-image pixels.
+            ``gt_iscrowd`` (N_i,) / ``gt_area`` (N_i,) in original-image pixels.
     Returns:
         dict with
         ``images`` uint8 (B, 3, H, W) (not normalised: that happens on the device),
         ``boxes`` float32 (B, M, 4), zero padded, M = max(1, max_i M_i),
         ``labels`` int64 (B, M), padded with -1,
         ``meta`` list of B dicts: ``image_id``, ``orig_size`` (h, w), ``input_size`` (H, W),
-        ``gt_boxes`` float32 (N_i, 4), ``gt_labels`` int64 (N_i,), ``gt_iscrowd`` int64 (N_i,)
-        (CPU tensors; empty when the sample has no ground truth).
+        ``gt_boxes`` float32 (N_i, 4), ``gt_labels`` int64 (N_i,), ``gt_iscrowd`` int64 (N_i,),
+        ``gt_area`` float32 (N_i,) (default: box area) (CPU tensors; empty when the sample has no
+        ground truth),
+        ``excluded`` the dropped :class:`BadImage` markers.
     Raises:
         ValueError: an empty batch, or images of different sizes / not (3, H, W) uint8.
+        DataError: every sample of the batch is a bad image (names them).
     """
     if len(samples) == 0:
         raise ValueError("collate_detection: got an empty batch")
+    excluded = [s for s in samples if isinstance(s, BadImage)]
+    samples = [s for s in samples if not isinstance(s, BadImage)]
+    if not samples:
+        raise DataError(
+            f"every image of this batch is unreadable ({', '.join(b.path for b in excluded)}); enable the "
+            f"pre-flight check (data.datamodule.preflight=true) to exclude bad images before the loader is built"
+        )
     images = [img.as_subclass(Tensor) if isinstance(img, Tensor) else torch.as_tensor(img) for img, _ in samples]
     shapes = {tuple(img.shape) for img in images}
     if len(shapes) != 1:
@@ -77,6 +91,9 @@ def collate_detection(samples: Sequence[tuple[Tensor, dict[str, Any]]]) -> dict[
                 "gt_boxes": gt_boxes,
                 "gt_labels": _plain(t.get("gt_labels", torch.zeros(n)), torch.int64).reshape(-1),
                 "gt_iscrowd": _plain(t.get("gt_iscrowd", torch.zeros(n)), torch.int64).reshape(-1),
+                "gt_area": _plain(t["gt_area"], torch.float32).reshape(-1)
+                if "gt_area" in t
+                else torch.from_numpy(box_area(gt_boxes.numpy())),
             }
         )
-    return {"images": batch_images, "boxes": boxes, "labels": labels, "meta": meta}
+    return {"images": batch_images, "boxes": boxes, "labels": labels, "meta": meta, "excluded": excluded}

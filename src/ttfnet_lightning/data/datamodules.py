@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import logging
 
 import pytorch_lightning as pl
 import torch
@@ -21,11 +23,17 @@ from torch.utils.data import DataLoader, Dataset
 from .coco import CocoDetection
 from .collate import collate_detection
 from .errors import DataError
+from .sample import ImageFileDataset
 from .shapes import DEFAULT_SHAPE_CLASSES, ShapesDataset
 from .transforms import as_size, build_transforms
 from .voc import VocDetection
 
-__all__ = ["DetectionDataModule", "ShapesDataModule", "CocoDataModule", "VocDataModule"]
+if TYPE_CHECKING:
+    from .check import CheckReport
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DetectionDataModule", "ImageFileDataModule", "ShapesDataModule", "CocoDataModule", "VocDataModule"]
 
 STRIDE = 32  # input sizes must be multiples of the backbone's total stride
 
@@ -84,6 +92,67 @@ class DetectionDataModule(pl.LightningDataModule):
         return self.val_dataloader()
 
 
+class ImageFileDataModule(DetectionDataModule):
+    """A data module reading image files (COCO, VOC): the bad-image options and the pre-flight
+    check (:mod:`ttfnet_lightning.data.check`) run once per data set in ``setup``."""
+
+    def __init__(
+        self,
+        *,
+        skip_bad_images: bool,
+        max_bad_images: int,
+        preflight: bool,
+        preflight_workers: int,
+        check_cache_dir: str | Path | None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.skip_bad_images, self.max_bad_images = bool(skip_bad_images), int(max_bad_images)
+        self.preflight, self.preflight_workers = bool(preflight), int(preflight_workers)
+        # .check is imported when used: `python -m ttfnet_lightning.data.check` must not find it imported
+        from .check import default_cache_dir
+
+        self.check_cache_dir = Path(check_cache_dir) if check_cache_dir is not None else default_cache_dir()
+        self._checked: set[int] = set()  # id() of the data sets already checked
+
+    def bad_image_policy(self, *, train: bool) -> dict[str, Any]:
+        """Data set keyword arguments: training substitutes a bad image, evaluation excludes it."""
+        return {
+            "skip_bad_images": self.skip_bad_images,
+            "max_bad_images": self.max_bad_images,
+            "substitute_bad_images": train,
+        }
+
+    def image_datasets(self) -> dict[str, ImageFileDataset]:
+        """The built data sets, by name (``train``, ``val``)."""
+        sets = {"train": self.train_dataset, "val": self.val_dataset}
+        return {k: v for k, v in sets.items() if isinstance(v, ImageFileDataset)}
+
+    def check_data(self) -> CheckReport:
+        """Pre-flight check of the built data sets (nothing excluded; see :func:`check_datasets`)."""
+        from .check import check_datasets
+
+        return check_datasets(self.image_datasets(), cache_dir=self.check_cache_dir, workers=self.preflight_workers)
+
+    def run_preflight(self) -> None:
+        """Check the data sets not checked yet, log every problem in one list, raise on fatal
+        problems, and remove the bad images from the index (excluded, never substituted)."""
+        todo = {k: v for k, v in self.image_datasets().items() if id(v) not in self._checked}
+        if not self.preflight or not todo:
+            return
+        from .check import check_datasets
+
+        report = check_datasets(todo, cache_dir=self.check_cache_dir, workers=self.preflight_workers)
+        self._checked.update(id(v) for v in todo.values())
+        if report.fatal:
+            raise DataError(report.summary())
+        (log.warning if report.problems else log.info)(report.summary())
+        for name, bad in report.bad.items():
+            if bad:
+                todo[name].exclude(bad)
+                log.warning("%s: excluded %d bad image(s) from the index: %s", name, len(bad), sorted(todo[name].excluded_images))
+
+
 class ShapesDataModule(DetectionDataModule):
     """Procedural shapes (:class:`ShapesDataset`) generated at ``input_size``.
 
@@ -140,7 +209,19 @@ class ShapesDataModule(DetectionDataModule):
             self.val_dataset = self._dataset(num_images=self.num_val, seed=self.val_seed, train=False)
 
 
-class CocoDataModule(DetectionDataModule):
+# ImageFileDataModule's arguments, passed on from the subclasses' own
+_BASE_ARGS = (
+    "input_size", "batch_size", "num_workers", "augment",
+    "skip_bad_images", "max_bad_images", "preflight", "preflight_workers", "check_cache_dir",
+)
+_CHECK_ARGS = """        skip_bad_images, max_bad_images: bad-image policy (see :class:`ImageFileDataset`): skip
+            (training: substitute the next image; validation: exclude it from the metric) or raise.
+        preflight: check every image once in ``setup`` (:mod:`ttfnet_lightning.data.check`).
+        preflight_workers: threads of the check.
+        check_cache_dir: cache of the check (None: ``~/.cache/ttfnet_lightning/data-check``)."""
+
+
+class CocoDataModule(ImageFileDataModule):
     """COCO (:class:`CocoDetection`). The val annotation file is read at construction (it fixes
     the classes and ``label_to_cat_id``); the train file in ``setup`` (its categories must match).
 
@@ -151,8 +232,7 @@ class CocoDataModule(DetectionDataModule):
         batch_size, num_workers: dataloader settings.
         augment: SSD-style augmentations for training.
         train_keep_empty, val_keep_empty: keep images without non-crowd boxes.
-        skip_bad_images, max_bad_images: bad-image policy (see :class:`CocoDetection`).
-    """
+    """ + _CHECK_ARGS
 
     def __init__(
         self,
@@ -168,19 +248,20 @@ class CocoDataModule(DetectionDataModule):
         val_keep_empty: bool = True,
         skip_bad_images: bool = True,
         max_bad_images: int = 10,
+        preflight: bool = True,
+        preflight_workers: int = 8,
+        check_cache_dir: str | Path | None = None,
     ) -> None:
-        super().__init__(input_size=input_size, batch_size=batch_size, num_workers=num_workers, augment=augment)
+        super().__init__(**{k: v for k, v in locals().items() if k in _BASE_ARGS})
         self.root = Path(root)
         self.train_split, self.val_split = train_split, val_split
         self.train_keep_empty, self.val_keep_empty = bool(train_keep_empty), bool(val_keep_empty)
-        self.skip_bad_images, self.max_bad_images = bool(skip_bad_images), int(max_bad_images)
         self.val_dataset = CocoDetection(
             root=self.root,
             split=val_split,
             transforms=self.val_transforms(),
             keep_empty=self.val_keep_empty,
-            skip_bad_images=self.skip_bad_images,
-            max_bad_images=self.max_bad_images,
+            **self.bad_image_policy(train=False),
         )
         self.class_names = list(self.val_dataset.class_names)
         self.num_classes = self.val_dataset.num_classes
@@ -194,8 +275,7 @@ class CocoDataModule(DetectionDataModule):
                 split=self.train_split,
                 transforms=self.train_transforms(),
                 keep_empty=self.train_keep_empty,
-                skip_bad_images=self.skip_bad_images,
-                max_bad_images=self.max_bad_images,
+                **self.bad_image_policy(train=True),
             )
             if train.cat_ids != self.label_to_cat_id:
                 raise DataError(
@@ -203,20 +283,24 @@ class CocoDataModule(DetectionDataModule):
                     f"{self.val_ann_file} ({len(self.label_to_cat_id or [])}): both splits must list the same categories"
                 )
             self.train_dataset = train
+        self.run_preflight()
 
 
-class VocDataModule(DetectionDataModule):
+class VocDataModule(ImageFileDataModule):
     """Pascal VOC layout (:class:`VocDetection`). The train split is read at construction (it
     fixes the classes when ``class_names`` is None); the val split uses the same classes.
 
     Args:
         root: VOC root.
         train_split, val_split: split file names (``ImageSets/Main/{split}.txt``).
-        class_names: the classes (None: discovered from the train split's XML files).
+        class_names: the classes (None: discovered from the train split's XML files, logged with
+            their box counts).
+        min_boxes_per_class: with ``class_names`` None, refuse a discovered class with fewer boxes
+            (a misspelt name); 0 allows any.
         input_size: (H, W), multiples of 32.
         batch_size, num_workers: dataloader settings.
         augment: SSD-style augmentations for training.
-    """
+    """ + _CHECK_ARGS
 
     def __init__(
         self,
@@ -225,20 +309,28 @@ class VocDataModule(DetectionDataModule):
         train_split: str = "train",
         val_split: str = "val",
         class_names: Sequence[str] | None = None,
+        min_boxes_per_class: int = 5,
         input_size: int | Sequence[int] = (512, 512),
         batch_size: int = 16,
         num_workers: int = 2,
         augment: bool = False,
+        skip_bad_images: bool = True,
+        max_bad_images: int = 10,
+        preflight: bool = True,
+        preflight_workers: int = 8,
+        check_cache_dir: str | Path | None = None,
     ) -> None:
-        super().__init__(input_size=input_size, batch_size=batch_size, num_workers=num_workers, augment=augment)
+        super().__init__(**{k: v for k, v in locals().items() if k in _BASE_ARGS})
         self.root = Path(root)
         self.train_split, self.val_split = train_split, val_split
         self.train_dataset = VocDetection(
             root=self.root,
             split=train_split,
             class_names=None if class_names is None else [str(c) for c in class_names],
+            min_boxes_per_class=min_boxes_per_class,
             transforms=self.train_transforms(),
             keep_empty=False,
+            **self.bad_image_policy(train=True),
         )
         self.class_names = list(self.train_dataset.class_names)
         self.num_classes = self.train_dataset.num_classes
@@ -251,4 +343,6 @@ class VocDataModule(DetectionDataModule):
                 class_names=self.class_names,
                 transforms=self.val_transforms(),
                 keep_empty=True,
+                **self.bad_image_policy(train=False),
             )
+        self.run_preflight()

@@ -1,35 +1,146 @@
-"""The one sample format every data set returns (see the package docstring), built in one place."""
+"""The one sample format every data set returns (see the package docstring), built in one place,
+and the one image-reading policy of every data set that reads image files (COCO, VOC).
+
+Image policy (:func:`decode_image`, :class:`ImageFileDataset`):
+
+* an image is first decoded strictly; one PIL refuses (e.g. a JPEG a few bytes short) is decoded
+  again with truncation allowed (``PIL.ImageFile.LOAD_TRUNCATED_IMAGES``, set only for that call,
+  under a lock, then restored) and, if that works, loaded with a warning naming the file, counted
+  per data set (``num_truncated``);
+* a missing or undecodable image raises :class:`DataError`, or with ``skip_bad_images`` is skipped
+  and counted (``num_skipped``, at most ``max_bad_images``): a training set substitutes the next
+  readable image, an evaluation set returns a :class:`BadImage` marker that
+  :func:`~ttfnet_lightning.data.collate.collate_detection` drops, so the image is excluded from the
+  metric, never replaced by (and scored as) another one.
+* the pre-flight check (:mod:`ttfnet_lightning.data.check`) finds bad images before training and
+  removes them from the index (:meth:`ImageFileDataset.exclude`).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import logging
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageFile
 from torch import Tensor
+from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from .errors import DataError
 
-__all__ = ["check_index", "detection_sample", "load_rgb_image"]
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "BadImage",
+    "ImageFileDataset",
+    "box_area",
+    "check_index",
+    "decode_image",
+    "detection_sample",
+    "load_rgb_image",
+]
+
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+class _SharedExclusiveLock:
+    """Strict decodes share it; the truncation-tolerant decode (which flips PIL's global flag)
+    holds it alone, so no strict decode in another thread runs while the flag is set."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._shared = 0
+        self._exclusive = False
+
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._exclusive)
+            self._shared += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._shared -= 1
+                self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._exclusive and self._shared == 0)
+            self._exclusive = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._exclusive = False
+                self._cond.notify_all()
+
+
+_TRUNCATION_LOCK = _SharedExclusiveLock()
+
+
+def _decode(path: Path, reduce_to: int | None) -> Image.Image:
+    with Image.open(path) as im:
+        if reduce_to is not None and im.format == "JPEG":
+            # DCT-domain downscaling: reads (and so checks) the whole stream at a fraction of the cost
+            im.draft("RGB", (max(1, im.width // reduce_to), max(1, im.height // reduce_to)))
+        return im.convert("RGB")  # forces the full decode: truncated files fail here
+
+
+def decode_image(path: Path, *, reduce_to: int | None = None) -> tuple[Image.Image, str | None]:
+    """Decode an image file as RGB with the truncation policy (see the module docstring).
+
+    Args:
+        path: image file.
+        reduce_to: None: full resolution; k: a JPEG may be decoded about k times smaller (the
+            pre-flight check's cheap full-stream decode); other formats decode at full size.
+    Returns:
+        (RGB PIL image, None) when it decodes strictly, (image, the strict decoder's error) when
+        it decodes only with truncation allowed.
+    Raises:
+        DataError: missing, unreadable or undecodable even with truncation allowed (names the path).
+    """
+    try:
+        with _TRUNCATION_LOCK.shared():
+            return _decode(path, reduce_to), None
+    except FileNotFoundError:
+        raise DataError(f"image file not found: {path}") from None
+    except _DECODE_ERRORS as e:  # PIL.UnidentifiedImageError is an OSError
+        strict_error = f"{type(e).__name__}: {e}"
+    with _TRUNCATION_LOCK.exclusive():
+        before = ImageFile.LOAD_TRUNCATED_IMAGES
+        ImageFile.LOAD_TRUNCATED_IMAGES = True
+        try:
+            return _decode(path, reduce_to), strict_error
+        except _DECODE_ERRORS:
+            raise DataError(f"cannot read image {path}: {strict_error}") from None
+        finally:
+            ImageFile.LOAD_TRUNCATED_IMAGES = before
 
 
 def load_rgb_image(path: Path) -> tv_tensors.Image:
-    """Read an image file with PIL as RGB -> ``tv_tensors.Image`` uint8 (3, H, W).
+    """Read an image file as RGB -> ``tv_tensors.Image`` uint8 (3, H, W) with the truncation
+    policy: a truncated-but-decodable file loads with a warning naming it (data sets also count
+    them, see :class:`ImageFileDataset`).
 
     Raises:
-        DataError: the file is missing, unreadable, truncated or not an image (names the path).
+        DataError: the file is missing, unreadable or undecodable (names the path).
     """
-    try:
-        with Image.open(path) as im:
-            rgb = im.convert("RGB")  # forces the full decode: truncated files fail here
-    except FileNotFoundError:
-        raise DataError(f"image file not found: {path}") from None
-    except (OSError, ValueError, SyntaxError) as e:  # PIL.UnidentifiedImageError is an OSError
-        raise DataError(f"cannot read image {path}: {e}") from None
+    rgb, truncated = decode_image(path)
+    if truncated is not None:
+        log.warning("loaded truncated/damaged image %s with truncation allowed (strict decoder said: %s)", path, truncated)
+    return _to_tensor(rgb)
+
+
+def _to_tensor(rgb: Image.Image) -> tv_tensors.Image:
     arr = np.array(rgb, dtype=np.uint8)  # (H, W, 3), writable copy
     return tv_tensors.Image(torch.from_numpy(arr).permute(2, 0, 1).contiguous())
 
@@ -44,6 +155,12 @@ def check_index(index: int, length: int) -> int:
     return index
 
 
+def box_area(boxes: np.ndarray) -> np.ndarray:
+    """(N, 4) xyxy -> (N,) float32 areas."""
+    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    return ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).astype(np.float32)
+
+
 def detection_sample(
     image: tv_tensors.Image,
     *,
@@ -52,15 +169,19 @@ def detection_sample(
     gt_iscrowd: Tensor,
     image_id: int,
     transforms: Callable | None,
+    gt_area: Tensor | None = None,
 ) -> tuple[tv_tensors.Image, dict[str, Any]]:
     """``(image, target)`` from an image and its untransformed annotations.
 
     gt_boxes (N, 4) xyxy original pixels, gt_labels (N,), gt_iscrowd (N,) (crowd / difficult = 1)
-    go to the evaluation keys as they are; the training ``boxes``/``labels`` are the non-crowd ones,
+    and gt_area (N,) (the area COCO buckets objects by, original pixels; default: box area) go to
+    the evaluation keys as they are; the training ``boxes``/``labels`` are the non-crowd ones,
     and ``transforms`` (applied last) move them with the image.
     """
     h, w = int(image.shape[-2]), int(image.shape[-1])
     gt_iscrowd = gt_iscrowd.to(torch.int64)
+    if gt_area is None:
+        gt_area = torch.from_numpy(box_area(gt_boxes.numpy()))
     keep = gt_iscrowd == 0
     target: dict[str, Any] = {
         "boxes": tv_tensors.BoundingBoxes(gt_boxes[keep], format="XYXY", canvas_size=(h, w)),
@@ -70,7 +191,124 @@ def detection_sample(
         "gt_boxes": gt_boxes,
         "gt_labels": gt_labels,
         "gt_iscrowd": gt_iscrowd,
+        "gt_area": gt_area.to(torch.float32),
     }
     if transforms is not None:
         image, target = transforms(image, target)
     return image, target
+
+
+@dataclass(frozen=True)
+class BadImage:
+    """What an evaluation data set returns for an image it skipped (``skip_bad_images``);
+    :func:`collate_detection` drops it, so the image is excluded from the metric."""
+
+    image_id: int
+    path: str
+    reason: str
+
+
+class ImageFileDataset(Dataset):
+    """Base of the data sets that read image files: the one bad / truncated image policy.
+
+    Subclasses set ``per_image`` (names of their per-image lists, all in index order), call
+    :meth:`init_image_policy`, and implement :meth:`image_path`, :meth:`expected_size` and
+    :meth:`make_sample`.
+    """
+
+    per_image: tuple[str, ...] = ()
+
+    def init_image_policy(self, *, skip_bad_images: bool, max_bad_images: int, substitute_bad_images: bool) -> None:
+        self.skip_bad_images = bool(skip_bad_images)
+        self.max_bad_images = int(max_bad_images)
+        self.substitute_bad_images = bool(substitute_bad_images)
+        self.bad_images: dict[str, str] = {}  # path -> reason, met by this process
+        self.truncated_images: dict[str, str] = {}  # path -> strict decoder error, met by this process
+        self.excluded_images: dict[str, str] = {}  # path -> reason, removed from the index by exclude()
+
+    # -- subclass interface
+    def image_path(self, index: int) -> Path:
+        raise NotImplementedError
+
+    def expected_size(self, index: int) -> tuple[int, int] | None:
+        """(h, w) the annotations give for image ``index``, None when they give none."""
+        return None
+
+    def image_id(self, index: int) -> int:
+        return int(self.image_ids[index])  # type: ignore[attr-defined]
+
+    def make_sample(self, index: int, image: tv_tensors.Image) -> tuple[tv_tensors.Image, dict[str, Any]]:
+        raise NotImplementedError
+
+    # -- shared
+    def __len__(self) -> int:
+        return len(getattr(self, self.per_image[0]))
+
+    @property
+    def num_skipped(self) -> int:
+        """Distinct bad images skipped by this process (``skip_bad_images=True``)."""
+        return len(self.bad_images)
+
+    @property
+    def num_truncated(self) -> int:
+        """Distinct truncated-but-decodable images loaded by this process."""
+        return len(self.truncated_images)
+
+    def read_image(self, index: int) -> tv_tensors.Image:
+        """Image ``index`` as uint8 (3, H, W); a truncated one with a (once per file) warning.
+
+        Raises:
+            DataError: missing / undecodable file, or a size other than the annotations say.
+        """
+        path = self.image_path(index)
+        rgb, truncated = decode_image(path)
+        if truncated is not None and str(path) not in self.truncated_images:
+            self.truncated_images[str(path)] = truncated
+            log.warning(
+                "loaded truncated/damaged image %s with truncation allowed (%d such image(s) so far in this "
+                "process; strict decoder said: %s)", path, self.num_truncated, truncated,
+            )
+        size = self.expected_size(index)
+        if size is not None and (rgb.height, rgb.width) != tuple(size):
+            raise DataError(
+                f"image {path} is {rgb.width}x{rgb.height} (WxH) but its annotation says {size[1]}x{size[0]}"
+            )
+        return _to_tensor(rgb)
+
+    def __getitem__(self, index: int) -> tuple[tv_tensors.Image, dict[str, Any]] | BadImage:
+        n = len(self)
+        index = check_index(index, n)
+        if not self.skip_bad_images:
+            return self.make_sample(index, self.read_image(index))
+        for step in range(n if self.substitute_bad_images else 1):
+            i = (index + step) % n
+            path = str(self.image_path(i))
+            if path not in self.bad_images:
+                try:
+                    return self.make_sample(i, self.read_image(i))
+                except DataError as e:
+                    self._count_bad(path, str(e))
+            if not self.substitute_bad_images:
+                return BadImage(image_id=self.image_id(i), path=path, reason=self.bad_images[path])
+        raise DataError(f"no readable image among the {n} of this data set (first: {self.image_path(0)})")
+
+    def _count_bad(self, path: str, reason: str) -> None:
+        self.bad_images[path] = reason
+        action = "substituting the next readable image" if self.substitute_bad_images else "excluding it"
+        log.warning("bad image (%d so far in this process), %s: %s", self.num_skipped, action, reason)
+        if self.num_skipped > self.max_bad_images:
+            raise DataError(
+                f"more than max_bad_images={self.max_bad_images} bad images (last: {reason}); "
+                f"fix the data or raise max_bad_images"
+            )
+
+    def exclude(self, bad: Mapping[int, str]) -> None:
+        """Remove images (index -> reason) from the index, e.g. those the pre-flight check found bad."""
+        if not bad:
+            return
+        for i, reason in bad.items():
+            self.excluded_images[str(self.image_path(i))] = reason
+        keep = [i for i in range(len(self)) if i not in bad]
+        for name in self.per_image:
+            values = getattr(self, name)
+            setattr(self, name, [values[i] for i in keep])

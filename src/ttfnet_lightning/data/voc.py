@@ -11,18 +11,19 @@ from __future__ import annotations
 
 import logging
 import xml.etree.ElementTree as ET
+from collections import Counter
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from .errors import DataError
-from .sample import check_index, detection_sample, load_rgb_image
+from .sample import ImageFileDataset, detection_sample
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,63 @@ def parse_voc_xml(xml: Path, *, default_filename: str) -> VocRecord:
     return VocRecord(xml, filename, size, arr, names, np.asarray(difficult, dtype=bool))
 
 
-class VocDetection(Dataset):
+def _parse_split(root: Path, names: Sequence[str], workers: int = 8) -> list[VocRecord]:
+    """Parse the XML files of ``names`` (in a thread pool); every problem is reported at once.
+
+    Raises:
+        DataError: listing every missing / malformed XML file of the split.
+    """
+
+    def parse(name: str) -> VocRecord | DataError:
+        try:
+            return parse_voc_xml(root / "Annotations" / f"{name}.xml", default_filename=f"{name}.jpg")
+        except DataError as e:
+            return e
+
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(names)))) as pool:
+        parsed = list(pool.map(parse, names))
+    errors = [str(r) for r in parsed if isinstance(r, DataError)]
+    if errors:
+        shown = "\n  ".join(errors[:20]) + (f"\n  ... and {len(errors) - 20} more" if len(errors) > 20 else "")
+        raise DataError(f"{len(errors)} bad VOC annotation file(s) under {root}:\n  {shown}")
+    return parsed  # type: ignore[return-value]
+
+
+def discover_classes(records: Sequence[VocRecord], *, where: str, min_boxes_per_class: int) -> list[str]:
+    """The sorted class names of ``records``, logged with their box counts.
+
+    Raises:
+        DataError: no objects at all, or a class with fewer than ``min_boxes_per_class`` boxes
+            (likely a misspelt name; names the class, its count and XML files it occurs in).
+    """
+    counts: Counter[str] = Counter()
+    files: dict[str, list[Path]] = {}
+    for r in records:
+        for c in r.names:
+            counts[c] += 1
+            if r.xml not in files.setdefault(c, []):
+                files[c].append(r.xml)
+    if not counts:
+        raise DataError(f"no objects in the XML files of {where}: cannot discover class names")
+    names = sorted(counts)
+    log.info("%s: discovered %d class(es) (boxes): %s", where, len(names), ", ".join(f"{c} ({counts[c]})" for c in names))
+    rare = [c for c in names if counts[c] < min_boxes_per_class]
+    if rare:
+        lines = [
+            f"{c!r}: {counts[c]} box(es), in {', '.join(str(x) for x in files[c][:3])}"
+            + (f" and {len(files[c]) - 3} more file(s)" if len(files[c]) > 3 else "")
+            for c in rare
+        ]
+        raise DataError(
+            f"{where}: class(es) discovered with fewer than min_boxes_per_class={min_boxes_per_class} boxes "
+            f"(a misspelt name becomes a silent extra class):\n  " + "\n  ".join(lines)
+            + "\nfix the XML files, list the classes (data.datamodule.class_names=[...]), or allow rare classes "
+            f"(data.datamodule.min_boxes_per_class={min(counts[c] for c in rare)})"
+        )
+    return names
+
+
+class VocDetection(ImageFileDataset):
     """Pascal VOC layout detection data set.
 
     ``dataset[i]`` -> ``(image, target)``: image ``tv_tensors.Image`` uint8 (3, H, W) after
@@ -116,21 +173,28 @@ class VocDetection(Dataset):
     pixels; difficult objects excluded unless ``keep_difficult``), ``labels`` int64 (M,),
     ``image_id`` (position of the image in the split file), ``orig_size`` (h, w), and
     ``gt_boxes`` float32 (N, 4) xyxy original pixels / ``gt_labels`` int64 (N,) / ``gt_iscrowd``
-    int64 (N,): all objects, difficult ones flagged as crowd (ignored by the COCO-style
-    evaluator) unless ``keep_difficult``.
+    int64 (N,) / ``gt_area`` float32 (N,) (box area): all objects, difficult ones flagged as crowd
+    (ignored by the COCO-style evaluator) unless ``keep_difficult``.
 
     Args:
         root: VOC root (holding ``Annotations``, ``ImageSets/Main``, ``JPEGImages``).
         split: split file name without ``.txt``.
         class_names: the C class names (label k = ``class_names[k]``); None: the sorted unique
-            names found in the split's XML files.
+            names found in the split's XML files (logged with their box counts).
+        min_boxes_per_class: with ``class_names=None``, refuse a discovered class with fewer
+            boxes than this (0: allow any).
         transforms: callable ``(image, target) -> (image, target)`` (see ``build_transforms``).
         keep_difficult: treat difficult objects as ordinary ones.
-        keep_empty: keep images without (non-difficult) objects.
+        keep_empty: keep images without (non-difficult) objects (False: a set left empty raises).
+        skip_bad_images, substitute_bad_images, max_bad_images: the bad-image policy, as for COCO
+            (see :class:`ImageFileDataset`).
     Raises:
-        DataError: missing split file / XML / image, malformed XML, a class name not in
-            ``class_names`` (names the file and the class).
+        DataError: missing split file / XML, malformed XML (all of them listed), a class name not
+            in ``class_names`` (names the file and the class), a rare discovered class, no usable
+            image left with ``keep_empty=False``.
     """
+
+    per_image = ("image_names", "image_ids", "_paths", "_boxes", "_labels", "_difficult")
 
     def __init__(
         self,
@@ -138,31 +202,34 @@ class VocDetection(Dataset):
         root: str | Path,
         split: str = "train",
         class_names: Sequence[str] | None = None,
+        min_boxes_per_class: int = 5,
         transforms: Callable[..., Any] | None = None,
         keep_difficult: bool = False,
         keep_empty: bool = True,
+        skip_bad_images: bool = False,
+        substitute_bad_images: bool = False,
+        max_bad_images: int = 10,
     ) -> None:
         self.root = Path(root)
         self.split = split
         self.transforms = transforms
         self.keep_difficult = bool(keep_difficult)
         self.keep_empty = bool(keep_empty)
+        self.init_image_policy(
+            skip_bad_images=skip_bad_images, max_bad_images=max_bad_images, substitute_bad_images=substitute_bad_images
+        )
         names = read_voc_split(self.root, split)
-        records = [
-            parse_voc_xml(self.root / "Annotations" / f"{n}.xml", default_filename=f"{n}.jpg") for n in names
-        ]
+        records = _parse_split(self.root, names)
+        where = f"VOC split {split!r} under {self.root}"
         if class_names is None:
-            class_names = sorted({c for r in records for c in r.names})
-            if not class_names:
-                raise DataError(
-                    f"no objects in the XML files of split {split!r} under {self.root}: cannot discover class names"
-                )
+            class_names = discover_classes(records, where=where, min_boxes_per_class=int(min_boxes_per_class))
         self.class_names: list[str] = [str(c) for c in class_names]
         if len(set(self.class_names)) != len(self.class_names):
             raise DataError(f"class_names has duplicates: {self.class_names}")
         index = {c: i for i, c in enumerate(self.class_names)}
 
         self.num_degenerate = 0
+        self.num_dropped = 0  # images without a usable object, dropped with keep_empty=False
         self.image_names: list[str] = []
         self.image_ids: list[int] = []
         self._paths: list[Path] = []
@@ -178,30 +245,27 @@ class VocDetection(Dataset):
             self.num_degenerate += int((~ok).sum())
             difficult = rec.difficult[ok] & (not self.keep_difficult)
             if not self.keep_empty and difficult.all():
+                self.num_dropped += 1
                 continue
-            path = self.root / "JPEGImages" / rec.filename
-            if not path.is_file():
-                raise DataError(f"image file not found: {path} (from {rec.xml})")
             self.image_names.append(name)
             self.image_ids.append(pos)
-            self._paths.append(path)
+            self._paths.append(self.root / "JPEGImages" / rec.filename)
             self._boxes.append(rec.boxes[ok])
             self._labels.append(labels[ok])
             self._difficult.append(difficult)
         if self.num_degenerate:
-            log.warning(
-                "VOC %s split %r: dropped %d degenerate box(es) (no area after clipping to the image)",
-                self.root,
-                split,
-                self.num_degenerate,
-            )
+            log.warning("%s: dropped %d degenerate box(es) (no area after clipping to the image)", where, self.num_degenerate)
+        if not self.keep_empty and self.num_dropped:
+            if not self.image_names:
+                raise DataError(
+                    f"{where} leaves no image with a usable (non-difficult, non-degenerate) object: "
+                    f"all {len(names)} images dropped (split file {self.root / 'ImageSets' / 'Main' / f'{split}.txt'})"
+                )
+            log.info("%s: dropped %d image(s) without a usable object", where, self.num_dropped)
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
-
-    def __len__(self) -> int:
-        return len(self.image_names)
 
     def image_path(self, index: int) -> Path:
         return self._paths[index]
@@ -211,9 +275,7 @@ class VocDetection(Dataset):
         ``labels`` (N,), ``difficult`` (N,) bool (False everywhere when ``keep_difficult``)."""
         return {"boxes": self._boxes[index], "labels": self._labels[index], "difficult": self._difficult[index]}
 
-    def __getitem__(self, index: int) -> tuple[tv_tensors.Image, dict[str, Any]]:
-        index = check_index(index, len(self))
-        image = load_rgb_image(self._paths[index])
+    def make_sample(self, index: int, image: tv_tensors.Image) -> tuple[tv_tensors.Image, dict[str, Any]]:
         h, w = int(image.shape[-2]), int(image.shape[-1])
         boxes = np.minimum(self._boxes[index], np.array([w, h, w, h], dtype=np.float32))
         ok = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])

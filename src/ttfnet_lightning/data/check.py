@@ -1,0 +1,257 @@
+"""Pre-flight check of a data set: every image and annotation read once, every problem in one list,
+before the first training step.
+
+    python -m ttfnet_lightning.data.check data=voc data.datamodule.root=/data/voc
+    python -m ttfnet_lightning.data.check data=coco data.datamodule.root=/data/coco data.datamodule.check_cache_dir=/tmp/c
+
+(the same overrides as ``ttfnet_lightning.train``, composed with the package's ``conf/train.yaml``).
+Exit status 0: no fatal problem (warnings, e.g. truncated images, are listed); 1: fatal problems
+(listed); 2: the data set could not even be built (annotation problems: the error lists them).
+
+What is checked, per image of the training and validation splits (``CocoDataModule`` /
+``VocDataModule`` run the same check in ``setup`` unless ``preflight=false``):
+
+* the file exists and decodes: a JPEG is decoded with DCT scaling at about 1/8 of its size (PIL
+  ``draft``; the whole compressed stream is still read, so truncation is detected; ``verify()``
+  alone does not detect a truncated JPEG), other formats at full size; strictly first, then with
+  truncation allowed (see :func:`~ttfnet_lightning.data.sample.decode_image`):
+  **truncated** = decodes only with truncation allowed (a warning: it is loaded, with a warning),
+  **bad** = missing or undecodable, or its size differs from the annotation's;
+* annotations are read and validated when the data set is built (COCO JSON / VOC XML, all XML
+  problems listed together), so they are checked once as well.
+
+Bad images are fatal unless the data module skips bad images (``skip_bad_images``) and there are
+at most ``max_bad_images`` of them in a split; then they are removed from the index (named in the
+log) so that a bad validation image is excluded from the metric, never replaced. The results of
+the image checks are cached as JSON, one file per image folder, keyed by each file's path, size
+and modification time, in ``check_cache_dir`` (default ``$TTFNET_LIGHTNING_CACHE`` or
+``$XDG_CACHE_HOME/ttfnet_lightning`` or ``~/.cache/ttfnet_lightning``, subfolder ``data-check``;
+never the data root unless pointed there), so a rerun only re-reads changed files. An unwritable
+cache folder is reported and the check runs uncached.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from .errors import DataError
+from .sample import ImageFileDataset, decode_image
+
+log = logging.getLogger(__name__)
+
+__all__ = ["CheckReport", "check_datasets", "check_image", "default_cache_dir", "main"]
+
+CACHE_VERSION = 1
+REDUCE = 8  # JPEG decode scale of the check
+
+
+def default_cache_dir() -> Path:
+    """``$TTFNET_LIGHTNING_CACHE`` or ``$XDG_CACHE_HOME/ttfnet_lightning`` or ``~/.cache/ttfnet_lightning``,
+    subfolder ``data-check``."""
+    base = os.environ.get("TTFNET_LIGHTNING_CACHE")
+    if base is None:
+        base = str(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ttfnet_lightning")
+    return Path(base) / "data-check"
+
+
+def check_image(path: Path) -> dict[str, Any]:
+    """Decode ``path`` once (cheaply, see the module docstring) -> ``{"status": "ok" | "truncated"
+    | "bad", "message": str, "hw": [h, w] or None}``."""
+    try:
+        _, truncated = decode_image(path, reduce_to=REDUCE)
+        with Image.open(path) as im:
+            hw = [im.height, im.width]
+    except DataError as e:
+        return {"status": "bad", "message": str(e), "hw": None}
+    if truncated is not None:
+        return {"status": "truncated", "message": truncated, "hw": hw}
+    return {"status": "ok", "message": "", "hw": hw}
+
+
+class _Cache:
+    """Image check results of one image folder: ``{file name: {size, mtime_ns, result}}``."""
+
+    def __init__(self, cache_dir: Path | None, folder: Path) -> None:
+        self.path = None
+        self.entries: dict[str, Any] = {}
+        self.dirty = False
+        if cache_dir is None:
+            return
+        key = hashlib.sha1(f"{CACHE_VERSION}:{folder.resolve()}".encode()).hexdigest()[:16]
+        self.path = cache_dir / f"{folder.name}-{key}.json"
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+            if data.get("version") == CACHE_VERSION and data.get("folder") == str(folder.resolve()):
+                self.entries = data["files"]
+        except (OSError, ValueError, KeyError, AttributeError):
+            pass  # no cache yet, or an unreadable one: it is rebuilt
+
+    def lookup(self, path: Path) -> dict[str, Any] | None:
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        e = self.entries.get(path.name)
+        if e and e["size"] == st.st_size and e["mtime_ns"] == st.st_mtime_ns:
+            return e["result"]
+        return None
+
+    def store(self, path: Path, result: dict[str, Any]) -> None:
+        try:
+            st = path.stat()
+        except OSError:
+            return  # a missing file is not cached: it is checked again next time
+        self.entries[path.name] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "result": result}
+        self.dirty = True
+
+    def save(self, folder: Path) -> None:
+        if self.path is None or not self.dirty:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({"version": CACHE_VERSION, "folder": str(folder.resolve()), "files": self.entries}))
+            os.replace(tmp, self.path)
+        except OSError as e:
+            log.warning("data check: cannot write the cache %s (%s); the next check reads every image again", self.path, e)
+
+
+@dataclass
+class CheckReport:
+    """Outcome of :func:`check_datasets`: ``problems`` every problem found (one line each),
+    ``fatal`` the ones that stop training, ``notes`` how to change that, ``bad`` per data set name the image indices to exclude
+    (index -> reason), counts."""
+
+    problems: list[str] = field(default_factory=list)
+    fatal: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    bad: dict[str, dict[int, str]] = field(default_factory=dict)
+    num_images: int = 0
+    num_cached: int = 0
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        head = (
+            f"data check: {self.num_images} image(s) checked ({self.num_cached} from the cache) in "
+            f"{self.seconds:.1f} s: {len(self.problems)} problem(s), {len(self.fatal)} fatal"
+        )
+        lines = [head] + [f"  {'FATAL' if p in self.fatal else 'warning'}: {p}" for p in self.problems]
+        return "\n".join(lines + [f"  note: {n}" for n in self.notes])
+
+
+def check_datasets(
+    datasets: dict[str, ImageFileDataset], *, cache_dir: Path | None = None, workers: int = 8
+) -> CheckReport:
+    """Check every image of ``datasets`` (name -> data set) once, in a thread pool.
+
+    Each data set's policy decides what is fatal: a bad image when it does not skip bad images,
+    or more than its ``max_bad_images`` bad images; a data set left without images. Truncated
+    images are warnings. Nothing is changed: apply ``report.bad`` with ``dataset.exclude``.
+    """
+    t0 = time.perf_counter()
+    paths = sorted({ds.image_path(i) for ds in datasets.values() for i in range(len(ds))})
+    caches = {folder: _Cache(cache_dir, folder) for folder in {p.parent for p in paths}}
+    results: dict[Path, dict[str, Any]] = {}
+    todo = []
+    for p in paths:
+        hit = caches[p.parent].lookup(p)
+        if hit is None:
+            todo.append(p)
+        else:
+            results[p] = hit
+    report = CheckReport(num_images=len(paths), num_cached=len(paths) - len(todo))
+    if todo:
+        with ThreadPoolExecutor(max_workers=max(1, int(workers))) as pool:
+            for p, res in zip(todo, pool.map(check_image, todo)):
+                results[p] = res
+                caches[p.parent].store(p, res)
+    for folder, cache in caches.items():
+        cache.save(folder)
+
+    truncated_seen: set[Path] = set()
+    for name, ds in datasets.items():
+        bad: dict[int, str] = {}
+        for i in range(len(ds)):
+            path = ds.image_path(i)
+            res = results[path]
+            expected = ds.expected_size(i)
+            if res["status"] == "bad":
+                bad[i] = res["message"]
+            elif expected is not None and tuple(res["hw"]) != tuple(expected):
+                h, w = res["hw"]
+                bad[i] = f"image {path} is {w}x{h} (WxH) but its annotation says {expected[1]}x{expected[0]}"
+            elif res["status"] == "truncated" and path not in truncated_seen:
+                truncated_seen.add(path)
+                report.problems.append(
+                    f"truncated/damaged image {path}: loads only with truncation allowed ({res['message']})"
+                )
+        for reason in bad.values():
+            report.problems.append(f"{name}: {reason}")
+            if not ds.skip_bad_images:
+                report.fatal.append(report.problems[-1])
+        if bad and ds.skip_bad_images and len(bad) > ds.max_bad_images:
+            report.problems.append(
+                f"{name}: {len(bad)} bad images, more than max_bad_images={ds.max_bad_images}; "
+                f"fix the data or raise max_bad_images"
+            )
+            report.fatal.append(report.problems[-1])
+        if bad and len(bad) == len(ds):
+            report.problems.append(f"{name}: no readable image left (all {len(ds)} are bad)")
+            report.fatal.append(report.problems[-1])
+        if bad and not ds.skip_bad_images:
+            report.notes.append(
+                f"{name}: bad images are fatal because skip_bad_images is false "
+                f"(data.datamodule.skip_bad_images=true excludes them, counted and named)"
+            )
+        report.bad[name] = bad
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+# ------------------------------------------------------------------------------------ command
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m ttfnet_lightning.data.check [overrides...]``: build the data module of the
+    composed train config (no pre-flight in setup), check it, print every problem; returns the
+    exit status (0 ok, 1 fatal problems, 2 the data set cannot be built)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    overrides = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides)
+    if "preflight" not in cfg.data.datamodule:
+        print(f"data '{cfg.data.get('name')}' reads no image files: nothing to check")
+        return 0
+    try:
+        dm = instantiate(cfg.data.datamodule, preflight=False, _convert_="all")
+        dm.setup("fit")
+        report = dm.check_data()
+    except (DataError, InstantiationException) as e:
+        cause = e.__cause__ if isinstance(e.__cause__, DataError) else e  # hydra wraps the DataError
+        if not isinstance(cause, DataError):
+            raise
+        print(f"data check: the data set cannot be built:\n{cause}")
+        return 2
+    print(report.summary())
+    return 1 if report.fatal else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
