@@ -206,7 +206,7 @@ class TTFNetModule(pl.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         losses, _ = self._losses(batch)
         if not bool(torch.isfinite(losses["loss"])):
-            terms = ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items())
+            terms = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
             raise NonFiniteError(
                 f"non-finite training loss at global step {self.global_step} (epoch {self.current_epoch}, batch {batch_idx}): "
                 f"{terms}; images {image_ids(batch)}. Training stopped, no checkpoint of this model is saved; "
