@@ -525,6 +525,13 @@ def verdicts(table: Table) -> list[Verdict]:
                 out.append(Verdict(f"{mode}: AP first rises, then falls with beta", "not measured", "cells missing"))
                 continue
             peak = max(cols, key=lambda c: table.cells[(row, c)].mean)
+            if peak in (cols[0], cols[-1]):  # no rise or no fall among the measured betas
+                planned = [c for c in table.columns if table.cells.get((row, c)) and table.cells[(row, c)].statuses]
+                partial = len(cols) < len(planned)
+                out.append(Verdict(f"{mode}: AP first rises, then falls with beta (peak at beta {peak})",
+                                   "not measured" if partial else "not reproduced",
+                                   f"the highest AP is at an end of the {'measured ' if partial else ''}betas ({', '.join(cols)})"))
+                continue
             out.append(_all_of(f"{mode}: AP first rises, then falls with beta (peak at beta {peak})", [
                 compare(table, (row, peak), (row, cols[0]), f"beta {peak} > beta {cols[0]}"),
                 compare(table, (row, peak), (row, cols[-1]), f"beta {peak} > beta {cols[-1]}"),
