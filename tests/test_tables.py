@@ -300,3 +300,16 @@ def test_verdicts_pair_cells_by_seed(tmp_path):
     bare = Table("t", "t", ["AP"], ["x", "y"], {("AP", "x"): Cell(values=a.values), ("AP", "y"): Cell(values=b.values)})
     v = compare(bare, ("AP", "x"), ("AP", "y"), "x > y")
     assert v.verdict == "within noise" and "paired" not in v.evidence
+
+
+def test_table2_peak_at_an_end_is_not_a_rise_and_fall(tmp_path):
+    """AP rising all the way to the largest measured beta: the claim is not measured while beta 0.9
+    is missing (the peak must not be compared with itself), not reproduced once every beta ran."""
+    ap = lambda c: 10.0 * c.kernel.beta + c.seed  # noqa: E731  (monotone in beta)
+    partial = fake_sweep(tmp_path, "table2", ap, skip=tuple(range(12, 16)))  # the four beta 0.9 jobs
+    table, _ = build_table(partial, ratio=False)
+    assert [v.verdict for v in table.verdicts] == ["not measured", "not measured"]
+    full_dir = tmp_path / "full"
+    full_dir.mkdir()
+    table, _ = build_table(fake_sweep(full_dir, "table2", ap), ratio=False)
+    assert [v.verdict for v in table.verdicts] == ["not reproduced", "not reproduced"]
