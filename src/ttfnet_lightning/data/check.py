@@ -221,9 +221,6 @@ def check_datasets(
 
 
 # ------------------------------------------------------------------------------------ command
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m ttfnet_lightning.data.check [overrides...]``: build the data module of the
     composed train config (no pre-flight in setup), check it, print every problem; returns the
@@ -232,9 +229,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
+    from ..tables import conf_dir
+
     overrides = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides)
     if "preflight" not in cfg.data.datamodule:
         print(f"data '{cfg.data.get('name')}' reads no image files: nothing to check")
