@@ -185,3 +185,40 @@ def test_slurm_sigusr1_saves_and_requeues_then_sigterm(tmp_path):
     again = run(command(out), env=slurm)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resuming" in again.stdout
+
+
+def test_sigterm_during_validation_reruns_that_validation_after_resume(tmp_path, monkeypatch):
+    """A real SIGTERM (sent by the process to itself after the first of two validation batches of
+    epoch 0): the resumed run validates epoch 0 again over all its images, then trains on, ending
+    exactly like an uninterrupted run (Lightning alone would skip that validation)."""
+    import pytorch_lightning as pl
+
+    import ttfnet_lightning.train as train_mod
+    from conftest import compose
+
+    overrides = [o for o in RUN if not o.startswith(("data.datamodule.num_train", "data.datamodule.num_val", "hydra."))]
+    overrides += ["data.datamodule.num_train=8", "data.datamodule.num_val=8", "callbacks.checkpoint_every_n_steps=0"]
+
+    def run_in_process(out: Path) -> None:
+        train_mod.train(compose("train", [*overrides, f"output_dir={out}"]))
+
+    run_in_process(tmp_path / "reference")
+
+    class TermDuringValidation(pl.Callback):
+        def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+            if not trainer.sanity_checking and trainer.current_epoch == 0 and batch_idx == 0:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    out = tmp_path / "run"
+    real = train_mod.build_callbacks
+    with monkeypatch.context() as m:
+        m.setattr(train_mod, "build_callbacks", lambda cfg, o: [*real(cfg, o), TermDuringValidation()])
+        with pytest.raises(SystemExit) as info:
+            run_in_process(out)
+    assert info.value.code != 0
+    assert (out / "checkpoints" / "interrupted.ckpt").is_file()
+    assert not (out / "checkpoints" / "last.ckpt").exists()  # the validation did not finish
+    run_in_process(out)
+    epochs = [r["epoch"] for r in metrics(out) if r.get("val/loss")]
+    assert epochs == ["0", "1"], epochs
+    assert_same_run(tmp_path / "reference", out)  # incl. val/loss over all 8 images, bitwise

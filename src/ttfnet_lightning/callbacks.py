@@ -17,7 +17,7 @@ from .lit_module import NonFiniteError, image_ids
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TimeToAccuracy", "LogValPredictions", "FiniteGuard", "InterruptCheckpoint", "EpochSampler", "SeededSamples", "DataOrder"]
+__all__ = ["TimeToAccuracy", "LogValPredictions", "FiniteGuard", "InterruptCheckpoint", "RerunInterruptedValidation", "EpochSampler", "SeededSamples", "DataOrder"]
 
 
 # the clock of TimeToAccuracy (a module attribute so that tests can replace it)
@@ -188,6 +188,39 @@ class InterruptCheckpoint(OnExceptionCheckpoint):
             log.error("could not write the interruption checkpoint %s: %s", self.ckpt_path, exc)
         else:
             log.warning("wrote %s at global step %d (%s)", self.ckpt_path, trainer.global_step, type(exception).__name__)
+
+
+class RerunInterruptedValidation(Callback):
+    """A checkpoint written while a validation of ``fit`` is under way (SIGTERM, Ctrl-C, a crash,
+    SLURM's SIGUSR1) is marked so that the resumed run runs that whole validation again before it
+    trains on.
+
+    Left alone, Lightning skips it (it resumes "after the last training batch", or, when stopped
+    inside a batch, runs only the remaining validation batches, whose metric would then cover part
+    of the data): the epoch would have no ``val/AP`` row, no ``last``/``best`` checkpoint. The
+    validation progress stored in the checkpoint is set to "first batch started, none done",
+    Lightning's own restart-mid-evaluation state, so it reruns from the first batch."""
+
+    def __init__(self) -> None:
+        self.validating = False
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.validating = not trainer.sanity_checking and trainer.state.fn == "fit"
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.validating = False  # the checkpoints of on_validation_end belong to a finished validation
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        if not self.validating:
+            return
+        progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.val_loop.batch_progress")
+        if progress is None:  # another Lightning layout: fail loudly rather than resume silently wrong
+            raise RuntimeError("cannot mark an interrupted validation in this Lightning version's checkpoint (no val_loop.batch_progress)")
+        started = {"ready": 1, "started": 1, "processed": 0, "completed": 0}
+        progress["total"] = dict(progress["total"], **started)
+        progress["current"] = dict(progress["current"], **started)
+        progress["is_last_batch"] = False
+        log.info("checkpoint written during validation: the resumed run validates again from its first batch")
 
 
 class SeededSamples(Dataset):

@@ -29,7 +29,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from .callbacks import DataOrder, FiniteGuard, InterruptCheckpoint, LogValPredictions, TimeToAccuracy
+from .callbacks import DataOrder, FiniteGuard, InterruptCheckpoint, LogValPredictions, RerunInterruptedValidation, TimeToAccuracy
 from .checkpoints import StrictCheckpointIO
 from .lit_module import TTFNetModule
 from .tables import RESULTS_FILE, job_dirname, read_results
@@ -218,6 +218,8 @@ def build_callbacks(cfg: DictConfig, out: Path) -> list[pl.Callback]:
         ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, enable_version_counter=False),
         # interruption (Ctrl-C, SIGTERM, crash) -> interrupted.ckpt; a rerun resumes from it
         InterruptCheckpoint(dirpath=str(ckpt_dir), filename="interrupted"),
+        # ... and when it stopped during a validation, the resumed run runs that validation again
+        RerunInterruptedValidation(),
         TimeToAccuracy(),
         _ResumeMetrics(out),
     ]
