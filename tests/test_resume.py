@@ -222,3 +222,13 @@ def test_sigterm_during_validation_reruns_that_validation_after_resume(tmp_path,
     epochs = [r["epoch"] for r in metrics(out) if r.get("val/loss")]
     assert epochs == ["0", "1"], epochs
     assert_same_run(tmp_path / "reference", out)  # incl. val/loss over all 8 images, bitwise
+
+
+def test_deterministic_algorithms_change_nothing_on_cpu(reference, tmp_path):
+    """`trainer.deterministic=true` (torch.use_deterministic_algorithms) runs every op of a
+    training run and gives bitwise the reference's weights and metrics: on CPU the default kernels
+    are already deterministic (its cost is measured in the README)."""
+    out = tmp_path / "deterministic"
+    proc = run(command(out, "trainer.deterministic=true"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_same_run(reference, out)

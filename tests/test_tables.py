@@ -313,3 +313,34 @@ def test_table2_peak_at_an_end_is_not_a_rise_and_fall(tmp_path):
     full_dir.mkdir()
     table, _ = build_table(fake_sweep(full_dir, "table2", ap), ratio=False)
     assert [v.verdict for v in table.verdicts] == ["not reproduced", "not reproduced"]
+
+
+def write_box_losses(job_dir: Path, losses: list[float]) -> None:
+    rows = ["epoch,step,train/loss_box,val/AP"] + [f"0,{10 * i + 9},{v},"for i, v in enumerate(losses)]
+    (job_dir / "metrics.csv").write_text("\n".join(rows) + "\n")
+
+
+def test_box_collapse_flags_runs_whose_box_loss_never_fell(tmp_path):
+    """The beta 0.9 jobs of the CPU Table 2 ended at 0 AP with a dead wh ReLU: train/loss_box flat at
+    5.03 from start to end. Such a cell gets a dagger, the table a note naming the jobs, and a
+    verdict built on it says so; runs whose box loss fell are not flagged."""
+    from ttfnet_lightning.tables import box_collapse
+
+    flat, learned = [5.03, 5.02, 5.04, 5.03, 5.03, 5.02, 5.03, 5.03, 5.02, 5.03], [4.9, 4.0, 3.1, 2.5, 2.0, 1.8, 1.6, 1.4, 1.3, 1.3]
+    write_box_losses(tmp_path, flat)
+    assert box_collapse(tmp_path / "metrics.csv") == pytest.approx((5.03, 5.026))
+    write_box_losses(tmp_path, learned)
+    assert box_collapse(tmp_path / "metrics.csv") is None
+    write_box_losses(tmp_path, flat[:5])
+    assert box_collapse(tmp_path / "metrics.csv") is None  # too short to judge
+    assert box_collapse(tmp_path / "absent.csv") is None
+
+    sweep = fake_sweep(tmp_path, "table2", lambda c: 0.0 if c.kernel.beta == 0.9 else 10.0 + 20 * c.kernel.beta + c.seed)
+    for d in sorted(p for p in sweep.iterdir() if p.is_dir()):
+        write_box_losses(d, flat if "beta=0.9" in d.name else learned)
+    table, _ = build_table(sweep, ratio=False)
+    assert table.cells[("Agnostic AP", "0.9")].text().startswith("0.0 ± 0.0 †")
+    assert "†" not in table.cells[("Agnostic AP", "0.3")].text()
+    note = next(n for n in table.notes if n.startswith("†"))
+    assert note.count("beta=0.9") == 4 and "beta=0.3" not in note
+    assert all("box regression never learned" in v.evidence for v in table.verdicts)

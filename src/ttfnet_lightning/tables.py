@@ -42,7 +42,7 @@ from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Table", "Job", "build_table", "expand_grid", "expand_sweep", "job_dirname", "read_results", "paper_values", "write_table", "AggregateOnMultirunEnd", "main"]
+__all__ = ["Table", "Job", "build_table", "expand_grid", "expand_sweep", "job_dirname", "read_results", "paper_values", "write_table", "box_collapse", "AggregateOnMultirunEnd", "main"]
 
 RESULTS_FILE = "results.json"  # a run's final record, written by train.train (defined here: no Lightning import)
 
@@ -88,6 +88,34 @@ class Job:
     def metric(self, key: str) -> float | None:
         value = self.results.get("metrics", {}).get(key) if self.status == "finished" else None
         return None if value is None or not math.isfinite(float(value)) else float(value)
+
+    @property
+    def box_collapse(self) -> tuple[float, float] | None:
+        """``(first, last)`` box loss when this finished job's box regression never learned (see
+        :func:`box_collapse`), else None."""
+        return box_collapse(self.dir / "metrics.csv") if self.status == "finished" else None
+
+
+# the box loss of a run whose box branch learned falls far below its start within the first epochs
+# (CPU tables: 4.9 -> 1.3); a collapsed one (wh head's ReLU dead: every predicted distance 0, GIoU
+# loss 1) stays flat at reg_weight x 1
+COLLAPSE_RATIO = 0.9
+
+
+def box_collapse(metrics_csv: str | Path, *, ratio: float = COLLAPSE_RATIO) -> tuple[float, float] | None:
+    """``(first, last)``: the mean ``train/loss_box`` of the first 3 and the last 5 logged steps of
+    ``metrics.csv``, when the last is still above ``ratio`` x the first (the box branch never
+    learned); None when it fell, or with fewer than 8 logged values (nothing to judge)."""
+    try:
+        with open(metrics_csv, newline="") as f:
+            values = [float(r["train/loss_box"]) for r in csv.DictReader(f) if r.get("train/loss_box")]
+    except (OSError, KeyError, ValueError):
+        return None
+    values = [v for v in values if math.isfinite(v)]
+    if len(values) < 8:
+        return None
+    first, last = statistics.fmean(values[:3]), statistics.fmean(values[-5:])
+    return (first, last) if last > ratio * first else None
 
 
 def read_results(out: str | Path) -> dict[str, Any] | None:
@@ -154,6 +182,7 @@ class Cell:
     paper: float | None = None
     digits: int = 1
     seeds: list[int | None] = field(default_factory=list)  # the seed of each value (pairs cells by seed)
+    collapsed: int = 0  # values from jobs whose box regression never learned (marked with a dagger)
 
     @property
     def mean(self) -> float | None:
@@ -171,6 +200,8 @@ class Cell:
                 s += f" ± {self.std:.{d}f}"
             if len(self.values) < len(self.statuses):
                 s += f" ({len(self.values)}/{len(self.statuses)})"
+            if self.collapsed:
+                s += " †"
         elif "running" in self.statuses:
             s = "running"
         elif "failed" in self.statuses:
@@ -236,6 +267,8 @@ def _fill(jobs: Sequence[Job], key: Callable[[Job], tuple[str, str] | None], met
         if v is not None:
             cell.values.append(v)
             cell.seeds.append(job.cfg.get("seed"))
+            if metric is _ap and job.box_collapse is not None:
+                cell.collapsed += 1
     return cells
 
 
@@ -493,6 +526,8 @@ def compare(table: Table, a: tuple[str, str], b: tuple[str, str], claim: str) ->
         how = ""
     # (with se == 0, any nonzero difference exceeds it; no difference at all stays within noise)
     verdict = "reproduced" if d > 2 * se else "not reproduced" if d < -2 * se else "within noise"
+    if ca.collapsed or cb.collapsed:  # the difference is then the collapse's, not the setting's
+        how += "; † a compared cell holds runs whose box regression never learned"
     return Verdict(claim, verdict, f"{ca.mean:.2f} vs {cb.mean:.2f}, difference {d:+.2f}, 2 SE = {2 * se:.2f}{how}")
 
 
@@ -614,6 +649,15 @@ def build_table(sweep_dir: str | Path, *, ratio: bool = True) -> tuple[Table, li
     protocol = jobs[0].cfg.table.get("protocol")
     counts = {s: sum(j.status == s for j in jobs) for s in ("finished", "running", "failed", "missing")}
     table.notes.append(f"Sweep {sweep_dir} (protocol {protocol}): {len(jobs)} jobs, " + ", ".join(f"{v} {k}" for k, v in counts.items() if v) + ".")
+    collapsed = [(j, j.box_collapse) for j in jobs]
+    collapsed = [(j, c) for j, c in collapsed if c is not None]
+    if collapsed:
+        table.notes.append(
+            f"† {len(collapsed)} finished job(s) whose box regression never learned (train/loss_box of the last steps above "
+            f"{COLLAPSE_RATIO:g} x the first: a collapsed wh branch, every predicted distance 0): "
+            + ", ".join(f"{j.dir.name} ({c[0]:.2f} -> {c[1]:.2f})" for j, c in collapsed)
+            + ". Their AP measures the collapse (a training failure), not the setting's effect."
+        )
     train_s = [j.results.get("metrics", {}).get("time/train_seconds") for j in jobs if j.status == "finished"]
     wall = [j.results.get("wall_seconds_total", j.results.get("wall_seconds_last_session")) for j in jobs if j.status == "finished"]
     if any(train_s):
