@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from conftest import TINY_TRAIN, compose
+from ttfnet_lightning.callbacks import CocoResultsWriter
 from ttfnet_lightning.evaluate import evaluate
 from ttfnet_lightning.lit_module import TTFNetModule
 from ttfnet_lightning.predict import predict
@@ -43,7 +44,7 @@ def test_train_writes_checkpoints_and_metrics(trained):
     assert (ckpts / "last.ckpt").is_file()
     assert list(ckpts.glob("best-*.ckpt")), list(ckpts.iterdir())
     rows = read_csv(trained / "metrics.csv")
-    for key in ("train/loss", "train/loss_heatmap", "train/loss_box", "train/lr", "val/AP", "val/AP50", "val/AP75", "val/loss", "time/train_seconds", "time/step"):
+    for key in ("train/loss", "train/loss_heatmap", "train/loss_box", "train/lr/weights", "train/lr/biases", "val/AP", "val/AP50", "val/AP75", "val/loss", "time/train_seconds", "time/step"):
         assert column(rows, key), f"{key} missing from metrics.csv"
     # time to accuracy: one entry per validation, cumulative and increasing with the step
     seconds, steps = column(rows, "time/train_seconds"), column(rows, "time/step")
@@ -53,12 +54,16 @@ def test_train_writes_checkpoints_and_metrics(trained):
 
 def test_checkpoint_reloads_without_hydra(trained):
     model = TTFNetModule.load_from_checkpoint(str(trained / "checkpoints" / "last.ckpt"), map_location="cpu")
-    assert model.hparams.num_classes >= 3 and model.hparams.input_size == [64, 64]
-    assert model.hparams.kernel["alpha"] == 0.54
+    assert model.num_classes >= 3 and model.input_size == (64, 64)
+    assert model.hparams.kernel["alpha"] == 0.54 and model.hparams.net["backbone"] == "r18"
+    # the checkpoint holds the argument groups as plain dicts (no OmegaConf, no dataclasses)
+    hp = torch.load(trained / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["hyper_parameters"]
+    assert sorted(hp) == ["data_info", "decode", "kernel", "loss", "net", "optim"]
+    assert all(type(v) is dict for v in hp.values()) and hp["data_info"]["batch_size"] == 8
     model.eval()
     with torch.no_grad():
         heatmap, wh = model(model.normalize(torch.zeros(1, 3, 64, 64, dtype=torch.uint8)))
-    assert heatmap.shape == (1, model.hparams.num_classes, 16, 16) and wh.shape == (1, 4, 16, 16)
+    assert heatmap.shape == (1, model.num_classes, 16, 16) and wh.shape == (1, 4, 16, 16)
 
 
 def test_resume_continues_at_the_same_step(trained, tmp_path):
@@ -193,7 +198,9 @@ def test_coco_label_ids_round_trip(coco_mini, tmp_path):
     from ttfnet_lightning.data import CocoDataModule
 
     dm = CocoDataModule(root=str(coco_mini), input_size=(128, 128), batch_size=8, num_workers=0)
-    module = TTFNetModule(num_classes=dm.num_classes, label_to_cat_id=dm.label_to_cat_id, input_size=(128, 128), deformable=False)
+    module = TTFNetModule(net={"deformable": False},
+                          data_info={"num_classes": dm.num_classes, "label_to_cat_id": dm.label_to_cat_id, "input_size": [128, 128]})
+    writer = CocoResultsWriter()
     dm.setup("validate")
     image_ids = []
     for batch in dm.val_dataloader():
@@ -203,8 +210,8 @@ def test_coco_label_ids_round_trip(coco_mini, tmp_path):
             n = int(keep.sum())
             dets.append({"boxes": m["gt_boxes"][keep], "scores": torch.ones(n), "labels": m["gt_labels"][keep]})
             image_ids.append(int(m["image_id"]))
-        module._collect_results(dets, batch["meta"])
-    path = module.write_results_json(tmp_path / "det.json")
+        writer.add(dets, batch["meta"], module.label_to_cat_id)
+    path = writer.write(tmp_path / "det.json")
     gt = COCO(str(coco_mini / "annotations" / "instances_val2017.json"))
     ev = COCOeval(gt, gt.loadRes(str(path)), "bbox")
     ev.params.imgIds = sorted(image_ids)

@@ -146,7 +146,7 @@ def test_table_job_offline_run_files(hydra_job, tmp_path, monkeypatch):
     assert "config" not in config  # no longer one nested key
     nested = {k: v for k, v in config.items() if isinstance(v, (dict, list))}
     assert not nested, f"config not flat (Lightning's module hparams too): {sorted(nested)}"
-    assert config["num_classes"] >= 3  # the LightningModule's hparams, flattened as well
+    assert config["data_info.num_classes"] >= 3 and config["net.backbone"] == "r18"  # the module's argument groups, flattened as well
 
     # val/* against training hours; the clock itself against the global step
     assert run["metrics"]["val/AP"] == "time/train_hours" and run["metrics"]["val/AP50"] == "time/train_hours"

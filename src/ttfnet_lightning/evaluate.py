@@ -31,6 +31,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from .callbacks import CocoResultsWriter
 from .checkpoints import load_model
 from .train import output_dir
 
@@ -87,23 +88,25 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     out = output_dir(cfg, "outputs/evaluate")
     out.mkdir(parents=True, exist_ok=True)
     model = load_model(cfg.ckpt)
-    input_size = list(cfg.input_size or model.hparams.input_size)
+    input_size = list(cfg.input_size or model.input_size)
     overrides: dict[str, Any] = {"input_size": input_size}
     if cfg.get("batch_size"):
         overrides["batch_size"] = int(cfg.batch_size)
     dm = instantiate(cfg.data.datamodule, **overrides, _convert_="all")
-    if dm.num_classes != model.hparams.num_classes:
+    if dm.num_classes != model.num_classes:
         raise ValueError(
-            f"checkpoint {cfg.ckpt} predicts {model.hparams.num_classes} classes but data '{cfg.data.name}' "
+            f"checkpoint {cfg.ckpt} predicts {model.num_classes} classes but data '{cfg.data.name}' "
             f"has {dm.num_classes}; evaluate on the data set the model was trained for"
         )
     if dm.label_to_cat_id is not None:
-        model.hparams.label_to_cat_id = list(dm.label_to_cat_id)
-    trainer: pl.Trainer = instantiate(cfg.trainer, default_root_dir=str(out), logger=False, callbacks=[], _convert_="all")
+        model.hparams.data_info["label_to_cat_id"] = list(dm.label_to_cat_id)
+    trainer: pl.Trainer = instantiate(
+        cfg.trainer, default_root_dir=str(out), logger=False, callbacks=[CocoResultsWriter()], _convert_="all"
+    )
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*overridden `on_after_batch_transfer`.*")
-        results = trainer.validate(model, datamodule=dm, verbose=False)[0]  # writes detections_val.json
+        results = trainer.validate(model, datamodule=dm, verbose=False)[0]  # CocoResultsWriter: detections_val.json
     seconds = time.perf_counter() - t0
     # the validation loader is in order: the images evaluated are the first ones (trainer.limit_val_batches)
     num_batches = trainer.num_val_batches[0] if trainer.num_val_batches else 0

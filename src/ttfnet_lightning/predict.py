@@ -73,9 +73,9 @@ def _batches(files: list[Path], batch_size: int) -> Iterator[list[tuple[int, Pat
 def predict(cfg: DictConfig) -> dict[str, Any]:
     device = pick_device(cfg.device)
     model = load_model(cfg.ckpt, device)
-    H, W = (int(v) for v in model.hparams.input_size)
-    names = list(model.hparams.class_names or [str(c) for c in range(model.hparams.num_classes)])
-    cat_ids = model.hparams.label_to_cat_id or list(range(len(names)))
+    H, W = model.input_size
+    names = model.class_names
+    cat_ids = model.label_to_cat_id or list(range(len(names)))
     files = list_images(cfg.input)
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)

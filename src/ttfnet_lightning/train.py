@@ -12,6 +12,7 @@ validation, for sweepers.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 import netrc
@@ -29,17 +30,15 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from .callbacks import DataOrder, FiniteGuard, InterruptCheckpoint, LogValPredictions, RerunInterruptedValidation, TimeToAccuracy
+from .callbacks import CocoResultsWriter, DataOrder, FiniteGuard, InterruptCheckpoint, LogValPredictions, RerunInterruptedValidation, TimeToAccuracy
 from .checkpoints import StrictCheckpointIO
+from .config import DecodeConfig, LossConfig, NetConfig, OptimConfig
 from .lit_module import TTFNetModule
 from .tables import RESULTS_FILE, job_dirname, read_results
 from .tracking import flatten_dict, job_overrides, log_hyperparams
 
 log = logging.getLogger(__name__)
 
-# `hydra.run.dir: ${ttf_or:${output_dir},outputs/...}`: an explicit output_dir is also Hydra's run dir
-if not OmegaConf.has_resolver("ttf_or"):
-    OmegaConf.register_new_resolver("ttf_or", lambda value, default: default if value in (None, "") else value)
 # `hydra.sweep.subdir: ${ttf_jobdir:${hydra.overrides.task},${table.grid...}}` in the paper-table sweeps
 if not OmegaConf.has_resolver("ttf_jobdir"):
     OmegaConf.register_new_resolver("ttf_jobdir", job_dirname)
@@ -63,32 +62,23 @@ def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
 
 
 def build_module(cfg: DictConfig, dm: pl.LightningDataModule) -> TTFNetModule:
-    """The LightningModule from the config's plain values and the data's class list."""
-    b, s = cfg.backbone, cfg.schedule
-    model_kw = OmegaConf.to_container(cfg.model, resolve=True)
+    """The LightningModule from the config's groups (see :mod:`ttfnet_lightning.config`) and the
+    data's class list, input size and batch size."""
+    c = OmegaConf.to_container(cfg, resolve=True)
+    fields = lambda cls: {f.name for f in dataclasses.fields(cls)}  # noqa: E731
     return TTFNetModule(
-        num_classes=dm.num_classes,
-        class_names=list(dm.class_names),
-        input_size=list(dm.input_size),
-        label_to_cat_id=None if dm.label_to_cat_id is None else list(dm.label_to_cat_id),
-        backbone=b.name,
-        pretrained=b.pretrained,
-        weights=b.weights,
-        frozen_stages=b.frozen_stages,
-        box_convs=b.box_convs,
-        kernel=OmegaConf.to_container(cfg.kernel, resolve=True),
-        lr=s.lr,
-        reference_batch=s.reference_batch,
-        scale_lr=s.scale_lr,
-        momentum=s.momentum,
-        weight_decay=s.weight_decay,
-        bias_lr_mult=s.bias_lr_mult,
-        bias_decay=s.bias_decay,
-        warmup_steps=s.warmup_steps,
-        warmup_ratio=s.warmup_ratio,
-        milestones=list(s.milestones),
-        gamma=s.gamma,
-        **model_kw,
+        net=NetConfig.from_config(c["backbone"], c["model"]),
+        kernel=c["kernel"],
+        loss={k: v for k, v in c["model"].items() if k in fields(LossConfig)},
+        optim={k: v for k, v in c["schedule"].items() if k in fields(OptimConfig)},
+        decode={k: v for k, v in c["model"].items() if k in fields(DecodeConfig)},
+        data_info={
+            "num_classes": dm.num_classes,
+            "class_names": list(dm.class_names),
+            "input_size": list(dm.input_size),
+            "label_to_cat_id": None if dm.label_to_cat_id is None else list(dm.label_to_cat_id),
+            "batch_size": int(dm.batch_size),
+        },
     )
 
 
@@ -198,7 +188,7 @@ class _ResumeMetrics(pl.Callback):
 
 
 def build_callbacks(cfg: DictConfig, out: Path) -> list[pl.Callback]:
-    from pytorch_lightning.callbacks import ModelCheckpoint
+    from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
     ckpt_dir = out / "checkpoints"
     callbacks: list[pl.Callback] = [
@@ -222,6 +212,8 @@ def build_callbacks(cfg: DictConfig, out: Path) -> list[pl.Callback]:
         RerunInterruptedValidation(),
         TimeToAccuracy(),
         _ResumeMetrics(out),
+        LearningRateMonitor(logging_interval="step"),  # train/lr/weights, train/lr/biases
+        CocoResultsWriter(),  # detections_val.json of each validation
     ]
     every = cfg.callbacks.get("checkpoint_every_n_steps")
     if every:
@@ -279,7 +271,16 @@ _RESUME_FREE_KEYS = ("logger", "callbacks", "trainer.enable_progress_bar", "data
                      "backbone.weights", "pretrained_weights", "name", "group", "tags", "project", "ckpt_path", "skip_finished",
                      "output_dir", "job_overrides", "table.grid", "export_backbone",
                      # new key (data order): runs stored before it existed stay resumable/skippable
-                     "exact_resume")
+                     "exact_resume",
+                     # the data preset's LR reference batch: its effect is schedule.reference_batch, compared
+                     "data.reference_batch")
+
+
+def _schema_defaults() -> dict[str, Any]:
+    """Flat ``key: default`` of the typed schema (:class:`ttfnet_lightning.config.TrainConfig`)."""
+    from .config import TrainConfig
+
+    return flatten_dict(OmegaConf.to_container(OmegaConf.structured(TrainConfig), resolve=False))
 
 
 def check_same_config(out: Path, resolved: dict[str, Any]) -> None:
@@ -291,7 +292,11 @@ def check_same_config(out: Path, resolved: dict[str, Any]) -> None:
     stored = flatten_dict(OmegaConf.to_container(OmegaConf.load(stored_file), resolve=True))
     now = flatten_dict(resolved)
     free = lambda k: any(k == f or k.startswith(f + ".") for f in _RESUME_FREE_KEYS)  # noqa: E731
-    diff = sorted(k for k in set(stored) | set(now) if not free(k) and stored.get(k, "<absent>") != now.get(k, "<absent>"))
+    # a setting added to the schema after the run was stored, at its default, changes nothing
+    defaults = _schema_defaults()
+    new_at_default = lambda k: k not in stored and k in defaults and now.get(k) == defaults[k]  # noqa: E731
+    diff = sorted(k for k in set(stored) | set(now)
+                  if not free(k) and not new_at_default(k) and stored.get(k, "<absent>") != now.get(k, "<absent>"))
     if diff:
         lines = [f"  {k}: stored {stored.get(k, '<absent>')!r}, now {now.get(k, '<absent>')!r}" for k in diff[:15]]
         raise ValueError(
@@ -412,7 +417,7 @@ def train(cfg: DictConfig) -> float | None:
         from .evaluate import model_speed
 
         model.eval()
-        results["fps"] = model_speed(model, batch_size=1, input_size=tuple(model.hparams.input_size), iters=30, warmup=5)
+        results["fps"] = model_speed(model, batch_size=1, input_size=model.input_size, iters=30, warmup=5)
         results["fps_device"] = str(model.device)
         print(f"  model-only speed: {results['fps']:.1f} images/s (batch 1, {model.device})")
     if cfg.get("export_backbone"):
