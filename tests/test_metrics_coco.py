@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose
 
+from conftest import compose
 from ttfnet_lightning.callbacks import CocoResultsWriter
 from ttfnet_lightning.data import CocoDataModule
-from ttfnet_lightning.evaluate import COCO_STATS, coco_official_metrics, evaluate
+from ttfnet_lightning.evaluate import coco_official_metrics, evaluate
 from ttfnet_lightning.lit_module import TTFNetModule
+from ttfnet_lightning.metrics import COCO_STATS
 
 OURS = {"AP": "map", "AP50": "map_50", "AP75": "map_75", "APs": "map_small", "APm": "map_medium", "APl": "map_large"}
 
@@ -74,7 +75,8 @@ def test_evaluate_prints_ours_and_the_official_numbers(coco_mini: Path, tmp_path
     ckpt = tmp_path / "tiny.ckpt"
     trainer.save_checkpoint(ckpt)
     cfg = compose("evaluate", [f"ckpt={ckpt}", "data=coco", f"data.datamodule.root={coco_mini}", "data.datamodule.num_workers=0",
-                               f"data.datamodule.check_cache_dir={tmp_path / 'c'}", "trainer=cpu", "+trainer.limit_val_batches=1", "data.datamodule.batch_size=8", "speed_iters=2",
+                               f"data.datamodule.check_cache_dir={tmp_path / 'c'}", "trainer=cpu", "+trainer.limit_val_batches=1",
+                               "data.datamodule.batch_size=8", "speed_iters=2",
                                f"output_dir={tmp_path / 'eval'}"])
     metrics = evaluate(cfg)
     out = capsys.readouterr().out

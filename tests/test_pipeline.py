@@ -44,7 +44,8 @@ def test_train_writes_checkpoints_and_metrics(trained):
     assert (ckpts / "last.ckpt").is_file()
     assert list(ckpts.glob("best-*.ckpt")), list(ckpts.iterdir())
     rows = read_csv(trained / "metrics.csv")
-    for key in ("train/loss", "train/loss_heatmap", "train/loss_box", "train/lr/weights", "train/lr/biases", "val/AP", "val/AP50", "val/AP75", "val/loss", "time/train_seconds", "time/step"):
+    for key in ("train/loss", "train/loss_heatmap", "train/loss_box", "train/lr/weights", "train/lr/biases", "val/AP", "val/AP50", "val/AP75",
+                "val/loss", "time/train_seconds", "time/step"):
         assert column(rows, key), f"{key} missing from metrics.csv"
     # time to accuracy: one entry per validation, cumulative and increasing with the step
     seconds, steps = column(rows, "time/train_seconds"), column(rows, "time/step")

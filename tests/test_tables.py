@@ -12,7 +12,7 @@ import torch
 import torchvision
 from omegaconf import OmegaConf
 
-from conftest import REPO, compose
+from conftest import compose
 from ttfnet_lightning.tables import build_table, expand_grid, job_dirname, paper_values
 from ttfnet_lightning.train import check_same_config
 
@@ -170,7 +170,8 @@ def test_aggregator_table5_layout_mean_std_and_paper(tmp_path):
 def test_aggregator_table1_and_written_files(tmp_path):
     from ttfnet_lightning.tables import aggregate
 
-    sweep = fake_sweep(tmp_path, "table1", lambda c: {"none": 1.0, "norm": 2.0, "sqrt": 3.0, "log": 4.0}[c.kernel.area_weight] + 10 * bool(c.kernel.gaussian_weight))
+    weight = {"none": 1.0, "norm": 2.0, "sqrt": 3.0, "log": 4.0}
+    sweep = fake_sweep(tmp_path, "table1", lambda c: weight[c.kernel.area_weight] + 10 * bool(c.kernel.gaussian_weight))
     table = aggregate(sweep, quiet=True)
     assert table.rows == ["+Norm", "+Sqrt", "+Log", "+Gaussian", "AP"]
     assert [table.cells[("AP", c)].mean for c in table.columns] == [1.0, 2.0, 3.0, 4.0, 13.0, 14.0]
@@ -278,7 +279,7 @@ def test_verdicts_follow_the_numbers(tmp_path):
 
         def ap(c, sign=sign):
             small = c.kernel.beta == 0.01 if sign > 0 else c.kernel.beta == 0.54
-            return 30.0 - (10.0 if small and c.schedule.lr == lr_top else 0.0) + 0.3 * c.seed
+            return 30.0 - (10.0 if small and c.schedule.lr == lr_top else 0.0) + 0.3 * c.seed  # noqa: B023  (called within the loop)
 
         table, _ = build_table(fake_sweep(d, "table5", ap), ratio=False)
         assert verdicts(table)[0].verdict == expected, verdicts(table)[0]

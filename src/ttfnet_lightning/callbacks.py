@@ -21,7 +21,8 @@ from .lit_module import NonFiniteError, image_ids
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TimeToAccuracy", "CocoResultsWriter", "LogValPredictions", "FiniteGuard", "InterruptCheckpoint", "RerunInterruptedValidation", "EpochSampler", "SeededSamples", "DataOrder"]
+__all__ = ["TimeToAccuracy", "CocoResultsWriter", "LogValPredictions", "FiniteGuard", "InterruptCheckpoint", "RerunInterruptedValidation",
+           "EpochSampler", "SeededSamples", "DataOrder"]
 
 
 # the clock of TimeToAccuracy (a module attribute so that tests can replace it)

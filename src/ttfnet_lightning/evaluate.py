@@ -33,14 +33,13 @@ from omegaconf import DictConfig
 
 from .callbacks import CocoResultsWriter
 from .checkpoints import load_model
+from .metrics import COCO_STATS, NA_NOTE, format_ap, is_na
 from .train import output_dir
 
 log = logging.getLogger(__name__)
 
 __all__ = ["coco_official_metrics", "evaluate", "model_speed"]
 
-#: COCOeval ``stats`` positions of the six AP numbers, by our metric names
-COCO_STATS = {"AP": 0, "AP50": 1, "AP75": 2, "APs": 3, "APm": 4, "APl": 5}
 
 
 def coco_official_metrics(ann_file: str | Path, results: str | Path | list[dict], image_ids: Sequence[int]) -> dict[str, float]:
@@ -61,7 +60,7 @@ def coco_official_metrics(ann_file: str | Path, results: str | Path | list[dict]
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
-    return {k: float(ev.stats[i]) * 100 if ev.stats[i] >= 0 else -1.0 for k, i in COCO_STATS.items()}
+    return {k: -1.0 if is_na(ev.stats[i]) else float(ev.stats[i]) * 100 for k, i in COCO_STATS.items()}
 
 
 @torch.inference_mode()
@@ -135,7 +134,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     print(f"\nEvaluation of {cfg.ckpt} on {cfg.data.name} val ({num_images} images, {input_size[0]}x{input_size[1]})")
 
     def cell(v: float) -> str:
-        return f"{v:8.2f}" if v >= 0 else "     n/a"
+        return format_ap(v, "8.2f")
 
     if official is not None:
         print(f"  {'':<5} {'ours':>8} {'COCOeval':>8}   (official pycocotools on {dets_json.name} vs {dm.val_ann_file})")
@@ -143,7 +142,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         k = f"val/{name}"
         if k in metrics:
             row = f"  {name:<5} {cell(metrics[k])}" + (f" {cell(official[name])}" if official is not None else "")
-            print(row + ("   (n/a: no ground truth of this size)" if metrics[k] < 0 else ""))
+            print(row + (f"   ({NA_NOTE})" if is_na(metrics[k]) else ""))
     print(f"speed on {metrics['device']} ({metrics['threads']} threads):")
     for k, v in speed.items():
         print(f"  {k:<36} {v:8.1f}")

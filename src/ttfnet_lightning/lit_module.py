@@ -23,6 +23,7 @@ from torch import Tensor
 from .config import DataInfo, DecodeConfig, KernelConfig, LossConfig, NetConfig, OptimConfig, checked
 from .decode import decode_detections
 from .losses import TTFNetLoss
+from .metrics import TORCHMETRICS_KEYS, is_na
 from .models import TTFNet
 from .optim import build_optimizer, lr_factor  # noqa: F401  (lr_factor: re-exported for compatibility)
 from .targets import encode_targets
@@ -239,13 +240,15 @@ class TTFNetModule(pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         res = self.val_map.compute()
         self.val_map.reset()
-        names = {"map": "AP", "map_50": "AP50", "map_75": "AP75", "map_small": "APs", "map_medium": "APm", "map_large": "APl"}
-        for key, name in names.items():
-            value = float(res[key])
-            # torchmetrics reports -1 where a size range has no ground truth
-            self.log(f"val/{name}", value * 100 if value >= 0 else -1.0, prog_bar=name in ("AP", "AP50"), sync_dist=True)
+        for name, key in TORCHMETRICS_KEYS.items():
+            value = float(res[key])  # -1 where a size range has no ground truth: kept as -1
+            self.log(f"val/{name}", -1.0 if is_na(value) else value * 100, prog_bar=name in ("AP", "AP50"), sync_dist=True)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Tensor]]:
+        """Detections (``{boxes, scores, labels}`` per image, xyxy in ``meta[i]["orig_size"]``
+        pixels when given, else input pixels) for a batch of images (``trainer.predict``)."""
+        if batch["images"].shape[0] == 0:  # every image of the batch was unreadable
+            return []
         H, W = batch["images"].shape[-2:]
         return self.decode(*self.net(batch["images"]), batch.get("meta"), (H, W))
 

@@ -27,7 +27,6 @@ Shapes: B images, M boxes per image (padded; label -1 marks padding), C classes,
 
 from __future__ import annotations
 
-import math
 from typing import Any, Literal, NamedTuple
 
 import torch

@@ -21,7 +21,7 @@ import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from pytorch_lightning.loggers import WandbLogger
@@ -41,7 +41,7 @@ __all__ = [
     "run_identity",
 ]
 
-Scalar = Union[str, int, float, bool, None]
+Scalar = str | int | float | bool | None
 
 # the validation metrics logged by TTFNetModule and LogValPredictions (named explicitly: see
 # define_wandb_metrics)

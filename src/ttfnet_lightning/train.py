@@ -34,6 +34,7 @@ from .callbacks import CocoResultsWriter, DataOrder, FiniteGuard, InterruptCheck
 from .checkpoints import StrictCheckpointIO
 from .config import DecodeConfig, LossConfig, NetConfig, OptimConfig
 from .lit_module import TTFNetModule
+from .metrics import AP_NAMES, NA_NOTE, is_na
 from .tables import RESULTS_FILE, job_dirname, read_results
 from .tracking import flatten_dict, job_overrides, log_hyperparams
 
@@ -238,12 +239,12 @@ def _finish_wandb(loggers: list[Any]) -> None:
 
 
 def _print_metrics(metrics: dict[str, float], title: str) -> None:
-    keys = [k for k in ("val/AP", "val/AP50", "val/AP75", "val/APs", "val/APm", "val/APl", "val/loss", "time/train_seconds", "time/step") if k in metrics]
+    keys = [k for k in (*(f"val/{n}" for n in AP_NAMES), "val/loss", "time/train_seconds", "time/step") if k in metrics]
     width = max((len(k) for k in keys), default=0)
     print(f"\n{title}")
     for k in keys:
-        na = k.startswith("val/AP") and metrics[k] < 0  # torchmetrics: -1 = no ground truth of that size
-        print(f"  {k:<{width}}  " + ("n/a (no ground truth of this size)" if na else f"{metrics[k]:.3f}"))
+        na = k.startswith("val/AP") and is_na(metrics[k])
+        print(f"  {k:<{width}}  " + (NA_NOTE if na else f"{metrics[k]:.3f}"))
 
 
 def _write_results(out: Path, results: dict[str, Any]) -> None:
