@@ -13,8 +13,8 @@ import torchvision
 from omegaconf import OmegaConf
 
 from conftest import compose
+from ttfnet_lightning.runs import check_same_config
 from ttfnet_lightning.tables import build_table, expand_grid, job_dirname, paper_values
-from ttfnet_lightning.train import check_same_config
 
 PAPER = paper_values()
 
@@ -209,6 +209,19 @@ def test_changed_config_is_not_resumed(tmp_path):
     check_same_config(tmp_path, cfg)
     cfg["kernel"]["beta"] = 0.54
     with pytest.raises(ValueError, match=r"kernel.beta: stored 0.3, now 0.54"):
+        check_same_config(tmp_path, cfg)
+
+
+def test_a_setting_added_later_at_its_default_does_not_block_a_resume(tmp_path):
+    """Runs stored before a schema field existed (e.g. kernel.radius_formula) stay resumable and
+    skippable while the new field is at its default; a non-default value is a different run."""
+    cfg = OmegaConf.to_container(compose("train"), resolve=True)
+    old = {k: v for k, v in cfg.items()}
+    old["kernel"] = {k: v for k, v in cfg["kernel"].items() if k not in ("radius_formula", "min_overlap")}
+    (tmp_path / "config_resolved.yaml").write_text(OmegaConf.to_yaml(old))
+    check_same_config(tmp_path, cfg)
+    cfg["kernel"]["radius_formula"] = "exact"
+    with pytest.raises(ValueError, match=r"kernel.radius_formula: stored '<absent>', now 'exact'"):
         check_same_config(tmp_path, cfg)
 
 
