@@ -64,6 +64,7 @@ class NeckHeadConfig:
     heatmap_channels: int = 128
     box_channels: int = 64
     wh_scale: float = 16.0  # predicted distances = relu(x) * wh_scale
+    prior_prob: float = 0.01  # initial heatmap probability (last heatmap bias -log((1 - p) / p))
 
 
 @dataclass
