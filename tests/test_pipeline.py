@@ -91,6 +91,21 @@ def test_evaluate_reports_ap_and_speed(trained, tmp_path):
     assert all(set(d) == {"image_id", "category_id", "bbox", "score"} for d in dets)
 
 
+def test_evaluate_each_precision_and_the_network_as_trained(trained, tmp_path):
+    """inference.precisions=[fp32,bf16]: AP and speeds for each, one detections JSON each; the
+    optimised fp32 path scores what the network as trained (inference.optimize=false) scores."""
+    base = [f"ckpt={trained / 'checkpoints' / 'last.ckpt'}", "data.datamodule.num_val=8", "data.datamodule.num_workers=0",
+            "trainer=cpu", "speed_iters=2"]
+    metrics = evaluate(compose("evaluate", [*base, "inference.precisions=[fp32,bf16]", f"output_dir={tmp_path / 'a'}"]))
+    assert set(metrics["by_precision"]) == {"fp32", "bf16"} and metrics["precision"] == "fp32"
+    assert all(m["model_only_images_per_s_batch1"] > 0 and "val/AP50" in m for m in metrics["by_precision"].values())
+    assert (tmp_path / "a" / "detections_val.json").is_file() and (tmp_path / "a" / "detections_val_bf16.json").is_file()
+    plain = evaluate(compose("evaluate", [*base, "inference.optimize=false", f"output_dir={tmp_path / 'b'}"]))
+    for key in ("val/AP", "val/AP50", "val/APs"):
+        assert plain[key] == pytest.approx(metrics[key], abs=1e-6), key
+    assert plain["val/loss"] == pytest.approx(metrics["val/loss"], rel=1e-4)
+
+
 def test_evaluate_rejects_data_with_other_classes(trained, tmp_path, raccoon):
     cfg = compose("evaluate", [f"ckpt={trained / 'checkpoints' / 'last.ckpt'}", "data=voc", f"data.datamodule.root={raccoon}",
                                "trainer=cpu", f"output_dir={tmp_path}"])

@@ -252,6 +252,16 @@ class TTFNetModule(pl.LightningModule):
         H, W = batch["images"].shape[-2:]
         return self.decode(*self.net(batch["images"]), batch.get("meta"), (H, W))
 
+    # ------------------------------------------------------------------------------ inference
+    def optimize_for_inference(self, **options: Any) -> TTFNetModule:
+        """Replace the network by its inference path (:func:`ttfnet_lightning.inference.optimize_for_inference`:
+        BN folded, channels_last, ``precision``, optional ``compile``), in place; for evaluation and
+        prediction only (the result cannot be trained). Returns ``self`` in eval mode."""
+        from .inference import optimize_for_inference
+
+        self.net = optimize_for_inference(self.net.eval(), **options)
+        return self.eval()
+
     # ------------------------------------------------------------------------------ optimiser
     def total_batch_size(self) -> int:
         """Images per optimiser step: batch per device (``data_info.batch_size``, else the training

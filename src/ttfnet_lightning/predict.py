@@ -122,6 +122,9 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     """Detections for ``cfg.input`` (an image or a directory) by ``cfg.ckpt``, with Lightning's
     ``trainer.predict`` and the module's ``predict_step``."""
     model = load_model(cfg.ckpt)
+    inf = cfg.get("inference") or {}
+    if inf.get("optimize", True):
+        model.optimize_for_inference(precision=str(inf.get("precision", "fp32")), compile=bool(inf.get("compile", False)))
     files = list_images(cfg.input)
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
