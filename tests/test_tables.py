@@ -358,3 +358,30 @@ def test_box_collapse_flags_runs_whose_box_loss_never_fell(tmp_path):
     note = next(n for n in table.notes if n.startswith("†"))
     assert note.count("beta=0.9") == 4 and "beta=0.3" not in note
     assert all("box regression never learned" in v.evidence for v in table.verdicts)
+
+
+def test_fps_remeasured_for_all_models_in_one_process(tmp_path):
+    import pytorch_lightning as pl
+
+    from ttfnet_lightning.lit_module import TTFNetModule
+    from ttfnet_lightning.speed import remeasure_fps
+
+    sweep = fake_sweep(tmp_path, "table4", lambda c: 20.0)
+    jobs = sorted(d for d in sweep.iterdir() if d.is_dir())
+    for d in jobs:
+        results = json.loads((d / "results.json").read_text())
+        (d / "results.json").write_text(json.dumps(results | {"fps": 1.0}))
+    for d in jobs[:2]:  # two jobs with a (tiny) checkpoint; the others are left alone
+        module = TTFNetModule(net={"deformable": False}, data_info={"num_classes": 2, "input_size": [32, 32]})
+        trainer = pl.Trainer(logger=False, enable_checkpointing=False, accelerator="cpu", enable_progress_bar=False)
+        trainer.strategy.connect(module)
+        (d / "checkpoints").mkdir()
+        trainer.save_checkpoint(d / "checkpoints" / "last.ckpt")
+    medians = remeasure_fps(sweep, rounds=2, iters=1, warmup=1)
+    assert set(medians) == {d.name for d in jobs[:2]}
+    for d in jobs[:2]:
+        r = json.loads((d / "results.json").read_text())
+        assert r["fps"] == medians[d.name] > 1.0 and r["fps_at_end_of_training"] == 1.0 and "interleaved" in r["fps_method"]
+    assert json.loads((jobs[2] / "results.json").read_text())["fps"] == 1.0
+    table, _ = build_table(sweep, ratio=False)
+    assert table.cells[("FPS", "(0,0,0)")].values  # the aggregator reads the new values
