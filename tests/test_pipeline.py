@@ -278,3 +278,28 @@ def test_rerun_into_the_same_output_dir_resumes(trained, tmp_path):
     train(compose("train", [*TINY_TRAIN, f"output_dir={out}", "schedule.max_epochs=3"]))
     assert torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["global_step"] == 6
     assert column(read_csv(out / "metrics.csv"), "time/step") == [6.0]
+
+
+def test_step_timer_breaks_each_training_step_down(tmp_path):
+    """TINY_TRAIN: 2 epochs of 2 steps; the first step (warm-up) is left out of the summary."""
+    import ttfnet_lightning.train as train_mod
+    from ttfnet_lightning.profiling import PHASES, StepTimer
+
+    timer = StepTimer(skip=1)
+    build = train_mod.build_callbacks
+    try:
+        train_mod.build_callbacks = lambda c, o: [*build(c, o), timer]
+        train(compose("train", [*TINY_TRAIN, "trainer.log_every_n_steps=1", f"output_dir={tmp_path / 'a'}"]))
+    finally:
+        train_mod.build_callbacks = build
+    assert len(timer.steps) == 3
+    summary = timer.summary()
+    assert set(summary) == {*PHASES, "total"}
+    assert all(summary[p]["ms"] > 0 for p in ("forward", "backward", "target_encoding", "optimizer")), summary
+    assert sum(summary[p]["share"] for p in PHASES) == pytest.approx(1.0)
+    # switched on from the config, it logs each phase with the training metrics
+    out = tmp_path / "b"
+    train(compose("train", [*TINY_TRAIN, "trainer.log_every_n_steps=1", "callbacks.step_timer=true", f"output_dir={out}"]))
+    rows = read_csv(out / "metrics.csv")
+    for p in PHASES:
+        assert column(rows, f"time/step_{p}_ms"), p

@@ -176,6 +176,9 @@ class CallbacksConfig:
     # checkpoints/latest-step<N>.ckpt every N training steps (only the newest kept); a rerun resumes
     # from the newest of last/interrupted/latest-step/hpc_ckpt, so a hard kill loses < N steps
     checkpoint_every_n_steps: Optional[int] = 200
+    # per-step time of data wait, host-to-device, target encoding, forward, backward, optimizer
+    # (ttfnet_lightning.profiling.StepTimer): time/step_<phase>_ms in the metrics, a summary at the end
+    step_timer: bool = False
 
 
 @dataclass

@@ -114,6 +114,10 @@ def build_callbacks(cfg: DictConfig, out: Path) -> list[pl.Callback]:
         callbacks.append(
             ModelCheckpoint(dirpath=ckpt_dir, filename="latest-step{step}", every_n_train_steps=int(every), save_top_k=1, auto_insert_metric_name=False)
         )
+    if cfg.callbacks.get("step_timer"):
+        from .profiling import StepTimer
+
+        callbacks.append(StepTimer())
     if cfg.callbacks.get("log_val_images"):
         callbacks.append(LogValPredictions(num_images=int(cfg.callbacks.log_val_images)))
     return callbacks
