@@ -191,7 +191,7 @@ def train(cfg: DictConfig) -> float | None:
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r".*ckpt_path=\"last\".*")  # we pass the checkpoint explicitly
-            warnings.filterwarnings("ignore", message=r".*overridden `on_after_batch_transfer`.*")
+            warnings.filterwarnings("ignore", message=r".*overridden `(on_after_batch_transfer|transfer_batch_to_device)`.*")
             if cfg.get("exact_resume", False):
                 warnings.filterwarnings("ignore", message=r".*dataloader is not resumable.*")  # DataOrder positions it
             trainer.fit(model, datamodule=dm, ckpt_path=None if ckpt_path is None else str(ckpt_path))
