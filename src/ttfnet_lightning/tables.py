@@ -397,6 +397,8 @@ def table4(jobs: Sequence[Job], paper: dict[str, Any], ratio_fn=None) -> Table:
             cells.setdefault(("FPS", c), Cell()).paper = p["FPS"][i]
     devices = sorted({str(j.results.get("fps_device")) for j in jobs if j.results.get("fps_device")})
     notes = [f"FPS: model-only images/s at batch 1 on {', '.join(devices) or 'the run device'} (ours); the paper's on one GTX 1080Ti."]
+    methods = sorted({str(j.results["fps_method"]) for j in jobs if j.results.get("fps_method")})
+    notes += [f"FPS measured again after the sweep ({m})." for m in methods]
     rows = ["Stage 2", "Stage 3", "Stage 4", "AP", "FPS"]
     return Table("table4", "Table 4: shortcut convs per stage, speed-accuracy trade-off", rows, cols, cells, notes=notes)
 
