@@ -191,7 +191,9 @@ class TrainConfig:
     group: Optional[str] = None
     project: str = "ttfnet-lightning"
     tags: List[str] = field(default_factory=list)
-    table: Optional[Dict[str, Any]] = None  # the paper-table sweep this run belongs to
+    # the paper-table sweep this run belongs to: a dict or null (Any: OmegaConf cannot merge a
+    # command-line dict into a null Optional[Dict] node)
+    table: Any = None
     ckpt_path: Optional[str] = None
     optimized_metric: str = "val/AP50"
     output_dir: Optional[str] = None
