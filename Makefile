@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export WANDB_MODE ?= offline
 
-.PHONY: help install test test-slow train bench clean tables table1 table2 table3 table4 table5 table6 cpu-pretrained
+.PHONY: help install lint test test-slow train bench clean tables table1 table2 table3 table4 table5 table6 cpu-pretrained
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -13,12 +13,16 @@ help:  ## list targets
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade --quiet pip
-	# torch/torchvision first: pip takes 2.14.1 / 0.29.1 from this machine's local disk
-	$(BIN)/pip install --quiet "torch==2.14.1" "torchvision==0.29.1" || $(BIN)/pip install --quiet torch torchvision
+	# torch/torchvision first, pinned: pip takes 2.14.1 / 0.29.1 from this machine's local disk (no
+	# silent fallback to another version: a failure here stops the install)
+	$(BIN)/pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
 install: $(STAMP)  ## create .venv and install the package editable with [dev]
+
+lint: $(STAMP)  ## ruff (rules in pyproject.toml) on src/, tests/ and benchmarks/
+	$(BIN)/ruff check src tests benchmarks
 
 test: $(STAMP)  ## run the fast test suite (installs first if needed)
 	$(BIN)/python -m pytest -m "not slow" -q

@@ -21,9 +21,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the oracle lives with the tests
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import machine, timeit  # noqa: E402
 from reference_targets import reference_encode  # noqa: E402
 
+from _common import machine, timeit  # noqa: E402
 from ttfnet_lightning.targets import encode_targets  # noqa: E402
 
 
@@ -59,7 +59,7 @@ def main() -> None:
         boxes, labels = random_boxes(args.batch, M, args.size, args.classes, gen)
         kw = dict(num_classes=args.classes, output_size=out, stride=4)
         b, l = boxes.to(args.device), labels.to(args.device)
-        med, _ = timeit(lambda: encode_targets(b, l, **kw), repeats=args.repeats, warmup=2)
+        med, _ = timeit(lambda: encode_targets(b, l, **kw), repeats=args.repeats, warmup=2)  # noqa: B023  (called at once)
         t0 = time.perf_counter()
         ref = reference_encode(boxes, labels, **kw)
         t_ref = time.perf_counter() - t0

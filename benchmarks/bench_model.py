@@ -21,7 +21,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine  # noqa: E402
-
 from ttfnet_lightning.losses import TTFNetLoss  # noqa: E402
 from ttfnet_lightning.models import TTFNet  # noqa: E402
 from ttfnet_lightning.targets import encode_targets  # noqa: E402
@@ -81,7 +80,8 @@ def main() -> None:
     torch.manual_seed(0)
     print(f"machine: {machine()}")
     print("backbone stem + stage 1 frozen (paper default), BN in train mode")
-    print(f"TTFNet-{args.backbone.upper()} train step (fwd+bwd), batch {args.batch} x {args.size} px, C={args.classes}, median of {args.repeats} after 1 warm-up")
+    print(f"TTFNet-{args.backbone.upper()} train step (fwd+bwd), batch {args.batch} x {args.size} px, C={args.classes}, "
+          f"median of {args.repeats} after 1 warm-up")
     images = torch.randn(args.batch, 3, args.size, args.size)
     boxes = torch.tensor([[40.0, 60.0, 300.0, 400.0], [200.0, 100.0, 260.0, 180.0]]).expand(args.batch, 2, 4).contiguous()
     labels = torch.tensor([1, 5]).expand(args.batch, 2).contiguous()

@@ -41,7 +41,9 @@ def raccoon() -> Path:
     return root
 
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "src" / "ttfnet_lightning" / "conf"
+from ttfnet_lightning.tables import conf_dir  # noqa: E402  (importing the package registers the config schema)
+
+CONF_DIR = conf_dir()  # the installed package's configs
 
 
 def compose(config_name: str = "train", overrides: list[str] | None = None):

@@ -97,8 +97,8 @@ def reference_encode(
             cy = math.floor(float((y1 + y2) / 2 / stride))
 
             def radii(k: float) -> tuple[int, int]:
-                t32 = lambda v: torch.tensor(v, dtype=torch.float32)  # noqa: E731
-                return int(t32(fw) / 2.0 * k), int(t32(fh) / 2.0 * k)
+                t32 = lambda v: torch.tensor(v, dtype=torch.float32)  # noqa: E731, B023
+                return int(t32(fw) / 2.0 * k), int(t32(fh) / 2.0 * k)  # noqa: B023  (called at once)
 
             if aspect_ratio:
                 rw, rh = radii(alpha)

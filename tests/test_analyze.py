@@ -10,11 +10,11 @@ import sys
 
 import pytest
 import torch
-from conftest import compose
 from hydra.utils import instantiate
 from reference_targets import reference_encode
 from test_targets import H, W, random_batch
 
+from conftest import compose
 from ttfnet_lightning.analyze import _pad, ambiguity_counts, ambiguity_ratio, ambiguity_stats, training_boxes
 from ttfnet_lightning.data import build_transforms
 from ttfnet_lightning.targets import regression_coverage

@@ -8,11 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose
 
+from conftest import compose
+from ttfnet_lightning.callbacks import CocoResultsWriter
 from ttfnet_lightning.data import CocoDataModule
-from ttfnet_lightning.evaluate import COCO_STATS, coco_official_metrics, evaluate
+from ttfnet_lightning.evaluate import coco_official_metrics, evaluate
 from ttfnet_lightning.lit_module import TTFNetModule
+from ttfnet_lightning.metrics import COCO_STATS
 
 OURS = {"AP": "map", "AP50": "map_50", "AP75": "map_75", "APs": "map_small", "APm": "map_medium", "APl": "map_large"}
 
@@ -40,17 +42,17 @@ def _jittered_detections(meta: dict, num_classes: int, gen: torch.Generator) -> 
 def test_val_metric_equals_official_cocoeval(coco_mini: Path, tmp_path: Path):
     dm = CocoDataModule(root=coco_mini, input_size=(64, 64), batch_size=16, num_workers=0, check_cache_dir=tmp_path / "c")
     dm.setup("validate")
-    module = TTFNetModule(num_classes=dm.num_classes, label_to_cat_id=dm.label_to_cat_id, input_size=(64, 64),
-                          deformable=False)
+    module = TTFNetModule(net={"deformable": False},
+                          data_info={"num_classes": dm.num_classes, "label_to_cat_id": dm.label_to_cat_id, "input_size": [64, 64]})
+    writer = CocoResultsWriter()
     gen = torch.Generator().manual_seed(0)
-    module.on_validation_epoch_start()
     for batch in dm.val_dataloader():  # the metric path of validation_step, with jittered ground truth
         dets = [_jittered_detections(m, dm.num_classes, gen) for m in batch["meta"]]
         module.val_map.update(dets, module.ground_truth(batch))
-        module._collect_results(dets, batch["meta"])
+        writer.add(dets, batch["meta"], module.label_to_cat_id)
     res = module.val_map.compute()
     ours = {k: float(res[v]) * 100 for k, v in OURS.items()}
-    path = module.write_results_json(tmp_path / "detections_val.json")
+    path = writer.write(tmp_path / "detections_val.json")
     official = coco_official_metrics(dm.val_ann_file, path, dm.val_dataset.image_ids)
     assert set(official) == set(COCO_STATS)
     assert 20 < official["AP"] < 90 and all(v > 0 for v in official.values())  # a non-trivial test case
@@ -66,14 +68,15 @@ def test_evaluate_prints_ours_and_the_official_numbers(coco_mini: Path, tmp_path
     monkeypatch.setattr(evaluate_module, "model_speed", lambda *args, **kwargs: 1.0)  # speed is not tested here
 
     dm = CocoDataModule(root=coco_mini, input_size=(64, 64), batch_size=16, num_workers=0, preflight=False)
-    model = TTFNetModule(num_classes=dm.num_classes, label_to_cat_id=dm.label_to_cat_id, input_size=(64, 64),
-                         deformable=False, topk=10)
+    model = TTFNetModule(net={"deformable": False}, decode={"topk": 10},
+                         data_info={"num_classes": dm.num_classes, "label_to_cat_id": dm.label_to_cat_id, "input_size": [64, 64]})
     trainer = pl.Trainer(logger=False, enable_checkpointing=False, accelerator="cpu", enable_progress_bar=False)
     trainer.strategy.connect(model)
     ckpt = tmp_path / "tiny.ckpt"
     trainer.save_checkpoint(ckpt)
     cfg = compose("evaluate", [f"ckpt={ckpt}", "data=coco", f"data.datamodule.root={coco_mini}", "data.datamodule.num_workers=0",
-                               f"data.datamodule.check_cache_dir={tmp_path / 'c'}", "trainer=cpu", "+trainer.limit_val_batches=1", "data.datamodule.batch_size=8", "speed_iters=2",
+                               f"data.datamodule.check_cache_dir={tmp_path / 'c'}", "trainer=cpu", "+trainer.limit_val_batches=1",
+                               "data.datamodule.batch_size=8", "speed_iters=2",
                                f"output_dir={tmp_path / 'eval'}"])
     metrics = evaluate(cfg)
     out = capsys.readouterr().out

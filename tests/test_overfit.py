@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import torch
+from torchvision.ops import box_iou
 
 from ttfnet_lightning.decode import decode_detections
 from ttfnet_lightning.losses import TTFNetLoss
 from ttfnet_lightning.models import TTFNet
 from ttfnet_lightning.targets import encode_targets
-from torchvision.ops import box_iou
 
 
 def test_overfit_two_images():

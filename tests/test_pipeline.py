@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from conftest import TINY_TRAIN, compose
+from ttfnet_lightning.callbacks import CocoResultsWriter
 from ttfnet_lightning.evaluate import evaluate
 from ttfnet_lightning.lit_module import TTFNetModule
 from ttfnet_lightning.predict import predict
@@ -43,7 +44,8 @@ def test_train_writes_checkpoints_and_metrics(trained):
     assert (ckpts / "last.ckpt").is_file()
     assert list(ckpts.glob("best-*.ckpt")), list(ckpts.iterdir())
     rows = read_csv(trained / "metrics.csv")
-    for key in ("train/loss", "train/loss_heatmap", "train/loss_box", "train/lr", "val/AP", "val/AP50", "val/AP75", "val/loss", "time/train_seconds", "time/step"):
+    for key in ("train/loss", "train/loss_heatmap", "train/loss_box", "train/lr/weights", "train/lr/biases", "val/AP", "val/AP50", "val/AP75",
+                "val/loss", "time/train_seconds", "time/step"):
         assert column(rows, key), f"{key} missing from metrics.csv"
     # time to accuracy: one entry per validation, cumulative and increasing with the step
     seconds, steps = column(rows, "time/train_seconds"), column(rows, "time/step")
@@ -53,12 +55,16 @@ def test_train_writes_checkpoints_and_metrics(trained):
 
 def test_checkpoint_reloads_without_hydra(trained):
     model = TTFNetModule.load_from_checkpoint(str(trained / "checkpoints" / "last.ckpt"), map_location="cpu")
-    assert model.hparams.num_classes >= 3 and model.hparams.input_size == [64, 64]
-    assert model.hparams.kernel["alpha"] == 0.54
+    assert model.num_classes >= 3 and model.input_size == (64, 64)
+    assert model.hparams.kernel["alpha"] == 0.54 and model.hparams.net["backbone"] == "r18"
+    # the checkpoint holds the argument groups as plain dicts (no OmegaConf, no dataclasses)
+    hp = torch.load(trained / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["hyper_parameters"]
+    assert sorted(hp) == ["data_info", "decode", "kernel", "loss", "net", "optim"]
+    assert all(type(v) is dict for v in hp.values()) and hp["data_info"]["batch_size"] == 8
     model.eval()
     with torch.no_grad():
         heatmap, wh = model(model.normalize(torch.zeros(1, 3, 64, 64, dtype=torch.uint8)))
-    assert heatmap.shape == (1, model.hparams.num_classes, 16, 16) and wh.shape == (1, 4, 16, 16)
+    assert heatmap.shape == (1, model.num_classes, 16, 16) and wh.shape == (1, 4, 16, 16)
 
 
 def test_resume_continues_at_the_same_step(trained, tmp_path):
@@ -83,6 +89,21 @@ def test_evaluate_reports_ap_and_speed(trained, tmp_path):
     assert json.loads((tmp_path / "metrics.json").read_text())["val/AP50"] == metrics["val/AP50"]
     dets = json.loads((tmp_path / "detections_val.json").read_text())
     assert all(set(d) == {"image_id", "category_id", "bbox", "score"} for d in dets)
+
+
+def test_evaluate_each_precision_and_the_network_as_trained(trained, tmp_path):
+    """inference.precisions=[fp32,bf16]: AP and speeds for each, one detections JSON each; the
+    optimised fp32 path scores what the network as trained (inference.optimize=false) scores."""
+    base = [f"ckpt={trained / 'checkpoints' / 'last.ckpt'}", "data.datamodule.num_val=8", "data.datamodule.num_workers=0",
+            "trainer=cpu", "speed_iters=2"]
+    metrics = evaluate(compose("evaluate", [*base, "inference.precisions=[fp32,bf16]", f"output_dir={tmp_path / 'a'}"]))
+    assert set(metrics["by_precision"]) == {"fp32", "bf16"} and metrics["precision"] == "fp32"
+    assert all(m["model_only_images_per_s_batch1"] > 0 and "val/AP50" in m for m in metrics["by_precision"].values())
+    assert (tmp_path / "a" / "detections_val.json").is_file() and (tmp_path / "a" / "detections_val_bf16.json").is_file()
+    plain = evaluate(compose("evaluate", [*base, "inference.optimize=false", f"output_dir={tmp_path / 'b'}"]))
+    for key in ("val/AP", "val/AP50", "val/APs"):
+        assert plain[key] == pytest.approx(metrics[key], abs=1e-6), key
+    assert plain["val/loss"] == pytest.approx(metrics["val/loss"], rel=1e-4)
 
 
 def test_evaluate_rejects_data_with_other_classes(trained, tmp_path, raccoon):
@@ -193,7 +214,9 @@ def test_coco_label_ids_round_trip(coco_mini, tmp_path):
     from ttfnet_lightning.data import CocoDataModule
 
     dm = CocoDataModule(root=str(coco_mini), input_size=(128, 128), batch_size=8, num_workers=0)
-    module = TTFNetModule(num_classes=dm.num_classes, label_to_cat_id=dm.label_to_cat_id, input_size=(128, 128), deformable=False)
+    module = TTFNetModule(net={"deformable": False},
+                          data_info={"num_classes": dm.num_classes, "label_to_cat_id": dm.label_to_cat_id, "input_size": [128, 128]})
+    writer = CocoResultsWriter()
     dm.setup("validate")
     image_ids = []
     for batch in dm.val_dataloader():
@@ -203,8 +226,8 @@ def test_coco_label_ids_round_trip(coco_mini, tmp_path):
             n = int(keep.sum())
             dets.append({"boxes": m["gt_boxes"][keep], "scores": torch.ones(n), "labels": m["gt_labels"][keep]})
             image_ids.append(int(m["image_id"]))
-        module._collect_results(dets, batch["meta"])
-    path = module.write_results_json(tmp_path / "det.json")
+        writer.add(dets, batch["meta"], module.label_to_cat_id)
+    path = writer.write(tmp_path / "det.json")
     gt = COCO(str(coco_mini / "annotations" / "instances_val2017.json"))
     ev = COCOeval(gt, gt.loadRes(str(path)), "bbox")
     ev.params.imgIds = sorted(image_ids)
@@ -255,3 +278,28 @@ def test_rerun_into_the_same_output_dir_resumes(trained, tmp_path):
     train(compose("train", [*TINY_TRAIN, f"output_dir={out}", "schedule.max_epochs=3"]))
     assert torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["global_step"] == 6
     assert column(read_csv(out / "metrics.csv"), "time/step") == [6.0]
+
+
+def test_step_timer_breaks_each_training_step_down(tmp_path):
+    """TINY_TRAIN: 2 epochs of 2 steps; the first step (warm-up) is left out of the summary."""
+    import ttfnet_lightning.train as train_mod
+    from ttfnet_lightning.profiling import PHASES, StepTimer
+
+    timer = StepTimer(skip=1)
+    build = train_mod.build_callbacks
+    try:
+        train_mod.build_callbacks = lambda c, o: [*build(c, o), timer]
+        train(compose("train", [*TINY_TRAIN, "trainer.log_every_n_steps=1", f"output_dir={tmp_path / 'a'}"]))
+    finally:
+        train_mod.build_callbacks = build
+    assert len(timer.steps) == 3
+    summary = timer.summary()
+    assert set(summary) == {*PHASES, "total"}
+    assert all(summary[p]["ms"] > 0 for p in ("forward", "backward", "target_encoding", "optimizer")), summary
+    assert sum(summary[p]["share"] for p in PHASES) == pytest.approx(1.0)
+    # switched on from the config, it logs each phase with the training metrics
+    out = tmp_path / "b"
+    train(compose("train", [*TINY_TRAIN, "trainer.log_every_n_steps=1", "callbacks.step_timer=true", f"output_dir={out}"]))
+    rows = read_csv(out / "metrics.csv")
+    for p in PHASES:
+        assert column(rows, f"time/step_{p}_ms"), p

@@ -116,7 +116,7 @@ def test_lr_milestones_are_epochs_of_the_real_loader_with_max_steps(tmp_path):
     overrides = [o for o in SMALL if not o.startswith("schedule.max_epochs")]
     train(compose("train", [*overrides, "schedule.max_epochs=12", "trainer.max_steps=3", "schedule.warmup_steps=0",
                             "trainer.log_every_n_steps=1", f"output_dir={tmp_path}"]))
-    lrs = [float(r["train/lr"]) for r in rows(tmp_path / "metrics.csv") if r.get("train/lr")]
+    lrs = [float(r["train/lr/weights"]) for r in rows(tmp_path / "metrics.csv") if r.get("train/lr/weights")]
     assert len(lrs) == 3 and lrs[0] == lrs[1] and lrs[2] == pytest.approx(lrs[0] * 0.1), lrs
 
 

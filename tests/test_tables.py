@@ -12,9 +12,9 @@ import torch
 import torchvision
 from omegaconf import OmegaConf
 
-from conftest import REPO, compose
+from conftest import compose
+from ttfnet_lightning.runs import check_same_config
 from ttfnet_lightning.tables import build_table, expand_grid, job_dirname, paper_values
-from ttfnet_lightning.train import check_same_config
 
 PAPER = paper_values()
 
@@ -170,7 +170,8 @@ def test_aggregator_table5_layout_mean_std_and_paper(tmp_path):
 def test_aggregator_table1_and_written_files(tmp_path):
     from ttfnet_lightning.tables import aggregate
 
-    sweep = fake_sweep(tmp_path, "table1", lambda c: {"none": 1.0, "norm": 2.0, "sqrt": 3.0, "log": 4.0}[c.kernel.area_weight] + 10 * bool(c.kernel.gaussian_weight))
+    weight = {"none": 1.0, "norm": 2.0, "sqrt": 3.0, "log": 4.0}
+    sweep = fake_sweep(tmp_path, "table1", lambda c: weight[c.kernel.area_weight] + 10 * bool(c.kernel.gaussian_weight))
     table = aggregate(sweep, quiet=True)
     assert table.rows == ["+Norm", "+Sqrt", "+Log", "+Gaussian", "AP"]
     assert [table.cells[("AP", c)].mean for c in table.columns] == [1.0, 2.0, 3.0, 4.0, 13.0, 14.0]
@@ -208,6 +209,19 @@ def test_changed_config_is_not_resumed(tmp_path):
     check_same_config(tmp_path, cfg)
     cfg["kernel"]["beta"] = 0.54
     with pytest.raises(ValueError, match=r"kernel.beta: stored 0.3, now 0.54"):
+        check_same_config(tmp_path, cfg)
+
+
+def test_a_setting_added_later_at_its_default_does_not_block_a_resume(tmp_path):
+    """Runs stored before a schema field existed (e.g. kernel.radius_formula) stay resumable and
+    skippable while the new field is at its default; a non-default value is a different run."""
+    cfg = OmegaConf.to_container(compose("train"), resolve=True)
+    old = {k: v for k, v in cfg.items()}
+    old["kernel"] = {k: v for k, v in cfg["kernel"].items() if k not in ("radius_formula", "min_overlap")}
+    (tmp_path / "config_resolved.yaml").write_text(OmegaConf.to_yaml(old))
+    check_same_config(tmp_path, cfg)
+    cfg["kernel"]["radius_formula"] = "exact"
+    with pytest.raises(ValueError, match=r"kernel.radius_formula: stored '<absent>', now 'exact'"):
         check_same_config(tmp_path, cfg)
 
 
@@ -278,7 +292,7 @@ def test_verdicts_follow_the_numbers(tmp_path):
 
         def ap(c, sign=sign):
             small = c.kernel.beta == 0.01 if sign > 0 else c.kernel.beta == 0.54
-            return 30.0 - (10.0 if small and c.schedule.lr == lr_top else 0.0) + 0.3 * c.seed
+            return 30.0 - (10.0 if small and c.schedule.lr == lr_top else 0.0) + 0.3 * c.seed  # noqa: B023  (called within the loop)
 
         table, _ = build_table(fake_sweep(d, "table5", ap), ratio=False)
         assert verdicts(table)[0].verdict == expected, verdicts(table)[0]
@@ -344,3 +358,30 @@ def test_box_collapse_flags_runs_whose_box_loss_never_fell(tmp_path):
     note = next(n for n in table.notes if n.startswith("†"))
     assert note.count("beta=0.9") == 4 and "beta=0.3" not in note
     assert all("box regression never learned" in v.evidence for v in table.verdicts)
+
+
+def test_fps_remeasured_for_all_models_in_one_process(tmp_path):
+    import pytorch_lightning as pl
+
+    from ttfnet_lightning.lit_module import TTFNetModule
+    from ttfnet_lightning.speed import remeasure_fps
+
+    sweep = fake_sweep(tmp_path, "table4", lambda c: 20.0)
+    jobs = sorted(d for d in sweep.iterdir() if d.is_dir())
+    for d in jobs:
+        results = json.loads((d / "results.json").read_text())
+        (d / "results.json").write_text(json.dumps(results | {"fps": 1.0}))
+    for d in jobs[:2]:  # two jobs with a (tiny) checkpoint; the others are left alone
+        module = TTFNetModule(net={"deformable": False}, data_info={"num_classes": 2, "input_size": [32, 32]})
+        trainer = pl.Trainer(logger=False, enable_checkpointing=False, accelerator="cpu", enable_progress_bar=False)
+        trainer.strategy.connect(module)
+        (d / "checkpoints").mkdir()
+        trainer.save_checkpoint(d / "checkpoints" / "last.ckpt")
+    medians = remeasure_fps(sweep, rounds=2, iters=1, warmup=1)
+    assert set(medians) == {d.name for d in jobs[:2]}
+    for d in jobs[:2]:
+        r = json.loads((d / "results.json").read_text())
+        assert r["fps"] == medians[d.name] > 1.0 and r["fps_at_end_of_training"] == 1.0 and "interleaved" in r["fps_method"]
+    assert json.loads((jobs[2] / "results.json").read_text())["fps"] == 1.0
+    table, _ = build_table(sweep, ratio=False)
+    assert table.cells[("FPS", "(0,0,0)")].values  # the aggregator reads the new values

@@ -6,8 +6,8 @@ import math
 
 import pytest
 import torch
-
 from reference_targets import centernet_radius, exact_radius, reference_encode
+
 from ttfnet_lightning.targets import encode_targets, gaussian_radius
 
 H, W = 96, 128  # input pixels; output map 24 x 32
@@ -83,7 +83,7 @@ def _check(opts: dict, seed: int, C: int = 3):
     for name, g, r in zip(("heatmap", "box_target", "reg_weight"), got, want):
         assert g.shape == r.shape, name
         assert torch.isfinite(g).all(), f"{name} has NaN/inf"
-        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-6, msg=lambda m: f"{name} {opts}: {m}")
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-6, msg=lambda m: f"{name} {opts}: {m}")  # noqa: B023
     # positives (target exactly 1) must agree exactly: the focal loss counts them
     assert torch.equal(got[0] == 1, want[0] == 1)
     return got

@@ -10,7 +10,10 @@ protobufs. ``offline_records`` below reads it with wandb's own protobuf classes.
 from __future__ import annotations
 
 import json
+import os
 import struct
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -146,7 +149,7 @@ def test_table_job_offline_run_files(hydra_job, tmp_path, monkeypatch):
     assert "config" not in config  # no longer one nested key
     nested = {k: v for k, v in config.items() if isinstance(v, (dict, list))}
     assert not nested, f"config not flat (Lightning's module hparams too): {sorted(nested)}"
-    assert config["num_classes"] >= 3  # the LightningModule's hparams, flattened as well
+    assert config["data_info.num_classes"] >= 3 and config["net.backbone"] == "r18"  # the module's argument groups, flattened as well
 
     # val/* against training hours; the clock itself against the global step
     assert run["metrics"]["val/AP"] == "time/train_hours" and run["metrics"]["val/AP50"] == "time/train_hours"
@@ -160,7 +163,7 @@ def test_table_job_offline_run_files(hydra_job, tmp_path, monkeypatch):
 def test_plain_run_keeps_cfg_group_and_tags(tmp_path, monkeypatch):
     """Not a table, no Hydra: group and tags from the config, as before (W&B logger built only)."""
     monkeypatch.setenv("WANDB_MODE", "offline")
-    from ttfnet_lightning.train import build_loggers
+    from ttfnet_lightning.tracking import build_loggers
 
     cfg = compose("train", ["logger=wandb", "group=mygroup", "tags=[a,b]", f"output_dir={tmp_path}"])
     (lg,) = [lg for lg in build_loggers(cfg, tmp_path) if isinstance(lg, FlatWandbLogger)]
@@ -168,3 +171,34 @@ def test_plain_run_keeps_cfg_group_and_tags(tmp_path, monkeypatch):
     assert init["group"] == "mygroup" and init["tags"] == ["a", "b"] and init["job_type"] == "train"
     assert lg._offline  # offline by default (WANDB_MODE=offline here)
     OmegaConf.to_container(cfg, resolve=True)  # table: null composes and resolves
+
+
+def test_wandb_goes_online_only_with_credentials_wandb_itself_finds(tmp_path):
+    """tracking.wandb_offline: an explicit setting wins, then WANDB_MODE, then W&B's own lookup
+    (wandb.login(prompt=False): never prompts). Fresh processes: a login is remembered per process."""
+    code = "from ttfnet_lightning.tracking import wandb_offline as o; print(o(None), o(False), o(True))"
+    base = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")} | {"PYTHONPATH": os.pathsep.join(sys.path)}
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    keyed = tmp_path / "keyed"
+    keyed.mkdir()
+    (keyed / ".netrc").write_text(f"machine api.wandb.ai\n  login user\n  password {'a' * 40}\n")
+    (keyed / ".netrc").chmod(0o600)
+
+    def ask(home, **env):
+        proc = subprocess.run([sys.executable, "-c", code], env=base | {"HOME": str(home)} | env, capture_output=True, text=True,
+                              timeout=120, stdin=subprocess.DEVNULL)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return proc.stdout.split()[-3:]
+
+    assert ask(empty) == ["True", "False", "True"]  # no key anywhere: offline, and no prompt (stdin closed)
+    assert ask(keyed) == ["False", "False", "True"]  # a netrc key: online
+
+
+def test_wandb_mode_decides_before_any_credentials(monkeypatch):
+    from ttfnet_lightning.tracking import wandb_offline
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert wandb_offline(None) is True and wandb_offline(False) is False
+    monkeypatch.setenv("WANDB_MODE", "online")
+    assert wandb_offline(None) is False and wandb_offline(True) is True

@@ -4,8 +4,11 @@ resumable training data order."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -13,11 +16,13 @@ import torch
 from pytorch_lightning.callbacks import Callback, OnExceptionCheckpoint
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from .decode import coco_results
 from .lit_module import NonFiniteError, image_ids
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TimeToAccuracy", "LogValPredictions", "FiniteGuard", "InterruptCheckpoint", "RerunInterruptedValidation", "EpochSampler", "SeededSamples", "DataOrder"]
+__all__ = ["TimeToAccuracy", "CocoResultsWriter", "LogValPredictions", "FiniteGuard", "InterruptCheckpoint", "RerunInterruptedValidation",
+           "EpochSampler", "SeededSamples", "DataOrder"]
 
 
 # the clock of TimeToAccuracy (a module attribute so that tests can replace it)
@@ -87,6 +92,41 @@ class TimeToAccuracy(Callback):
         self._since = None
 
 
+class CocoResultsWriter(Callback):
+    """COCO-format detections of each validation (``detections_val.json`` in the log dir), with
+    the data set's original category ids when the module knows them (``data_info.label_to_cat_id``);
+    the official COCO evaluator reads it (``evaluate``). Skipped in the sanity check; rank 0 writes."""
+
+    def __init__(self, filename: str = "detections_val.json") -> None:
+        self.filename = filename
+        self.results: list[dict[str, Any]] = []
+
+    def add(self, detections: Sequence[dict[str, Any]], meta: Sequence[dict[str, Any]], label_to_cat_id: Sequence[int] | None) -> None:
+        """Collect one batch: per-image ``{boxes, scores, labels}`` and the batch's ``meta``."""
+        self.results += coco_results(list(detections), [m["image_id"] for m in meta], label_to_cat_id)
+
+    def write(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.results))
+        log.info("wrote %d detections to %s", len(self.results), path)
+        return path
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.results = []
+
+    def on_validation_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        if outputs is not None and not trainer.sanity_checking:
+            self.add(outputs, batch["meta"], getattr(pl_module, "label_to_cat_id", None))
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero or trainer.log_dir is None:
+            return
+        self.write(Path(trainer.log_dir) / self.filename)
+
+
 class LogValPredictions(Callback):
     """Log a few validation images with predicted (red) and true (green) boxes to W&B/TensorBoard.
 
@@ -114,7 +154,7 @@ class LogValPredictions(Callback):
         mean, std = pl_module.mean, pl_module.std
         pics = (images * std + mean).clamp(0, 255).to(torch.uint8).cpu()
         H, W = images.shape[-2:]
-        names = list(pl_module.hparams.get("class_names") or [])
+        names = list(getattr(pl_module, "class_names", None) or [])
         drawn = []
         for i, pic in enumerate(pics):
             h0, w0 = batch["meta"][i]["orig_size"]

@@ -16,7 +16,7 @@ from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from .lit_module import TTFNetModule
 
-__all__ = ["load_model", "pick_device", "CheckpointWriteError", "StrictCheckpointIO"]
+__all__ = ["load_model", "pick_device", "CheckpointWriteError", "StrictCheckpointIO", "export_backbone_weights"]
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -78,3 +78,17 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> TTFNetMo
     except (KeyError, RuntimeError, TypeError, AttributeError) as exc:
         raise ValueError(f"{path} is not a ttfnet-lightning TTFNetModule checkpoint: {exc}") from exc
     return model.to(device).eval()
+
+
+def export_backbone_weights(model: TTFNetModule, path: str | Path) -> Path:
+    """Write the network's backbone as a state dict loadable with ``backbone.weights=PATH``
+    (torchvision key names for ResNets, the module's own names for DarkNet-53)."""
+    backbone = model.net.backbone
+    module = getattr(backbone, "net", backbone)  # ResNetBackbone wraps a torchvision ResNet
+    state = {k: v.detach().cpu() for k, v in module.state_dict().items() if not k.startswith("fc.")}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+    return path

@@ -12,14 +12,20 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import box_convert
 
-__all__ = ["grid_boxes", "decode_detections", "coco_results"]
+__all__ = ["boxes_from_distances", "grid_boxes", "decode_detections", "coco_results"]
+
+
+def boxes_from_distances(x: Tensor, y: Tensor, l: Tensor, t: Tensor, r: Tensor, b: Tensor, *, dim: int = -1) -> Tensor:
+    """Equation (5) of the paper: the box ``(x - l, y - t, x + r, y + b)`` of the prediction at
+    input-pixel position ``(x, y)`` (grid cell times the stride: no half-stride offset, the same in
+    training and test, as the released code), stacked along ``dim``."""
+    return torch.stack((x - l, y - t, x + r, y + b), dim=dim)
 
 
 def grid_boxes(distances: Tensor, stride: int) -> Tensor:
     """Turn per-pixel distances (l, t, r, b) into boxes, as equation (5) of the paper.
 
-    The prediction at grid cell (i, j) decodes as ``(j*r - l, i*r - t, j*r + r_, i*r + b)``: no
-    half-stride offset, the same in training and test (the released code's convention).
+    The prediction at grid cell (i, j) decodes at ``(x, y) = (j*r, i*r)`` (:func:`boxes_from_distances`).
 
     Args:
         distances: (..., 4, h, w) distances in input pixels.
@@ -32,8 +38,7 @@ def grid_boxes(distances: Tensor, stride: int) -> Tensor:
     ys = torch.arange(h, device=distances.device, dtype=distances.dtype) * stride
     x = xs.view(1, w).expand(h, w)
     y = ys.view(h, 1).expand(h, w)
-    l, t, r, b = distances.unbind(dim=-3)
-    return torch.stack((x - l, y - t, x + r, y + b), dim=-3)
+    return boxes_from_distances(x, y, *distances.unbind(dim=-3), dim=-3)
 
 
 @torch.no_grad()
@@ -89,9 +94,7 @@ def decode_detections(
     else:
         dist = wh.reshape(B, 4, h * w).gather(2, pix.unsqueeze(1).expand(B, 4, k)).permute(0, 2, 1)
     dist = dist.float()
-    boxes = torch.stack(
-        (xs - dist[..., 0], ys - dist[..., 1], xs + dist[..., 2], ys + dist[..., 3]), dim=-1
-    )
+    boxes = boxes_from_distances(xs, ys, *dist.unbind(dim=-1))
     boxes[..., 0::2] = boxes[..., 0::2].clamp(0, W)
     boxes[..., 1::2] = boxes[..., 1::2].clamp(0, H)
     if orig_sizes is not None:

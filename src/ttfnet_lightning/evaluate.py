@@ -31,15 +31,15 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from .callbacks import CocoResultsWriter
 from .checkpoints import load_model
+from .metrics import COCO_STATS, NA_NOTE, format_ap, is_na
 from .train import output_dir
 
 log = logging.getLogger(__name__)
 
 __all__ = ["coco_official_metrics", "evaluate", "model_speed"]
 
-#: COCOeval ``stats`` positions of the six AP numbers, by our metric names
-COCO_STATS = {"AP": 0, "AP50": 1, "AP75": 2, "APs": 3, "APm": 4, "APl": 5}
 
 
 def coco_official_metrics(ann_file: str | Path, results: str | Path | list[dict], image_ids: Sequence[int]) -> dict[str, float]:
@@ -60,7 +60,7 @@ def coco_official_metrics(ann_file: str | Path, results: str | Path | list[dict]
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
-    return {k: float(ev.stats[i]) * 100 if ev.stats[i] >= 0 else -1.0 for k, i in COCO_STATS.items()}
+    return {k: -1.0 if is_na(ev.stats[i]) else float(ev.stats[i]) * 100 for k, i in COCO_STATS.items()}
 
 
 @torch.inference_mode()
@@ -82,28 +82,29 @@ def model_speed(model, *, batch_size: int, input_size: tuple[int, int], iters: i
     return batch_size * iters / (time.perf_counter() - t0)
 
 
-def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    """Validate ``cfg.ckpt`` on ``cfg.data``'s validation split; returns and prints the metrics."""
-    out = output_dir(cfg, "outputs/evaluate")
-    out.mkdir(parents=True, exist_ok=True)
+def _load(cfg: DictConfig, precision: str):
+    """The checkpoint's module, on the inference path for ``precision`` (``cfg.inference``)."""
     model = load_model(cfg.ckpt)
-    input_size = list(cfg.input_size or model.hparams.input_size)
-    overrides: dict[str, Any] = {"input_size": input_size}
-    if cfg.get("batch_size"):
-        overrides["batch_size"] = int(cfg.batch_size)
-    dm = instantiate(cfg.data.datamodule, **overrides, _convert_="all")
-    if dm.num_classes != model.hparams.num_classes:
-        raise ValueError(
-            f"checkpoint {cfg.ckpt} predicts {model.hparams.num_classes} classes but data '{cfg.data.name}' "
-            f"has {dm.num_classes}; evaluate on the data set the model was trained for"
-        )
+    inf = cfg.get("inference") or {}
+    if inf.get("optimize", True):
+        model.optimize_for_inference(precision=precision, compile=bool(inf.get("compile", False)))
+    elif precision != "fp32":
+        raise ValueError(f"precision {precision!r} needs inference.optimize=true (the network as trained runs in fp32)")
+    return model
+
+
+def _evaluate_once(cfg: DictConfig, dm: Any, precision: str, out: Path, input_size: list[int], json_name: str) -> dict[str, Any]:
+    """AP (ours and, with an annotation file, COCOeval's) and speeds of one precision."""
+    model = _load(cfg, precision)
     if dm.label_to_cat_id is not None:
-        model.hparams.label_to_cat_id = list(dm.label_to_cat_id)
-    trainer: pl.Trainer = instantiate(cfg.trainer, default_root_dir=str(out), logger=False, callbacks=[], _convert_="all")
+        model.hparams.data_info["label_to_cat_id"] = list(dm.label_to_cat_id)
+    trainer: pl.Trainer = instantiate(
+        cfg.trainer, default_root_dir=str(out), logger=False, callbacks=[CocoResultsWriter(json_name)], _convert_="all"
+    )
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*overridden `on_after_batch_transfer`.*")
-        results = trainer.validate(model, datamodule=dm, verbose=False)[0]  # writes detections_val.json
+        results = trainer.validate(model, datamodule=dm, verbose=False)[0]  # CocoResultsWriter: the detections JSON
     seconds = time.perf_counter() - t0
     # the validation loader is in order: the images evaluated are the first ones (trainer.limit_val_batches)
     num_batches = trainer.num_val_batches[0] if trainer.num_val_batches else 0
@@ -116,35 +117,63 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         ),
         "end_to_end_images_per_s": num_images / seconds,
     }
-    metrics = {k: float(v) for k, v in results.items()} | speed | {
-        "num_images": num_images,
-        "device": str(trainer.strategy.root_device),
-        "threads": torch.get_num_threads(),
-        "input_size": input_size,
-        "checkpoint": str(cfg.ckpt),
-    }
-    dets_json = out / "detections_val.json"
-    official = None
+    metrics = {k: float(v) for k, v in results.items()} | speed | {"num_images": num_images, "precision": precision}
+    dets_json = out / json_name
     if dm.val_ann_file and Path(dm.val_ann_file).is_file() and dets_json.is_file():
         official = coco_official_metrics(dm.val_ann_file, dets_json, dm.val_dataset.image_ids[:num_images])
         metrics |= {f"coco/{k}": v for k, v in official.items()}
+    metrics["device"] = str(trainer.strategy.root_device)
+    return metrics
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Validate ``cfg.ckpt`` on ``cfg.data``'s validation split, once per precision of
+    ``cfg.inference.precisions`` (the first is the reported one); returns and prints the metrics
+    (AP ours and COCOeval's when the data has an annotation file, model-only and end-to-end speed)."""
+    out = output_dir(cfg, "outputs/evaluate")
+    out.mkdir(parents=True, exist_ok=True)
+    probe = load_model(cfg.ckpt)
+    input_size = list(cfg.input_size or probe.input_size)
+    overrides: dict[str, Any] = {"input_size": input_size}
+    if cfg.get("batch_size"):
+        overrides["batch_size"] = int(cfg.batch_size)
+    dm = instantiate(cfg.data.datamodule, **overrides, _convert_="all")
+    if dm.num_classes != probe.num_classes:
+        raise ValueError(
+            f"checkpoint {cfg.ckpt} predicts {probe.num_classes} classes but data '{cfg.data.name}' "
+            f"has {dm.num_classes}; evaluate on the data set the model was trained for"
+        )
+    precisions = list((cfg.get("inference") or {}).get("precisions") or ["fp32"])
+    by_precision = {}
+    for i, precision in enumerate(precisions):
+        json_name = "detections_val.json" if i == 0 else f"detections_val_{precision}.json"
+        by_precision[precision] = _evaluate_once(cfg, dm, precision, out, input_size, json_name)
+    first = by_precision[precisions[0]]
+    metrics = dict(first) | {
+        "threads": torch.get_num_threads(),
+        "input_size": input_size,
+        "checkpoint": str(cfg.ckpt),
+        "by_precision": by_precision,
+    }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    num_images = first["num_images"]
     print(f"\nEvaluation of {cfg.ckpt} on {cfg.data.name} val ({num_images} images, {input_size[0]}x{input_size[1]})")
 
     def cell(v: float) -> str:
-        return f"{v:8.2f}" if v >= 0 else "     n/a"
+        return format_ap(v, "8.2f")
 
-    if official is not None:
-        print(f"  {'':<5} {'ours':>8} {'COCOeval':>8}   (official pycocotools on {dets_json.name} vs {dm.val_ann_file})")
+    columns = [(p, k) for p in precisions for k in ("val", "coco") if f"{k}/AP" in by_precision[p]]
+    heads = {"val": "ours", "coco": "COCOeval"}
+    print("  " + " " * 5 + "".join(f" {heads[k] + ('' if len(precisions) == 1 else ' ' + p):>14}" for p, k in columns)
+          + (f"   (COCOeval: official pycocotools vs {dm.val_ann_file})" if any(k == "coco" for _, k in columns) else ""))
     for name in COCO_STATS:
-        k = f"val/{name}"
-        if k in metrics:
-            row = f"  {name:<5} {cell(metrics[k])}" + (f" {cell(official[name])}" if official is not None else "")
-            print(row + ("   (n/a: no ground truth of this size)" if metrics[k] < 0 else ""))
-    print(f"speed on {metrics['device']} ({metrics['threads']} threads):")
-    for k, v in speed.items():
-        print(f"  {k:<36} {v:8.1f}")
-    print(f"wrote {out / 'metrics.json'} and {dets_json}")
+        values = [by_precision[p][f"{k}/{name}"] for p, k in columns]
+        print(f"  {name:<5}" + "".join(f" {cell(v):>14}" for v in values) + (f"   ({NA_NOTE})" if values and is_na(values[0]) else ""))
+    print(f"speed on {metrics['device']} ({metrics['threads']} threads), images/s:")
+    speed_keys = [k for k in first if k.endswith("_per_s") or "_per_s_" in k]
+    for k in speed_keys:
+        print(f"  {k:<36}" + "".join(f" {by_precision[p][k]:8.1f} ({p})" for p in precisions))
+    print(f"wrote {out / 'metrics.json'} and the detections JSON(s) in {out}")
     return metrics
 
 

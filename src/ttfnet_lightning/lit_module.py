@@ -10,20 +10,22 @@ training device in :meth:`on_after_batch_transfer`.
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
 import math
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from .decode import coco_results, decode_detections
+from .config import DataInfo, DecodeConfig, KernelConfig, LossConfig, NetConfig, OptimConfig, checked
+from .decode import decode_detections
 from .losses import TTFNetLoss
+from .metrics import TORCHMETRICS_KEYS, is_na
 from .models import TTFNet
+from .optim import build_optimizer, lr_factor  # noqa: F401  (lr_factor: re-exported for compatibility)
 from .targets import encode_targets
 
 log = logging.getLogger(__name__)
@@ -31,7 +33,7 @@ log = logging.getLogger(__name__)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-__all__ = ["TTFNetModule", "NonFiniteError", "build_map_metric", "lr_factor"]
+__all__ = ["TTFNetModule", "NonFiniteError", "build_map_metric", "lr_factor", "IMAGENET_MEAN", "IMAGENET_STD"]
 
 
 class NonFiniteError(FloatingPointError):
@@ -56,117 +58,89 @@ def build_map_metric():
     return MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend=backend)
 
 
-def lr_factor(
-    step: int,
-    *,
-    steps_per_epoch: int,
-    milestones: Sequence[int],
-    gamma: float,
-    warmup_steps: int,
-    warmup_ratio: float,
-) -> float:
-    """LR multiplier at optimiser step ``step``: linear warm-up from ``warmup_ratio`` over
-    ``warmup_steps`` steps, times ``gamma`` for each epoch milestone passed."""
-    epoch = step // max(steps_per_epoch, 1)
-    factor = gamma ** sum(epoch >= m for m in milestones)
-    if step < warmup_steps:
-        factor *= warmup_ratio + (1 - warmup_ratio) * step / warmup_steps
-    return factor
+# the module's argument groups and their schema (ttfnet_lightning.config)
+GROUPS: dict[str, type] = {"net": NetConfig, "kernel": KernelConfig, "loss": LossConfig, "optim": OptimConfig,
+                           "decode": DecodeConfig, "data_info": DataInfo}
+# flat keyword arguments of checkpoints written before the grouped arguments (still loadable)
+_LEGACY_DROPPED = ("results_json",)  # now the CocoResultsWriter callback
+
+
+def _grouped(groups: dict[str, Mapping[str, Any] | None], legacy: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The module's argument groups as checked plain dicts. Flat arguments (the previous API,
+    ``num_classes=..., backbone=..., lr=...``, as old checkpoints store them, and overrides such as
+    ``load_from_checkpoint(path, pretrained=False)``) go into their groups, overriding them."""
+    merged: dict[str, dict[str, Any]] = {g: dict(v or {}) for g, v in groups.items()}
+    for key, value in legacy.items():
+        if key in _LEGACY_DROPPED:
+            continue
+        group = next((g for g, cls in GROUPS.items() if g != "kernel" and key in {f.name for f in dataclasses.fields(cls)}), None)
+        if group is None:
+            raise TypeError(f"TTFNetModule: unknown argument {key!r}; arguments are the groups {sorted(GROUPS)}")
+        merged[group][key] = value  # a flat argument overrides its group's value (load_from_checkpoint(..., pretrained=False))
+    return {g: checked(GROUPS[g], merged[g], where=f"TTFNetModule({g}=...)") for g in GROUPS}
 
 
 class TTFNetModule(pl.LightningModule):
     """TTFNet training/evaluation module.
 
-    Args (all plain values, stored in the checkpoint):
-        num_classes, class_names: C and its names.
-        input_size: (H, W) network input, multiples of 32 (used by prediction from checkpoints).
-        label_to_cat_id: contiguous label -> original dataset category id (COCO), for results JSON.
-        backbone, pretrained, weights, frozen_stages, neck_channels, shortcut_convs, deformable, deform_impl,
-        heatmap_convs, heatmap_channels, box_convs, box_channels, wh_scale: see :class:`TTFNet`.
-        kernel: target-encoder options (see :func:`encode_targets`): alpha, beta, wh_gaussian,
-            gaussian_weight, area_weight, aspect_ratio, class_aware, ...
-        wloc, wreg, plus_one: loss weights and GIoU convention.
-        lr: base learning rate for ``reference_batch`` images per step (paper: 0.016 for 128);
-            with ``scale_lr`` it is scaled linearly to the real total batch
-            (batch per device x devices x gradient accumulation).
-        momentum, weight_decay, bias_lr_mult, bias_decay: SGD settings (biases: 2x LR, no decay).
-        warmup_steps, warmup_ratio: linear warm-up (500 steps from 0.2x).
-        milestones, gamma: LR x gamma at these epochs.
-        topk, score_threshold: decoder settings.
-        results_json: write COCO-format detections of each validation to the log dir.
+    Args (keyword-only; one plain dict per group, checked against the dataclasses of
+    :mod:`ttfnet_lightning.config` and stored as plain dicts in the checkpoint, so
+    ``TTFNetModule.load_from_checkpoint(path)`` needs no Hydra):
+        net: :class:`~ttfnet_lightning.config.NetConfig` -- ``TTFNet(**net)`` (backbone, neck, heads).
+        kernel: :class:`~ttfnet_lightning.config.KernelConfig` -- target encoder (alpha, beta, ...).
+        loss: :class:`~ttfnet_lightning.config.LossConfig` -- wloc, wreg, plus_one.
+        optim: :class:`~ttfnet_lightning.config.OptimConfig` -- SGD and LR schedule (:mod:`ttfnet_lightning.optim`).
+        decode: :class:`~ttfnet_lightning.config.DecodeConfig` -- topk, score_threshold.
+        data_info: :class:`~ttfnet_lightning.config.DataInfo` -- num_classes (C), class_names,
+            input_size (H, W), label_to_cat_id, batch_size (per device, for linear LR scaling).
+    Omitted settings take their dataclass defaults. Flat arguments of the previous release
+    (``num_classes=..., lr=...``, as stored in its checkpoints) are still accepted.
     """
 
     def __init__(
         self,
         *,
-        num_classes: int,
-        class_names: Sequence[str] | None = None,
-        input_size: Sequence[int] = (512, 512),
-        label_to_cat_id: Sequence[int] | None = None,
-        backbone: str = "r18",
-        pretrained: bool = False,
-        weights: str | None = None,
-        frozen_stages: int = 1,
-        neck_channels: Sequence[int] = (256, 128, 64),
-        shortcut_convs: Sequence[int] = (3, 2, 1),
-        deformable: bool = True,
-        deform_impl: str = "native",
-        heatmap_convs: int = 2,
-        heatmap_channels: int = 128,
-        box_convs: int | None = None,
-        box_channels: int = 64,
-        wh_scale: float = 16.0,
-        kernel: dict[str, Any] | None = None,
-        wloc: float = 1.0,
-        wreg: float = 5.0,
-        plus_one: bool = True,
-        lr: float = 0.016,
-        reference_batch: int = 128,
-        scale_lr: bool = True,
-        momentum: float = 0.9,
-        weight_decay: float = 4e-4,
-        bias_lr_mult: float = 2.0,
-        bias_decay: float = 0.0,
-        warmup_steps: int = 500,
-        warmup_ratio: float = 0.2,
-        milestones: Sequence[int] = (9, 11),
-        gamma: float = 0.1,
-        topk: int = 100,
-        score_threshold: float = 0.01,
-        results_json: bool = True,
+        net: Mapping[str, Any] | None = None,
+        kernel: Mapping[str, Any] | None = None,
+        loss: Mapping[str, Any] | None = None,
+        optim: Mapping[str, Any] | None = None,
+        decode: Mapping[str, Any] | None = None,
+        data_info: Mapping[str, Any] | None = None,
+        **legacy: Any,
     ) -> None:
         super().__init__()
-        kernel = dict(kernel or {})
-        kernel.pop("name", None)
-        self.save_hyperparameters()
-        self.hparams.kernel = kernel
-        H, W = int(input_size[0]), int(input_size[1])
+        groups = _grouped({"net": net, "kernel": kernel, "loss": loss, "optim": optim, "decode": decode, "data_info": data_info}, legacy)
+        self.save_hyperparameters(groups)
+        H, W = self.input_size
         if H % 32 or W % 32:
             raise ValueError(f"input_size must be multiples of 32 (the backbone's stride), got {H}x{W}")
-        self.class_aware = bool(kernel.get("class_aware", False))
-        self.net = TTFNet(
-            num_classes=num_classes,
-            backbone=backbone,
-            pretrained=pretrained,
-            weights=weights,
-            frozen_stages=frozen_stages,
-            neck_channels=tuple(neck_channels),
-            shortcut_convs=tuple(shortcut_convs),
-            deformable=deformable,
-            deform_impl=deform_impl,
-            heatmap_convs=heatmap_convs,
-            heatmap_channels=heatmap_channels,
-            box_convs=box_convs,
-            box_channels=box_channels,
-            class_aware=self.class_aware,
-            wh_scale=wh_scale,
-        )
-        self.kernel = kernel
-        self.loss_fn = TTFNetLoss(stride=TTFNet.stride, wloc=wloc, wreg=wreg, plus_one=plus_one)
+        kernel = groups["kernel"]
+        self.class_aware = bool(kernel["class_aware"])
+        self.net = TTFNet(num_classes=self.num_classes, class_aware=self.class_aware, **groups["net"])
+        self.encoder_options = {k: v for k, v in kernel.items() if k != "name"}
+        self.loss_fn = TTFNetLoss(stride=TTFNet.stride, **groups["loss"])
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255, persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255, persistent=False)
         self.val_map = build_map_metric()
-        self._val_results: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------------------------ data info
+    @property
+    def num_classes(self) -> int:
+        return int(self.hparams.data_info["num_classes"])
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        H, W = self.hparams.data_info["input_size"]
+        return int(H), int(W)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.hparams.data_info["class_names"] or [str(c) for c in range(self.num_classes)])
+
+    @property
+    def label_to_cat_id(self) -> list[int] | None:
+        ids = self.hparams.data_info["label_to_cat_id"]
+        return None if ids is None else list(ids)
 
     # ----------------------------------------------------------------------------- data on device
     def normalize(self, images: Tensor) -> Tensor:
@@ -179,10 +153,10 @@ class TTFNetModule(pl.LightningModule):
         return encode_targets(
             batch["boxes"],
             batch["labels"],
-            num_classes=self.hparams.num_classes,
+            num_classes=self.num_classes,
             output_size=(H // TTFNet.stride, W // TTFNet.stride),
             stride=TTFNet.stride,
-            **self.kernel,
+            **self.encoder_options,
         )
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
@@ -216,7 +190,6 @@ class TTFNetModule(pl.LightningModule):
         self.log("train/loss", losses["loss"], prog_bar=True, batch_size=B)
         self.log("train/loss_heatmap", losses["loss_heatmap"], batch_size=B)
         self.log("train/loss_box", losses["loss_box"], batch_size=B)
-        self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=B)
         return losses["loss"]
 
     def decode(self, heatmap_logits: Tensor, wh: Tensor, meta: Sequence[dict[str, Any]] | None, input_size) -> list[dict[str, Tensor]]:
@@ -227,8 +200,8 @@ class TTFNetModule(pl.LightningModule):
             input_size=tuple(input_size),
             orig_sizes=orig,
             stride=TTFNet.stride,
-            k=self.hparams.topk,
-            score_threshold=self.hparams.score_threshold,
+            k=self.hparams.decode["topk"],
+            score_threshold=self.hparams.decode["score_threshold"],
         )
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Tensor]]:
@@ -238,9 +211,7 @@ class TTFNetModule(pl.LightningModule):
         H, W = batch["images"].shape[-2:]
         dets = self.decode(hm, wh, batch["meta"], (H, W))
         self.val_map.update(dets, self.ground_truth(batch))
-        if self.hparams.results_json:
-            self._collect_results(dets, batch["meta"])
-        return dets
+        return dets  # (the CocoResultsWriter callback collects them)
 
     @staticmethod
     def ground_truth(batch: dict[str, Any]) -> list[dict[str, Tensor]]:
@@ -266,60 +237,41 @@ class TTFNetModule(pl.LightningModule):
             gts.append(gt)
         return gts
 
-    def _collect_results(self, dets: list[dict[str, Tensor]], meta: Sequence[dict[str, Any]]) -> None:
-        self._val_results += coco_results(dets, [m["image_id"] for m in meta], self.hparams.label_to_cat_id)
-
-    def on_validation_epoch_start(self) -> None:
-        self._val_results = []
-
     def on_validation_epoch_end(self) -> None:
         res = self.val_map.compute()
         self.val_map.reset()
-        names = {"map": "AP", "map_50": "AP50", "map_75": "AP75", "map_small": "APs", "map_medium": "APm", "map_large": "APl"}
-        for key, name in names.items():
-            value = float(res[key])
-            # torchmetrics reports -1 where a size range has no ground truth
-            self.log(f"val/{name}", value * 100 if value >= 0 else -1.0, prog_bar=name in ("AP", "AP50"), sync_dist=True)
-        if self.hparams.results_json and not self.trainer.sanity_checking and self.trainer.is_global_zero:
-            self.write_results_json()
-
-    def results_json_path(self) -> Path | None:
-        log_dir = self.trainer.log_dir if self.trainer is not None else None
-        if log_dir is None:
-            return None
-        return Path(log_dir) / "detections_val.json"
-
-    def write_results_json(self, path: str | Path | None = None) -> Path | None:
-        """COCO-format detections of the last validation (original category ids when known)."""
-        path = Path(path) if path else self.results_json_path()
-        if path is None:
-            return None
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self._val_results))
-        log.info("wrote %d detections to %s", len(self._val_results), path)
-        return path
+        for name, key in TORCHMETRICS_KEYS.items():
+            value = float(res[key])  # -1 where a size range has no ground truth: kept as -1
+            self.log(f"val/{name}", -1.0 if is_na(value) else value * 100, prog_bar=name in ("AP", "AP50"), sync_dist=True)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Tensor]]:
+        """Detections (``{boxes, scores, labels}`` per image, xyxy in ``meta[i]["orig_size"]``
+        pixels when given, else input pixels) for a batch of images (``trainer.predict``)."""
+        if batch["images"].shape[0] == 0:  # every image of the batch was unreadable
+            return []
         H, W = batch["images"].shape[-2:]
         return self.decode(*self.net(batch["images"]), batch.get("meta"), (H, W))
 
+    # ------------------------------------------------------------------------------ inference
+    def optimize_for_inference(self, **options: Any) -> TTFNetModule:
+        """Replace the network by its inference path (:func:`ttfnet_lightning.inference.optimize_for_inference`:
+        BN folded, channels_last, ``precision``, optional ``compile``), in place; for evaluation and
+        prediction only (the result cannot be trained). Returns ``self`` in eval mode."""
+        from .inference import optimize_for_inference
+
+        self.net = optimize_for_inference(self.net.eval(), **options)
+        return self.eval()
+
     # ------------------------------------------------------------------------------ optimiser
     def total_batch_size(self) -> int:
-        """Images per optimiser step: batch per device x devices x gradient accumulation."""
+        """Images per optimiser step: batch per device (``data_info.batch_size``, else the training
+        loader's) x devices x gradient accumulation."""
         trainer = self.trainer
-        per_device = None
-        dm = getattr(trainer, "datamodule", None)
-        if dm is not None:
-            per_device = getattr(dm, "batch_size", None) or getattr(getattr(dm, "hparams", {}), "batch_size", None)
+        per_device = self.hparams.data_info["batch_size"]
         if per_device is None:
-            per_device = trainer.train_dataloader.batch_size if trainer.train_dataloader is not None else 1
+            loader = trainer.train_dataloader
+            per_device = getattr(loader, "batch_size", None) or 1
         return int(per_device) * int(trainer.world_size) * int(trainer.accumulate_grad_batches)
-
-    def effective_lr(self) -> float:
-        hp = self.hparams
-        if not hp.scale_lr:
-            return float(hp.lr)
-        return float(hp.lr) * self.total_batch_size() / float(hp.reference_batch)
 
     def steps_per_epoch(self) -> int:
         """Optimiser steps per epoch of the real training loader (``limit_train_batches`` applied),
@@ -328,41 +280,21 @@ class TTFNetModule(pl.LightningModule):
         trainer.estimated_stepping_batches  # noqa: B018  (sets up the train dataloader when needed)
         batches = trainer.num_training_batches
         if not math.isfinite(batches):
-            if self.hparams.milestones:
+            if self.hparams.optim["milestones"]:
                 raise ValueError(
-                    f"schedule.milestones {list(self.hparams.milestones)} are epochs, but the training loader has no "
+                    f"schedule.milestones {list(self.hparams.optim['milestones'])} are epochs, but the training loader has no "
                     "length; use a sized data set or milestones: []"
                 )
             return 1
         return max(int(math.ceil(batches / max(int(trainer.accumulate_grad_batches), 1))), 1)
 
     def configure_optimizers(self):
-        hp = self.hparams
-        lr = self.effective_lr()
-        decay, no_decay = [], []
-        for name, p in self.named_parameters():
-            if p.requires_grad:
-                (no_decay if name.endswith(".bias") else decay).append(p)
-        groups = [
-            {"params": decay, "lr": lr, "weight_decay": hp.weight_decay},
-            {"params": no_decay, "lr": lr * hp.bias_lr_mult, "weight_decay": hp.weight_decay * hp.bias_decay},
-        ]
-        opt = torch.optim.SGD(groups, lr=lr, momentum=hp.momentum)
-        steps_per_epoch = self.steps_per_epoch()
+        optim = self.hparams.optim
+        total, steps_per_epoch = self.total_batch_size(), self.steps_per_epoch()
+        opt, sched = build_optimizer(self.named_parameters(), optim, total_batch=total, steps_per_epoch=steps_per_epoch)
         log.info(
             "SGD lr %.5g (base %.5g for batch %d, total batch %d), %d steps/epoch, milestones %s",
-            lr, hp.lr, hp.reference_batch, self.total_batch_size(), steps_per_epoch, list(hp.milestones),
+            opt.param_groups[0]["lr"], optim["lr"], optim["reference_batch"], total, steps_per_epoch, list(optim["milestones"]),
         )
-
-        def factor(step: int) -> float:
-            return lr_factor(
-                step,
-                steps_per_epoch=steps_per_epoch,
-                milestones=hp.milestones,
-                gamma=hp.gamma,
-                warmup_steps=hp.warmup_steps,
-                warmup_ratio=hp.warmup_ratio,
-            )
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        # "name": Lightning's LearningRateMonitor logs train/lr/weights and train/lr/biases
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "name": "train/lr"}}

@@ -1,6 +1,6 @@
 """TTFNet losses: modified focal loss (heatmap) and weighted GIoU loss (boxes), as named scalars.
 
-Normalisers follow the released code (reference-facts.md), not the paper's formulas:
+Normalisers follow the released code, not the paper's formulas:
 the focal loss sum is divided by the number of positive pixels (target exactly 1), and the GIoU
 loss sum by the sum of all regression weights in the batch (+1e-4).
 

@@ -11,27 +11,31 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-from collections.abc import Iterator
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import hydra
+import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
-from torchvision.io import ImageReadMode, decode_image, write_jpeg
+from pytorch_lightning.callbacks import BasePredictionWriter
+from torch.utils.data import DataLoader, Dataset
+from torchvision.io import write_jpeg
 from torchvision.transforms.v2 import functional as TF
 from torchvision.utils import draw_bounding_boxes
-from tqdm import tqdm
 
-from .checkpoints import load_model, pick_device
+from .checkpoints import load_model
+from .data.errors import DataError
+from .data.sample import load_rgb_image
 from .decode import coco_results
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif"}
 
-__all__ = ["predict", "list_images"]
+__all__ = ["predict", "list_images", "ImageFolder", "DetectionWriter"]
 
 
 def list_images(path: str | Path) -> list[Path]:
@@ -47,62 +51,99 @@ def list_images(path: str | Path) -> list[Path]:
     raise FileNotFoundError(f"input not found: {path}")
 
 
-def _read(path: Path) -> torch.Tensor | None:
-    try:
-        return decode_image(str(path), mode=ImageReadMode.RGB)
-    except (RuntimeError, ValueError) as exc:
-        log.warning("skipping %s: not a readable image (%s)", path, exc)
-        return None
+class ImageFolder(Dataset):
+    """Image files -> ``{"image": (3, H, W) uint8 original, "input": (3, h, w) uint8 resized to the
+    network input, "index", "path"}``, read with the data sets' image policy (a truncated but
+    decodable file loads with a warning; an undecodable one becomes ``None``, skipped and counted)."""
+
+    def __init__(self, files: Sequence[Path], input_size: tuple[int, int]) -> None:
+        self.files, self.input_size = list(files), input_size
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> dict[str, Any] | None:
+        path = self.files[index]
+        try:
+            image = load_rgb_image(path).as_subclass(torch.Tensor)
+        except DataError as exc:
+            log.warning("skipping %s: %s", path, exc)
+            return None
+        resized = TF.resize(image, list(self.input_size), antialias=True)
+        return {"image": image, "input": resized, "index": index, "path": str(path)}
 
 
-def _batches(files: list[Path], batch_size: int) -> Iterator[list[tuple[int, Path, torch.Tensor]]]:
-    batch: list[tuple[int, Path, torch.Tensor]] = []
-    for i, f in enumerate(files):
-        img = _read(f)
-        if img is None:
-            continue
-        batch.append((i, f, img))
-        if len(batch) == batch_size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+def collate_images(items: list[dict[str, Any] | None]) -> dict[str, Any]:
+    """The batch format of :class:`~ttfnet_lightning.lit_module.TTFNetModule` (``images`` uint8,
+    ``meta`` with ``orig_size``) plus the originals for drawing; unreadable files are left out."""
+    ok = [it for it in items if it is not None]
+    return {
+        "images": torch.stack([it["input"] for it in ok]) if ok else torch.zeros(0, 3, 32, 32, dtype=torch.uint8),
+        "meta": [{"orig_size": tuple(it["image"].shape[-2:]), "image_id": it["index"], "path": it["path"]} for it in ok],
+        "originals": [it["image"] for it in ok],
+        "skipped": len(items) - len(ok),
+    }
 
 
-@torch.inference_mode()
+class DetectionWriter(BasePredictionWriter):
+    """Writes each predicted batch as it comes (nothing accumulates in memory): the image with its
+    boxes above ``draw_threshold`` (class name and score) as ``<output>/<name>.jpg``, and at the end
+    ``detections.json`` (COCO results) and ``images.json`` (COCO images and categories)."""
+
+    def __init__(self, output: Path, *, class_names: Sequence[str], cat_ids: Sequence[int], draw_threshold: float) -> None:
+        super().__init__(write_interval="batch")
+        self.output, self.names, self.cat_ids, self.draw_threshold = Path(output), list(class_names), list(cat_ids), float(draw_threshold)
+        self.results: list[dict[str, Any]] = []
+        self.images: list[dict[str, Any]] = []
+        self.skipped = 0
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0) -> None:
+        self.skipped += batch["skipped"]
+        self.results += coco_results(prediction, [m["image_id"] for m in batch["meta"]], self.cat_ids)
+        for meta, img, det in zip(batch["meta"], batch["originals"], prediction):
+            img = img.cpu()
+            boxes, scores, labels = det["boxes"].cpu(), det["scores"].cpu(), det["labels"].cpu()
+            path = Path(meta["path"])
+            self.images.append({"id": meta["image_id"], "file_name": path.name, "height": int(img.shape[-2]), "width": int(img.shape[-1])})
+            keep = scores >= self.draw_threshold
+            drawn = img
+            if keep.any():
+                text = [f"{self.names[c]} {s:.2f}" for c, s in zip(labels[keep].tolist(), scores[keep].tolist())]
+                drawn = draw_bounding_boxes(img, boxes[keep], labels=text, colors="red", width=max(1, round(max(img.shape[-2:]) / 300)))
+            write_jpeg(drawn, str(self.output / (path.stem + ".jpg")), quality=90)
+
+    def finish(self) -> None:
+        categories = [{"id": int(self.cat_ids[i]), "name": n} for i, n in enumerate(self.names)]
+        (self.output / "detections.json").write_text(json.dumps(self.results))
+        (self.output / "images.json").write_text(json.dumps({"images": self.images, "categories": categories}, indent=1))
+
+
 def predict(cfg: DictConfig) -> dict[str, Any]:
-    device = pick_device(cfg.device)
-    model = load_model(cfg.ckpt, device)
-    H, W = (int(v) for v in model.hparams.input_size)
-    names = list(model.hparams.class_names or [str(c) for c in range(model.hparams.num_classes)])
-    cat_ids = model.hparams.label_to_cat_id or list(range(len(names)))
+    """Detections for ``cfg.input`` (an image or a directory) by ``cfg.ckpt``, with Lightning's
+    ``trainer.predict`` and the module's ``predict_step``."""
+    model = load_model(cfg.ckpt)
+    inf = cfg.get("inference") or {}
+    if inf.get("optimize", True):
+        model.optimize_for_inference(precision=str(inf.get("precision", "fp32")), compile=bool(inf.get("compile", False)))
     files = list_images(cfg.input)
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
-    results: list[dict[str, Any]] = []
-    images: list[dict[str, Any]] = []
-    # images are read batch by batch (the generator), never all at once
-    num_batches = math.ceil(len(files) / int(cfg.batch_size))
-    for batch in tqdm(_batches(files, int(cfg.batch_size)), total=num_batches, desc="predict", unit="batch"):
-        x = torch.stack([TF.resize(img, [H, W], antialias=True) for _, _, img in batch]).to(device)
-        meta = [{"orig_size": tuple(img.shape[-2:])} for _, _, img in batch]
-        dets = model.decode(*model(model.normalize(x)), meta, (H, W))
-        results += coco_results(dets, [idx for idx, _, _ in batch], cat_ids)
-        for (idx, f, img), det in zip(batch, dets):
-            boxes, scores, labels = det["boxes"].cpu(), det["scores"].cpu(), det["labels"].cpu()
-            images.append({"id": idx, "file_name": f.name, "height": int(img.shape[-2]), "width": int(img.shape[-1])})
-            keep = scores >= cfg.draw_threshold
-            drawn = img
-            if keep.any():
-                text = [f"{names[c]} {s:.2f}" for c, s in zip(labels[keep].tolist(), scores[keep].tolist())]
-                drawn = draw_bounding_boxes(img, boxes[keep], labels=text, colors="red", width=max(1, round(max(img.shape[-2:]) / 300)))
-            write_jpeg(drawn, str(out / (f.stem + ".jpg")), quality=90)
-    skipped = len(files) - len(images)
-    categories = [{"id": int(cat_ids[i]), "name": n} for i, n in enumerate(names)]
-    (out / "detections.json").write_text(json.dumps(results))
-    (out / "images.json").write_text(json.dumps({"images": images, "categories": categories}, indent=1))
-    print(f"{len(images)} images -> {out} ({len(results)} detections in detections.json; {skipped} unreadable files skipped)")
-    return {"num_images": len(images), "num_detections": len(results), "skipped": skipped, "output": str(out)}
+    names = model.class_names
+    writer = DetectionWriter(out, class_names=names, cat_ids=model.label_to_cat_id or list(range(len(names))),
+                             draw_threshold=cfg.draw_threshold)
+    loader = DataLoader(ImageFolder(files, model.input_size), batch_size=int(cfg.batch_size), num_workers=int(cfg.get("num_workers", 0)),
+                        collate_fn=collate_images)
+    accelerator = {"auto": "auto", "cpu": "cpu", "cuda": "gpu"}.get(str(cfg.device), str(cfg.device))
+    trainer = pl.Trainer(accelerator=accelerator, devices=1, logger=False, callbacks=[writer], enable_checkpointing=False,
+                         enable_model_summary=False, enable_progress_bar=True)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*overridden `on_after_batch_transfer`.*")
+        warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+        trainer.predict(model, dataloaders=loader, return_predictions=False)
+    writer.finish()
+    print(f"{len(writer.images)} images -> {out} ({len(writer.results)} detections in detections.json; "
+          f"{writer.skipped} unreadable files skipped)")
+    return {"num_images": len(writer.images), "num_detections": len(writer.results), "skipped": writer.skipped, "output": str(out)}
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="predict")

@@ -42,7 +42,8 @@ from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Table", "Job", "build_table", "expand_grid", "expand_sweep", "job_dirname", "read_results", "paper_values", "write_table", "box_collapse", "AggregateOnMultirunEnd", "main"]
+__all__ = ["Table", "Job", "build_table", "expand_grid", "expand_sweep", "job_dirname", "read_results", "paper_values", "write_table",
+           "box_collapse", "AggregateOnMultirunEnd", "main"]
 
 RESULTS_FILE = "results.json"  # a run's final record, written by train.train (defined here: no Lightning import)
 
@@ -396,7 +397,10 @@ def table4(jobs: Sequence[Job], paper: dict[str, Any], ratio_fn=None) -> Table:
             cells.setdefault(("FPS", c), Cell()).paper = p["FPS"][i]
     devices = sorted({str(j.results.get("fps_device")) for j in jobs if j.results.get("fps_device")})
     notes = [f"FPS: model-only images/s at batch 1 on {', '.join(devices) or 'the run device'} (ours); the paper's on one GTX 1080Ti."]
-    return Table("table4", "Table 4: shortcut convs per stage, speed-accuracy trade-off", ["Stage 2", "Stage 3", "Stage 4", "AP", "FPS"], cols, cells, notes=notes)
+    methods = sorted({str(j.results["fps_method"]) for j in jobs if j.results.get("fps_method")})
+    notes += [f"FPS measured again after the sweep ({m})." for m in methods]
+    rows = ["Stage 2", "Stage 3", "Stage 4", "AP", "FPS"]
+    return Table("table4", "Table 4: shortcut convs per stage, speed-accuracy trade-off", rows, cols, cells, notes=notes)
 
 
 class _Text(Cell):
@@ -439,7 +443,8 @@ def table5(jobs: Sequence[Job], paper: dict[str, Any], ratio_fn=None) -> Table:
                 if m in paper_mult and s in p["schedules"]:
                     cells.setdefault((_fmt_beta(b), col_name(m, lr, s)), Cell()).paper = p["AP"][i][2 * paper_mult.index(m) + p["schedules"].index(s)]
     notes = [f"Columns: LR (its multiple of the backbone's default LR {float(jobs[0].cfg.backbone.lr):g}) and schedule; "
-             f"[paper] is the paper's column with the same multiple (6e-3, 1.2e-2, 1.8e-2 = {', '.join(f'{m:g}x' for m in paper_mult)} of 0.015)."] if jobs else []
+             "[paper] is the paper's column with the same multiple "
+             f"(6e-3, 1.2e-2, 1.8e-2 = {', '.join(f'{m:g}x' for m in paper_mult)} of 0.015)."] if jobs else []
     return Table("table5", "Table 5: kernel size beta x learning rate x schedule (alpha = 0.54, Gaussian area)",
                  [_fmt_beta(b) for b in betas], cols, cells, corner="beta", notes=notes)
 
@@ -682,7 +687,8 @@ def write_table(table: Table, jobs: Sequence[Job], sweep_dir: str | Path) -> tup
         writer.writerow(["dir", "status", "val/AP", "val/AP50", "fps", "train_seconds", "overrides"])
         for j in jobs:
             m = j.results.get("metrics", {})
-            writer.writerow([j.dir.name, j.status, m.get("val/AP"), m.get("val/AP50"), j.results.get("fps"), m.get("time/train_seconds"), " ".join(j.overrides)])
+            writer.writerow([j.dir.name, j.status, m.get("val/AP"), m.get("val/AP50"), j.results.get("fps"), m.get("time/train_seconds"),
+                             " ".join(j.overrides)])
     return md, path
 
 

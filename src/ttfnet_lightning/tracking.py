@@ -17,12 +17,15 @@ against the training clock ``time/train_hours`` (logged by ``callbacks.TimeToAcc
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
+from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
@@ -31,6 +34,9 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "FlatWandbLogger",
+    "build_loggers",
+    "finish_wandb",
+    "wandb_offline",
     "VAL_METRICS",
     "define_wandb_metrics",
     "flatten_config",
@@ -41,7 +47,7 @@ __all__ = [
     "run_identity",
 ]
 
-Scalar = Union[str, int, float, bool, None]
+Scalar = str | int | float | bool | None
 
 # the validation metrics logged by TTFNetModule and LogValPredictions (named explicitly: see
 # define_wandb_metrics)
@@ -207,3 +213,83 @@ def log_hyperparams(logger: Any, cfg: DictConfig, resolved: Mapping[str, Any] | 
         define_wandb_metrics(logger)
     else:
         logger.log_hyperparams({"config": OmegaConf.to_container(cfg, resolve=True) if resolved is None else resolved})
+
+
+# ------------------------------------------------------------------------------- loggers
+def wandb_offline(setting: bool | None) -> bool:
+    """Offline unless told otherwise: an explicit setting wins, then WANDB_MODE, then whether W&B
+    itself finds credentials (``wandb.login(prompt=False)``: the session, WANDB_API_KEY, its
+    settings file, the netrc file or an identity token), never prompting; none -> offline."""
+    if setting is not None:
+        return bool(setting)
+    mode = os.environ.get("WANDB_MODE")
+    if mode:
+        return mode in ("offline", "dryrun")
+    import wandb
+
+    return not wandb.login(prompt=False, verify=False)
+
+
+def _resumable_csv_logger(out: Path) -> Any:
+    """``out/metrics.csv`` that survives resumes (Lightning's CSVLogger deletes it when a run is
+    restarted): rows go to disk as they are logged (nothing lost to a hard kill), a resumed run
+    appends after the rows logged up to its checkpoint's step, and a fresh run starts a new file.
+    The kept rows are chosen by :func:`truncate_metrics` (called from ``train``)."""
+    from pytorch_lightning.loggers import CSVLogger
+    from pytorch_lightning.loggers.csv_logs import ExperimentWriter
+
+    class KeepingWriter(ExperimentWriter):
+        def _check_log_dir_exists(self) -> None:  # keep metrics.csv; its header gives the known keys
+            if os.path.isfile(self.metrics_file_path):
+                with open(self.metrics_file_path, newline="") as f:
+                    self.metrics_keys = list(csv.DictReader(f).fieldnames or [])
+
+    class ResumableCSVLogger(CSVLogger):
+        @property
+        def experiment(self) -> ExperimentWriter:
+            if self._experiment is None:
+                self._fs.makedirs(self.root_dir, exist_ok=True)
+                self._experiment = KeepingWriter(log_dir=self.log_dir)
+            return self._experiment
+
+    return ResumableCSVLogger(save_dir=str(out), name="", version="", flush_logs_every_n_steps=1)
+
+
+def build_loggers(cfg: DictConfig, out: Path) -> list[Any]:
+    """CSV always (``out/metrics.csv``), plus the tracker(s) of the ``logger`` group.
+
+    W&B gets the run identity of :func:`tracking.run_identity` (group, job_type, tags); values
+    set on the logger itself (``logger.wandb.group=...``) win, its tags are kept."""
+    from .tracking import run_identity
+
+    loggers: list[Any] = [_resumable_csv_logger(out)]
+    for key, lg_cfg in (cfg.get("logger") or {}).items():
+        target = str(lg_cfg.get("_target_", ""))
+        if target.endswith("WandbLogger"):
+            ident = run_identity(cfg)
+            tags = [str(t) for t in (lg_cfg.get("tags") or [])]
+            kw = {
+                "offline": wandb_offline(lg_cfg.get("offline")),
+                "save_dir": str(out),
+                "group": lg_cfg.get("group") or ident["group"],
+                "job_type": lg_cfg.get("job_type") or ident["job_type"],
+                "tags": list(dict.fromkeys(tags + ident["tags"])),
+            }
+            lg = instantiate(lg_cfg, **kw, _convert_="all")
+        elif target.endswith("TensorBoardLogger"):
+            lg = instantiate(lg_cfg, save_dir=str(out), _convert_="all")
+        else:
+            lg = instantiate(lg_cfg, _convert_="all")
+        log.info("logger %s: %s", key, type(lg).__name__)
+        loggers.append(lg)
+    return loggers
+
+
+def finish_wandb(loggers: list[Any]) -> None:
+    """Close the W&B run so the next job of a multirun starts its own run."""
+    from pytorch_lightning.loggers import WandbLogger
+
+    if any(isinstance(lg, WandbLogger) for lg in loggers):
+        import wandb
+
+        wandb.finish()

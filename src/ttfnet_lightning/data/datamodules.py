@@ -10,11 +10,10 @@ batch); val/test/predict = the validation set in order.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import logging
 
 import pytorch_lightning as pl
 import torch

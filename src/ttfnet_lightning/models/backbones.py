@@ -100,7 +100,7 @@ class _FreezableBackbone(nn.Module):
             for p in stage.parameters():
                 p.requires_grad_(False)
 
-    def train(self, mode: bool = True) -> "_FreezableBackbone":
+    def train(self, mode: bool = True) -> _FreezableBackbone:
         super().train(mode)
         self._freeze()  # frozen stages keep eval-mode BN whatever the caller asks
         return self

@@ -35,6 +35,7 @@ class TTFNet(nn.Module):
             takes the released value for the backbone (1 for r18, 2 otherwise).
         class_aware: 4*C regression channels.
         wh_scale: s = 16.
+        prior_prob: initial heatmap probability (0.01).
         stride: output stride (fixed at 4 by the architecture; exposed for the encoder/decoder).
     Shapes:
         images (B, 3, H, W), H and W multiples of 32 -> heatmap logits (B, C, H/4, W/4),
@@ -61,6 +62,7 @@ class TTFNet(nn.Module):
         box_channels: int = 64,
         class_aware: bool = False,
         wh_scale: float = 16.0,
+        prior_prob: float = 0.01,
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
@@ -84,6 +86,7 @@ class TTFNet(nn.Module):
             box_channels=box_channels,
             class_aware=class_aware,
             wh_scale=wh_scale,
+            prior_prob=prior_prob,
         )
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
