@@ -50,9 +50,8 @@ table6: $(CPU_PRETRAINED)/r18.pth $(CPU_PRETRAINED)/r34.pth $(CPU_PRETRAINED)/d5
 
 tables: table1 table2 table3 table4 table5 table6  ## run every CPU-scale paper table (hours; resumable)
 
-bench: $(STAMP)  ## run the benchmarks in benchmarks/
-	$(BIN)/python benchmarks/bench_encoder.py
-	$(BIN)/python benchmarks/bench_model.py
+bench: $(STAMP)  ## run every benchmark (quiet machine!) -> benchmarks/report.md and report.json
+	$(BIN)/python benchmarks/report.py
 
 clean:  ## remove the venv and run outputs
 	rm -rf $(VENV) outputs multirun .pytest_cache  # keeps results/ (measured tables, CPU backbones)
