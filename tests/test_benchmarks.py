@@ -1,0 +1,33 @@
+"""The benchmark report's goal table and the GPU benchmark's behaviour without CUDA (the figures
+themselves are measured by `make bench`, not asserted: timing does not belong in tests)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+import report  # noqa: E402
+
+
+def test_goal_rows_compare_each_figure_with_its_bound():
+    results = {
+        "latency": {"goals": {"SSD300 / TTFNet-R18 fp32 (goal >= 2.5)": 1.7, "decoder share of TTFNet-R18 fp32 (goal <= 0.05)": 0.04}},
+        "train_step": {"settings": {"512": {"target_encoding": {"share": 0.02}, "data_wait": {"share": 0.2}}}},
+    }
+    rows = {g: (m, ok) for g, m, ok in report.goals(results)}
+    assert rows["SSD300 / TTFNet-R18 fp32"] == ("1.700 (goal >= 2.5)", "no")
+    assert rows["decoder share of TTFNet-R18 fp32"] == ("0.040 (goal <= 0.05)", "yes")
+    assert rows["target encoding share of a step (512)"][1] == "yes" and rows["data wait share of a step (512)"][1] == "no"
+    assert report.goals({}) == []
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA path")
+def test_gpu_benchmark_says_so_without_cuda():
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_gpu.py")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "no CUDA device" in proc.stdout
