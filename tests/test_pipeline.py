@@ -303,3 +303,28 @@ def test_step_timer_breaks_each_training_step_down(tmp_path):
     rows = read_csv(out / "metrics.csv")
     for p in PHASES:
         assert column(rows, f"time/step_{p}_ms"), p
+
+
+def test_channels_last_training_matches_the_default_layout(tmp_path):
+    """speed.channels_last=true: weights and batches in channels_last; same losses to float
+    rounding, and a checkpoint that loads like any other."""
+    from ttfnet_lightning.checkpoints import load_model
+
+    base = [*TINY_TRAIN, "exact_resume=true", "trainer.log_every_n_steps=1"]
+    train(compose("train", [*base, f"output_dir={tmp_path / 'a'}"]))
+    train(compose("train", [*base, "speed.channels_last=true", f"output_dir={tmp_path / 'b'}"]))
+    a = column(read_csv(tmp_path / "a" / "metrics.csv"), "train/loss")
+    b = column(read_csv(tmp_path / "b" / "metrics.csv"), "train/loss")
+    assert len(a) == len(b) > 0 and a == pytest.approx(b, rel=1e-3)
+    model = load_model(tmp_path / "b" / "checkpoints" / "last.ckpt")
+    assert model.num_classes >= 3
+
+
+@pytest.mark.slow
+def test_compiled_training_runs_and_keeps_plain_checkpoint_keys(tmp_path):
+    from ttfnet_lightning.checkpoints import load_model
+
+    train(compose("train", [*TINY_TRAIN, "speed.compile=true", f"output_dir={tmp_path}"]))
+    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    assert not any("_orig_mod" in k for k in state)
+    load_model(tmp_path / "checkpoints" / "last.ckpt")

@@ -34,7 +34,7 @@ from omegaconf import OmegaConf
 
 __all__ = [
     "BackboneConfig", "NeckHeadConfig", "NetConfig", "KernelConfig", "LossConfig", "DecodeConfig", "ModelConfig",
-    "OptimConfig", "ScheduleConfig", "CallbacksConfig", "DataInfo", "TrainConfig", "checked", "register_configs",
+    "OptimConfig", "ScheduleConfig", "CallbacksConfig", "SpeedConfig", "DataInfo", "TrainConfig", "checked", "register_configs",
 ]
 
 
@@ -182,6 +182,16 @@ class CallbacksConfig:
 
 
 @dataclass
+class SpeedConfig:
+    """Training speed switches that do not change the model (user keys ``speed.*``); with
+    ``trainer.precision=bf16-mixed`` (or ``16-mixed``, ``trainer=gpu``'s default) and
+    ``trainer.benchmark`` (cuDNN autotuning, on in ``trainer=gpu``) these are the GPU path."""
+
+    channels_last: bool = False  # weights and input batches in channels_last memory format
+    compile: bool = False  # torch.compile the network in place (state-dict keys unchanged)
+
+
+@dataclass
 class TrainConfig:
     """The whole training config (``conf/train.yaml`` and its groups merge into this)."""
 
@@ -210,6 +220,7 @@ class TrainConfig:
     trainer: Dict[str, Any] = field(default_factory=dict)
     logger: Optional[Dict[str, Any]] = field(default_factory=dict)
     callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
+    speed: SpeedConfig = field(default_factory=SpeedConfig)
 
 
 def checked(cls: type, values: Mapping[str, Any], *, where: str | None = None) -> dict[str, Any]:

@@ -159,10 +159,18 @@ class TTFNetModule(pl.LightningModule):
             **self.encoder_options,
         )
 
+    def use_channels_last(self) -> TTFNetModule:
+        """Weights and (from now on) input batches in channels_last memory format (``speed.channels_last``)."""
+        self.net.to(memory_format=torch.channels_last)
+        self.channels_last = True
+        return self
+
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if isinstance(batch, dict) and "images" in batch and batch["images"].dtype == torch.uint8:
             batch = dict(batch)
             batch["images"] = self.normalize(batch["images"])
+            if getattr(self, "channels_last", False):
+                batch["images"] = batch["images"].contiguous(memory_format=torch.channels_last)
             if "boxes" in batch and self.trainer is not None and (self.trainer.training or self.trainer.validating):
                 batch["targets"] = self.encode(batch)
         return batch

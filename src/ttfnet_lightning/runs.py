@@ -79,6 +79,8 @@ def resume_checkpoint(out: str | Path) -> Path | None:
 _RESUME_FREE_KEYS = ("logger", "callbacks", "trainer.enable_progress_bar", "data.datamodule.num_workers", "data.datamodule.root",
                      "backbone.weights", "pretrained_weights", "name", "group", "tags", "project", "ckpt_path", "skip_finished",
                      "output_dir", "job_overrides", "table.grid", "export_backbone",
+                     # memory format and compilation change float rounding, not the run
+                     "speed",
                      # new key (data order): runs stored before it existed stay resumable/skippable
                      "exact_resume",
                      # the data preset's LR reference batch: its effect is schedule.reference_batch, compared

@@ -171,6 +171,10 @@ def train(cfg: DictConfig) -> float | None:
     pl.seed_everything(int(cfg.seed), workers=True)
     dm = build_datamodule(cfg)
     model = build_module(cfg, dm)
+    if cfg.speed.channels_last:
+        model.use_channels_last()
+    if cfg.speed.compile:
+        model.net.compile()  # in place: checkpoints keep the plain network's keys
     loggers = build_loggers(cfg, out)
     for lg in loggers:  # W&B: flat config keys, val/* against training hours
         log_hyperparams(lg, cfg, resolved)
