@@ -190,3 +190,20 @@ def test_evaluate_config_needs_no_training_settings():
 def test_tool_configs_compose(name):
     cfg = compose(name, ["ckpt=x.ckpt", "input=img.jpg"] if name == "predict" else ["ckpt=x.ckpt"])
     OmegaConf.to_container(cfg, resolve=True)
+
+
+@pytest.mark.parametrize("script,args", [("ttfnet-train", ["backbone=r34"]), ("ttfnet-evaluate", ["ckpt=x.ckpt"]),
+                                         ("ttfnet-predict", ["ckpt=x.ckpt", "input=x.jpg"])])
+def test_console_scripts_find_the_packaged_configs(script, args, tmp_path):
+    """The console scripts (pyproject [project.scripts]) compose from the installed package's
+    configs, from any working directory."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = Path(sys.executable).parent / script
+    if not exe.is_file():
+        pytest.skip(f"{script} not installed next to {sys.executable} (pip install -e . installs it)")
+    proc = subprocess.run([str(exe), *args, "--cfg", "job"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert ("backbone:\n  name: r34" in proc.stdout) if script == "ttfnet-train" else ("ckpt: x.ckpt" in proc.stdout)
