@@ -47,10 +47,11 @@ def latest_step(out: Path) -> int:
 
 
 def logged_steps(out: Path) -> set[int]:
-    """Steps of the ``metrics.csv`` rows on disk now."""
+    """Steps whose training-loss row is in ``metrics.csv`` on disk now (the LR monitor writes its
+    own row of a step earlier, at the step's start)."""
     try:
         with open(out / "metrics.csv") as f:
-            return {int(r["step"]) for r in csv.DictReader(f) if r.get("step")}
+            return {int(r["step"]) for r in csv.DictReader(f) if r.get("step") and r.get("train/loss")}
     except (OSError, KeyError, ValueError):
         return set()
 
