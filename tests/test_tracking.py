@@ -176,7 +176,9 @@ def test_plain_run_keeps_cfg_group_and_tags(tmp_path, monkeypatch):
 def test_wandb_goes_online_only_with_credentials_wandb_itself_finds(tmp_path):
     """tracking.wandb_offline: an explicit setting wins, then WANDB_MODE, then W&B's own lookup
     (wandb.login(prompt=False): never prompts). Fresh processes: a login is remembered per process."""
-    code = "from ttfnet_lightning.tracking import wandb_offline as o; print(o(None), o(False), o(True))"
+    # os._exit: with credentials, wandb's exit handlers may wait on the (unreachable) server;
+    # only the decision is tested here
+    code = "import os; from ttfnet_lightning.tracking import wandb_offline as o; print(o(None), o(False), o(True), flush=True); os._exit(0)"
     base = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")} | {"PYTHONPATH": os.pathsep.join(sys.path)}
     empty = tmp_path / "empty"
     empty.mkdir()
