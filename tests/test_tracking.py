@@ -204,3 +204,17 @@ def test_wandb_mode_decides_before_any_credentials(monkeypatch):
     assert wandb_offline(None) is True and wandb_offline(False) is False
     monkeypatch.setenv("WANDB_MODE", "online")
     assert wandb_offline(None) is False and wandb_offline(True) is True
+
+
+def test_plain_command_without_wandb_mode_or_key_trains_offline(tmp_path):
+    """The README's entry point on a machine with no W&B key and no WANDB_MODE: the W&B logger
+    runs offline (before the fix, wandb.init asked for an API key after the credentials probe)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")} | {
+        "HOME": str(tmp_path / "home"), "PYTHONPATH": os.pathsep.join(sys.path)}
+    (tmp_path / "home").mkdir()
+    out = tmp_path / "run"
+    args = [o for o in TINY_TRAIN if not o.startswith(("logger=", "schedule.max_epochs"))]
+    proc = subprocess.run([sys.executable, "-m", "ttfnet_lightning.train", *args, "schedule.max_epochs=1", "logger=wandb",
+                           f"output_dir={out}"], env=env, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert list((out / "wandb").glob("offline-run-*")), list(out.iterdir())

@@ -268,13 +268,19 @@ def build_loggers(cfg: DictConfig, out: Path) -> list[Any]:
         if target.endswith("WandbLogger"):
             ident = run_identity(cfg)
             tags = [str(t) for t in (lg_cfg.get("tags") or [])]
+            offline = wandb_offline(lg_cfg.get("offline"))
             kw = {
-                "offline": wandb_offline(lg_cfg.get("offline")),
+                "offline": offline,
                 "save_dir": str(out),
                 "group": lg_cfg.get("group") or ident["group"],
                 "job_type": lg_cfg.get("job_type") or ident["job_type"],
                 "tags": list(dict.fromkeys(tags + ident["tags"])),
             }
+            if offline:
+                # wandb.init(mode="offline") as well: Lightning's offline flag only sets WANDB_MODE,
+                # which wandb no longer reads once its settings exist (the credentials probe of
+                # wandb_offline creates them), and the run would then ask for an API key
+                kw["mode"] = "offline"
             lg = instantiate(lg_cfg, **kw, _convert_="all")
         elif target.endswith("TensorBoardLogger"):
             lg = instantiate(lg_cfg, save_dir=str(out), _convert_="all")
