@@ -70,13 +70,16 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> TTFNetMo
         raise ValueError(f"checkpoint {path} is an empty file (0 bytes): an interrupted copy or write? Use another checkpoint")
     try:
         model = TTFNetModule.load_from_checkpoint(str(path), map_location="cpu", pretrained=False, weights=None)
-    except _UNREADABLE as exc:
-        raise ValueError(
-            f"checkpoint {path} ({path.stat().st_size} bytes) is not a readable PyTorch checkpoint (truncated or "
-            f"corrupted file?): {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        ) from exc
-    except (KeyError, RuntimeError, TypeError, AttributeError) as exc:
-        raise ValueError(f"{path} is not a ttfnet-lightning TTFNetModule checkpoint: {exc}") from exc
+    except Exception as exc:
+        # random or truncated bytes make the unpickler fail in many ways (UnpicklingError, EOFError,
+        # IndexError from its stack, ...): a file that is not a torch zip archive, or that torch could
+        # not read, is "unreadable"; a readable file that does not build this module is "not ours"
+        if isinstance(exc, _UNREADABLE) or not zipfile.is_zipfile(path):
+            raise ValueError(
+                f"checkpoint {path} ({path.stat().st_size} bytes) is not a readable PyTorch checkpoint (truncated or "
+                f"corrupted file?): {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            ) from exc
+        raise ValueError(f"{path} is not a ttfnet-lightning TTFNetModule checkpoint: {type(exc).__name__}: {exc}") from exc
     return model.to(device).eval()
 
 
