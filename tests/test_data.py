@@ -392,6 +392,19 @@ def test_coco_bad_annotation_files(tmp_path: Path, kwargs, match):
     assert "instances_val.json" in str(err.value)
 
 
+def test_coco_annotation_problems_are_listed_together(tmp_path: Path):
+    """Every broken entry is named in one error (before: the first one only, one fix per run)."""
+    anns = [_ann(55, bbox=[1, 2, 3]), _ann(56), _ann(57, cat=99), _ann(58, img=999), _ann(59, bbox=[0, 0, "x", 1])]
+    root = _coco(tmp_path, anns=anns)
+    with pytest.raises(DataError, match=r"4 problem\(s\)") as err:
+        CocoDetection(root=root, split="val")
+    msg = str(err.value)
+    for text in ("annotation id 55 has bbox", "annotation id 57 has category_id 99",
+                 "annotation id 58 refers to image_id 999", "annotation id 59 has bbox"):
+        assert text in msg, msg
+    assert "annotation id 56" not in msg
+
+
 def test_coco_missing_annotation_file(tmp_path: Path):
     with pytest.raises(DataError, match="not found.*instances_val2017.json"):
         CocoDetection(root=tmp_path, split="val2017")

@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 __all__ = ["CocoDetection", "load_coco_json", "load_rgb_image"]
 
+MAX_LISTED = 50  # entry problems named in one DataError (the rest are counted)
+
 
 def _is_number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
@@ -44,7 +46,8 @@ def load_coco_json(path: Path) -> dict[str, Any]:
     ``bbox`` of 4 finite numbers.
 
     Raises:
-        DataError: naming the file and the problem (and the annotation id where it applies).
+        DataError: naming the file and the problem; entry problems (image, category and
+            annotation entries) are all collected and listed in one error, each naming the id.
     """
     if not path.is_file():
         raise DataError(f"COCO annotation file not found: {path}")
@@ -66,45 +69,43 @@ def load_coco_json(path: Path) -> dict[str, Any]:
     if not data["categories"]:
         raise DataError(f"COCO annotation file {path} lists no categories")
 
+    # entry problems are collected and raised together (one list, like the VOC XML check), so a
+    # user fixes a broken file in one pass instead of one error per run
+    problems: list[str] = []
     image_ids = set()
     for img in data["images"]:
         if not isinstance(img, dict) or any(k not in img for k in ("id", "file_name", "height", "width")):
-            raise DataError(
-                f"COCO annotation file {path}: image entry {str(img)[:120]} needs id, file_name, height, width"
-            )
+            problems.append(f"image entry {str(img)[:120]} needs id, file_name, height, width")
+            continue
         if not (_is_number(img["height"]) and _is_number(img["width"]) and img["height"] > 0 and img["width"] > 0):
-            raise DataError(
-                f"COCO annotation file {path}: image id {img['id']} has invalid size {img['width']}x{img['height']}"
-            )
+            problems.append(f"image id {img['id']} has invalid size {img['width']}x{img['height']}")
         image_ids.add(img["id"])
     cat_ids = set()
     for cat in data["categories"]:
         if not isinstance(cat, dict) or "id" not in cat or "name" not in cat:
-            raise DataError(f"COCO annotation file {path}: category entry {str(cat)[:120]} needs id and name")
+            problems.append(f"category entry {str(cat)[:120]} needs id and name")
+            continue
         if cat["id"] in cat_ids:
-            raise DataError(f"COCO annotation file {path}: category id {cat['id']} is listed twice")
+            problems.append(f"category id {cat['id']} is listed twice")
         cat_ids.add(cat["id"])
     for ann in data["annotations"]:
         if not isinstance(ann, dict) or any(k not in ann for k in ("id", "image_id", "category_id", "bbox")):
-            raise DataError(
-                f"COCO annotation file {path}: annotation {str(ann)[:120]} needs id, image_id, category_id, bbox"
-            )
+            problems.append(f"annotation {str(ann)[:120]} needs id, image_id, category_id, bbox")
+            continue
         aid = ann["id"]
         bbox = ann["bbox"]
         if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
-            raise DataError(
-                f"COCO annotation file {path}: annotation id {aid} has bbox {bbox!r}, expected 4 numbers [x, y, w, h]"
-            )
+            problems.append(f"annotation id {aid} has bbox {bbox!r}, expected 4 numbers [x, y, w, h]")
         if ann["category_id"] not in cat_ids:
-            raise DataError(
-                f"COCO annotation file {path}: annotation id {aid} has category_id {ann['category_id']}, "
-                f"which is not in 'categories'"
+            problems.append(
+                f"annotation id {aid} has category_id {ann['category_id']}, which is not in 'categories'"
             )
         if ann["image_id"] not in image_ids:
-            raise DataError(
-                f"COCO annotation file {path}: annotation id {aid} refers to image_id {ann['image_id']}, "
-                f"which is not in 'images'"
-            )
+            problems.append(f"annotation id {aid} refers to image_id {ann['image_id']}, which is not in 'images'")
+    if problems:
+        shown = "\n  ".join(problems[:MAX_LISTED])
+        more = f"\n  ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
+        raise DataError(f"COCO annotation file {path}: {len(problems)} problem(s):\n  {shown}{more}")
     return data
 
 
