@@ -19,11 +19,13 @@ def test_goal_rows_compare_each_figure_with_its_bound():
     results = {
         "latency": {"goals": {"SSD300 / TTFNet-R18 fp32 (goal >= 2.5)": 1.7, "decoder share of TTFNet-R18 fp32 (goal <= 0.05)": 0.04}},
         "train_step": {"settings": {"512": {"target_encoding": {"share": 0.02}, "data_wait": {"share": 0.2}}}},
+        "encoder": {"goals": {"encoder / memory floor, 50 boxes (goal <= 1.5)": 1.7}},
     }
     rows = {g: (m, ok) for g, m, ok in report.goals(results)}
     assert rows["SSD300 / TTFNet-R18 fp32"] == ("1.700 (goal >= 2.5)", "no")
     assert rows["decoder share of TTFNet-R18 fp32"] == ("0.040 (goal <= 0.05)", "yes")
     assert rows["target encoding share of a step (512)"][1] == "yes" and rows["data wait share of a step (512)"][1] == "no"
+    assert rows["encoder / memory floor, 50 boxes"] == ("1.700 (goal <= 1.5)", "no")  # any benchmark's goals
     assert report.goals({}) == []
 
 
