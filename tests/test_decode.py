@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ttfnet_lightning.decode import decode_detections, grid_boxes
+from ttfnet_lightning.decode import decode_detections, grid_boxes, local_max
 from ttfnet_lightning.targets import encode_targets
 
 
@@ -62,3 +62,63 @@ def test_grid_boxes_matches_paper_equation():
     b = grid_boxes(d, 4)
     # cell (i=1, j=2): x = 8, y = 4
     assert b[:, 1, 2].tolist() == [7.0, 2.0, 11.0, 8.0]
+
+
+def reference_decode(heatmap_logits, wh, *, input_size, orig_sizes=None, stride=4, k=100, score_threshold=0.01, pool_size=3):
+    """The straightforward formulation (sigmoid, max_pool2d peak test, top-K, gather), to compare with."""
+    B, C, h, w = heatmap_logits.shape
+    H, W = input_size
+    heat = heatmap_logits.float().sigmoid()
+    peaks = torch.nn.functional.max_pool2d(heat, pool_size, stride=1, padding=(pool_size - 1) // 2)
+    heat = heat * (peaks == heat)
+    k = min(k, C * h * w)
+    scores, idx = heat.reshape(B, -1).topk(k, dim=1)
+    labels, pix = idx // (h * w), idx % (h * w)
+    ys, xs = (pix // w).float() * stride, (pix % w).float() * stride
+    if wh.shape[1] != 4:
+        chan = labels.unsqueeze(-1) * 4 + torch.arange(4)
+        dist = wh.reshape(B, -1).gather(1, (chan * (h * w) + pix.unsqueeze(-1)).reshape(B, -1)).reshape(B, k, 4)
+    else:
+        dist = wh.reshape(B, 4, h * w).gather(2, pix.unsqueeze(1).expand(B, 4, k)).permute(0, 2, 1)
+    dist = dist.float()
+    boxes = torch.stack((xs - dist[..., 0], ys - dist[..., 1], xs + dist[..., 2], ys + dist[..., 3]), dim=-1)
+    boxes[..., 0::2] = boxes[..., 0::2].clamp(0, W)
+    boxes[..., 1::2] = boxes[..., 1::2].clamp(0, H)
+    if orig_sizes is not None:
+        s = torch.as_tensor(orig_sizes, dtype=torch.float32).reshape(B, 2)
+        boxes = boxes * torch.stack((s[:, 1] / W, s[:, 0] / H, s[:, 1] / W, s[:, 0] / H), dim=-1).unsqueeze(1)
+    keep = scores > score_threshold
+    return [{"boxes": boxes[i][keep[i]], "scores": scores[i][keep[i]], "labels": labels[i][keep[i]]} for i in range(B)]
+
+
+def random_maps():
+    gen = torch.Generator().manual_seed(0)
+    yield torch.randn(2, 5, 24, 32, generator=gen) * 2 - 4, torch.rand(2, 4, 24, 32, generator=gen) * 60
+    # ties: plateaus of equal neighbouring logits (integer logits)
+    yield torch.randint(-3, 3, (2, 4, 17, 23), generator=gen).float(), torch.rand(2, 16, 17, 23, generator=gen) * 60
+    # ties in probability only: distinct logits above ~17 all give sigmoid 1.0 in float32
+    yield torch.rand(1, 3, 9, 9, generator=gen) * 10 + 16, torch.rand(1, 4, 9, 9, generator=gen) * 60
+    # thin maps, half precision, a NaN logit
+    yield torch.randn(1, 2, 1, 7, generator=gen).half(), torch.rand(1, 4, 1, 7, generator=gen).half() * 60
+    nan = torch.randn(1, 2, 6, 5, generator=gen)
+    nan[0, 1, 2, 3] = float("nan")
+    yield nan, torch.rand(1, 4, 6, 5, generator=gen) * 60
+
+
+@pytest.mark.parametrize("options", [{}, {"k": 7}, {"score_threshold": 0.3}, {"pool_size": 5}, {"pool_size": 1}, {"pool_size": 9}])
+def test_matches_the_reference_formulation(options):
+    for logits, wh in random_maps():
+        B, _, h, w = logits.shape
+        args = {"input_size": (4 * h, 4 * w), "orig_sizes": [(300, 200)] * B} | options
+        got, want = decode_detections(logits, wh, **args), reference_decode(logits, wh, **args)
+        for g, r in zip(got, want, strict=True):
+            for key in ("boxes", "scores", "labels"):
+                assert torch.equal(g[key], r[key]), (key, options, tuple(logits.shape))
+
+
+@pytest.mark.parametrize("size", [1, 3, 5, 7])
+def test_local_max_is_max_pool(size):
+    x = torch.randint(0, 4, (2, 3, 6, 9)).float()  # many ties
+    x[0, 0, 1, 1] = float("nan")
+    want = torch.nn.functional.max_pool2d(x, size, stride=1, padding=size // 2)
+    torch.testing.assert_close(local_max(x, size), want, rtol=0, atol=0, equal_nan=True)

@@ -6,9 +6,18 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
+from torchvision.ops import deform_conv2d
 
-from ttfnet_lightning.inference import fold_batchnorm, optimize_for_inference
+from ttfnet_lightning.inference import (
+    InferenceDeformConv2d,
+    deform_conv2d_by_taps,
+    fold_batchnorm,
+    optimize_for_inference,
+    taps_weight,
+    use_inference_deform_convs,
+)
 from ttfnet_lightning.models import TTFNet
+from ttfnet_lightning.models.neck import ModulatedDeformConv2d
 
 
 def trained_like(net: nn.Module) -> nn.Module:
@@ -73,3 +82,85 @@ def test_bad_arguments():
         optimize_for_inference(net, precision="int4")
     with pytest.raises(ValueError, match="eval"):
         optimize_for_inference(net.train())
+
+
+@pytest.mark.parametrize("kernel,padding", [(3, 1), (3, 0), (3, 2), (1, 0), (5, 2)])
+def test_weight_first_deform_conv_matches_torchvision(kernel, padding):
+    gen = torch.Generator().manual_seed(kernel * 10 + padding)
+    b, cin, cout, h, w = 2, 6, 5, 7, 9
+    k = kernel * kernel
+    x = torch.randn(b, cin, h, w, generator=gen, dtype=torch.float64)
+    weight = torch.randn(cout, cin, kernel, kernel, generator=gen, dtype=torch.float64)
+    bias = torch.randn(cout, generator=gen, dtype=torch.float64)
+    ho, wo = h + 2 * padding - kernel + 1, w + 2 * padding - kernel + 1
+    # offsets of several pixels: taps land between pixels, on the border and outside the map
+    om = torch.cat((torch.randn(b, 2 * k, ho, wo, generator=gen, dtype=torch.float64) * 3,
+                    torch.randn(b, k, ho, wo, generator=gen, dtype=torch.float64)), dim=1)
+    om[0, :2, 0, 0] = torch.tensor([2.0, -1.0], dtype=torch.float64)  # integer offsets: exact pixels
+    want = deform_conv2d(x, om[:, : 2 * k], weight, bias, padding=(padding, padding), mask=om[:, 2 * k :].sigmoid())
+    got = deform_conv2d_by_taps(x, om, taps_weight(weight), bias, kernel_size=(kernel, kernel), padding=padding)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    got_cl = deform_conv2d_by_taps(x.contiguous(memory_format=torch.channels_last), om, taps_weight(weight), bias,
+                                   kernel_size=(kernel, kernel), padding=padding)
+    assert got_cl.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(got_cl, want, rtol=1e-10, atol=1e-10)
+
+
+def test_inference_deform_conv_equals_the_module_and_falls_back_with_gradients():
+    torch.manual_seed(0)
+    m = ModulatedDeformConv2d(8, 6).eval()
+    with torch.no_grad():
+        m.offset_mask.weight.normal_(0, 0.3)
+        m.offset_mask.bias.normal_(0, 1.0)
+    fast = InferenceDeformConv2d(m)
+    x = torch.randn(2, 8, 10, 12)
+    with torch.no_grad():
+        want = m(x)
+        torch.testing.assert_close(fast(x), want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(fast(x.contiguous(memory_format=torch.channels_last)), want, rtol=1e-5, atol=1e-5)
+    # with autograd: the module's own implementation, gradients flow
+    xg = x.clone().requires_grad_(True)
+    fast(xg).sum().backward()
+    assert xg.grad is not None and m.conv.weight.grad is not None
+    # the kept weight follows conv.weight after refresh()
+    with torch.no_grad():
+        m.conv.weight.mul_(2)
+        fast.refresh()
+        torch.testing.assert_close(fast(x), m(x), rtol=1e-5, atol=1e-5)
+    net = TTFNet(num_classes=2).eval()
+    assert use_inference_deform_convs(net) == 3
+    assert sum(isinstance(mod, InferenceDeformConv2d) for mod in net.modules()) == 3
+    assert use_inference_deform_convs(TTFNet(num_classes=2, deform_impl="torchvision").eval()) == 0
+
+
+def test_fp32_path_with_large_offsets_and_bf16_autocast():
+    torch.manual_seed(0)
+    net = trained_like(TTFNet(num_classes=3, frozen_stages=-1))
+    for m in net.modules():
+        if isinstance(m, ModulatedDeformConv2d):
+            with torch.no_grad():
+                m.offset_mask.weight.normal_(0, 0.05)
+                m.offset_mask.bias.normal_(0, 1.0)
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        ref_hm, ref_wh = net(x)
+    hm, wh = optimize_for_inference(net)(x)
+    torch.testing.assert_close(hm, ref_hm, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(wh, ref_wh, rtol=1e-4, atol=1e-3)
+    hm, wh = optimize_for_inference(net, precision="bf16")(x)
+    assert (hm.sigmoid() - ref_hm.sigmoid()).abs().max() < 0.02
+    assert (wh - ref_wh).abs().max() < 0.05 * max(1.0, float(ref_wh.abs().max()))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_compiled_path_runs_and_equals_the_network():
+    # compile=True used to fail in inductor ("Cannot set version_counter for inference tensor")
+    torch.manual_seed(0)
+    net = trained_like(TTFNet(num_classes=3, frozen_stages=-1))
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        ref_hm, ref_wh = net(x)
+    hm, wh = optimize_for_inference(net, compile=True)(x)
+    torch.testing.assert_close(hm, ref_hm, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(wh, ref_wh, rtol=1e-4, atol=1e-3)
