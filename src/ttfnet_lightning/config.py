@@ -43,9 +43,10 @@ __all__ = [
 class BackboneConfig:
     """Hydra group ``backbone`` (``conf/backbone/*.yaml``)."""
 
-    name: str = "r18"  # r18 | r34 | d53
-    pretrained: bool = False  # torchvision ImageNet weights (needs the download cache)
-    weights: Optional[str] = None  # a local state dict (.pth), loaded strictly
+    name: str = "r18"  # r18 | r34 | d53 | dla34 | timm
+    model: Optional[str] = None  # name=timm: the timm model (backbone.model=resnet18d); unused otherwise
+    pretrained: bool = False  # ImageNet weights: torchvision (ResNets), the official file (DLA-34), timm's hub (timm)
+    weights: Optional[str] = None  # a local state dict (.pth, or .safetensors), loaded strictly
     frozen_stages: int = 1  # -1: nothing frozen; 1: stem + stage 1 (paper)
     box_convs: Optional[int] = None  # convs of the box head; null = the paper's per-backbone value
     lr: float = 0.016  # the paper's LR for this backbone ...
@@ -73,6 +74,7 @@ class NetConfig(NeckHeadConfig):
     and ``class_aware`` (which come from the data and the kernel): ``TTFNet(**net, ...)``."""
 
     backbone: str = "r18"
+    backbone_model: Optional[str] = None  # backbone=timm: the timm model name
     pretrained: bool = False
     weights: Optional[str] = None
     frozen_stages: int = 1
@@ -81,7 +83,8 @@ class NetConfig(NeckHeadConfig):
     @classmethod
     def from_config(cls, backbone: Mapping[str, Any], model: Mapping[str, Any]) -> dict[str, Any]:
         head = {f.name: model[f.name] for f in dataclasses.fields(NeckHeadConfig)}
-        return checked(cls, dict(head, backbone=backbone["name"], pretrained=backbone["pretrained"], weights=backbone["weights"],
+        return checked(cls, dict(head, backbone=backbone["name"], backbone_model=backbone.get("model"),
+                                 pretrained=backbone["pretrained"], weights=backbone["weights"],
                                  frozen_stages=backbone["frozen_stages"], box_convs=backbone["box_convs"]))
 
 

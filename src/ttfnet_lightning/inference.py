@@ -76,6 +76,12 @@ def _conv_of(module: nn.Module) -> nn.Conv2d | None:
     return None
 
 
+def _plain_bn(module: nn.Module | None) -> bool:
+    """A BatchNorm2d whose forward is BatchNorm2d's own: subclasses that add work to it (timm's
+    BatchNormAct2d = BN + activation) are not folded, or the added work would be lost."""
+    return isinstance(module, nn.BatchNorm2d) and type(module).forward is nn.BatchNorm2d.forward
+
+
 def _pairs(root: nn.Module) -> Iterator[tuple[nn.Module, str, nn.Conv2d, nn.BatchNorm2d]]:
     """(parent, name of the BN in it, conv, bn) for every conv -> BN pair."""
     for parent in root.modules():
@@ -84,11 +90,11 @@ def _pairs(root: nn.Module) -> Iterator[tuple[nn.Module, str, nn.Conv2d, nn.Batc
             names = list(children)
             for a, b in zip(names, names[1:]):
                 conv = _conv_of(children[a])
-                if conv is not None and isinstance(children[b], nn.BatchNorm2d):
+                if conv is not None and _plain_bn(children[b]):
                     yield parent, b, conv, children[b]
         else:
             for name, child in children.items():
-                if isinstance(child, nn.BatchNorm2d) and name.startswith("bn"):
+                if _plain_bn(child) and name.startswith("bn"):
                     conv = _conv_of(children.get("conv" + name[2:]))  # torchvision: conv1/bn1, conv2/bn2, ...
                     if conv is not None:
                         yield parent, name, conv, child

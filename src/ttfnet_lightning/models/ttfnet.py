@@ -12,8 +12,8 @@ from .neck import UpsampleNeck
 
 __all__ = ["TTFNet"]
 
-# regression convs per backbone in the released configs
-_DEFAULT_BOX_CONVS = {"r18": 1, "r34": 2, "d53": 2}
+# regression convs per backbone in the released configs (DLA-34: stacked_convs=(2, 1))
+_DEFAULT_BOX_CONVS = {"r18": 1, "r34": 2, "d53": 2, "dla34": 1}
 
 
 class TTFNet(nn.Module):
@@ -21,8 +21,10 @@ class TTFNet(nn.Module):
 
     Args:
         num_classes: C.
-        backbone: ``"r18"``, ``"r34"`` or ``"d53"``.
-        pretrained: torchvision ImageNet weights for ResNets.
+        backbone: ``"r18"``, ``"r34"``, ``"d53"``, ``"dla34"`` or ``"timm"``.
+        backbone_model: the timm model name for ``backbone="timm"`` (e.g. ``"resnet18d"``).
+        pretrained: ImageNet weights (torchvision for ResNets, the official file for DLA-34, timm's
+            default for timm models).
         weights: local backbone state dict (strict keys).
         frozen_stages: backbone stages frozen (1 = stem + stage 1; -1 none).
         neck_channels: (256, 128, 64).
@@ -49,6 +51,7 @@ class TTFNet(nn.Module):
         *,
         num_classes: int,
         backbone: str = "r18",
+        backbone_model: str | None = None,
         pretrained: bool = False,
         weights: str | None = None,
         frozen_stages: int = 1,
@@ -67,7 +70,9 @@ class TTFNet(nn.Module):
         super().__init__()
         self.num_classes = num_classes
         self.class_aware = class_aware
-        self.backbone = build_backbone(backbone, pretrained=pretrained, weights=weights, frozen_stages=frozen_stages)
+        self.backbone = build_backbone(
+            backbone, model=backbone_model, pretrained=pretrained, weights=weights, frozen_stages=frozen_stages
+        )
         self.neck = UpsampleNeck(
             in_channels=self.backbone.out_channels,
             channels=tuple(neck_channels),
