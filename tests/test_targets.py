@@ -8,6 +8,7 @@ import pytest
 import torch
 from reference_targets import centernet_radius, exact_radius, reference_encode
 
+from ttfnet_lightning import targets
 from ttfnet_lightning.targets import encode_targets, gaussian_radius
 
 H, W = 96, 128  # input pixels; output map 24 x 32
@@ -105,6 +106,42 @@ def test_many_boxes_and_chunking_are_consistent():
     ref = reference_encode(boxes, labels, num_classes=5, output_size=(24, 32))
     for g, r in zip(c, ref):
         torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("opts", VARIANTS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "released")
+def test_static_windows_match(opts, monkeypatch):
+    # the accelerator path (windows of a size known without reading the boxes), forced on the CPU:
+    # the reference's result, and bit for bit the CPU's fitted windows
+    fitted = encode_targets(*random_batch(3), num_classes=3, output_size=(H // opts.get("stride", 4), W // opts.get("stride", 4)), **opts)
+    monkeypatch.setattr(targets, "_FIT_ON_CPU", False)
+    static = _check(opts, seed=3)
+    for f, s in zip(fitted, static):
+        assert torch.equal(f, s)
+
+
+def crowded_batch(seed: int, B: int = 2, M: int = 50, C: int = 80, size: int = 512):
+    """Many boxes per image, sizes log-uniform from 4 px to the image (like the encoder benchmark)."""
+    g = torch.Generator().manual_seed(seed)
+    side = torch.exp(torch.empty(B, M).uniform_(math.log(4.0), math.log(size), generator=g))
+    aspect = torch.exp(torch.empty(B, M).uniform_(-1.1, 1.1, generator=g))
+    w = (side * aspect.sqrt()).clamp(2, size)
+    h = (side / aspect.sqrt()).clamp(2, size)
+    x1 = torch.rand(B, M, generator=g) * (size - w)
+    y1 = torch.rand(B, M, generator=g) * (size - h)
+    labels = torch.randint(0, C, (B, M), generator=g)
+    labels[1, M // 2 :] = -1  # image 1 half padding
+    return torch.stack((x1, y1, x1 + w, y1 + h), dim=-1), labels
+
+
+@pytest.mark.parametrize("opts", [{}, {"wh_gaussian": False, "beta": 0.54}, {"class_aware": True, "beta": 0.3}], ids=["released", "rect", "aware"])
+def test_crowded_batch_matches_reference(opts):
+    # 50 boxes per image on a 128 x 128 map with 80 classes: many windows overlap, many groups
+    boxes, labels = crowded_batch(0)
+    got = encode_targets(boxes, labels, num_classes=80, output_size=(128, 128), **opts)
+    want = reference_encode(boxes, labels, num_classes=80, output_size=(128, 128), **opts)
+    for g, r in zip(got, want):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-6)
+    assert torch.equal(got[0] == 1, want[0] == 1)
 
 
 def test_released_semantics_by_hand():
