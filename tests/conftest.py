@@ -72,3 +72,17 @@ TINY_TRAIN = [
     "logger=csv",
     "callbacks.log_val_images=0",
 ]
+
+
+def offline_run_bytes(run_dir: Path, keys, timeout: float = 60.0) -> bytes:
+    """The offline run's ``*.wandb`` records, once they hold every key of ``keys`` (or after
+    ``timeout`` s): wandb-core appends them asynchronously, on a loaded machine seconds after
+    ``wandb.finish()`` returned."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        data = b"".join(p.read_bytes() for p in run_dir.glob("*.wandb"))
+        if all(k in data for k in keys) or time.monotonic() > deadline:
+            return data
+        time.sleep(0.5)

@@ -158,12 +158,12 @@ def test_torchscript_and_pt2_formats(tmp_path):
 
 
 def test_cli_export_then_predict_with_onnx_only(tmp_path, monkeypatch):
-    """`export ckpt=... output=model.onnx`, then the ONNX runner's predict (no torch model: loading
-    a checkpoint is made to fail) gives the PyTorch predict's detections."""
+    """`export ckpt=... output=model.onnx`, then `predict ckpt=model.onnx` (onnxruntime; no torch
+    model: loading a checkpoint is made to fail) gives the PyTorch predict's detections."""
     from torchvision.io import write_png
 
     from ttfnet_lightning import checkpoints
-    from ttfnet_lightning.onnx_runtime import predict_onnx
+    from ttfnet_lightning import predict as predict_module
     from ttfnet_lightning.predict import predict
 
     module = detector_like(False, num_classes=3)
@@ -189,8 +189,9 @@ def test_cli_export_then_predict_with_onnx_only(tmp_path, monkeypatch):
         raise AssertionError("the ONNX path must not load a PyTorch model")
 
     monkeypatch.setattr(checkpoints, "load_model", no_torch_model)
+    monkeypatch.setattr(predict_module, "load_model", no_torch_model)
     onnx_out = tmp_path / "pred_onnx"
-    summary = predict_onnx(compose("predict", [f"ckpt={onnx_path}", f"output={onnx_out}", *args]))
+    summary = predict(compose("predict", [f"ckpt={onnx_path}", f"output={onnx_out}", *args]))  # the ONNX model's path
     assert summary["num_images"] == 2 and summary["backend"] == "onnxruntime"
     assert sorted(p.name for p in onnx_out.glob("*.jpg")) == ["img0.jpg", "img1.jpg"]
     a = json.loads((torch_out / "detections.json").read_text())

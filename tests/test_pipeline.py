@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY_TRAIN, compose
+from conftest import TINY_TRAIN, compose, offline_run_bytes
 from ttfnet_lightning.callbacks import CocoResultsWriter
 from ttfnet_lightning.evaluate import evaluate
 from ttfnet_lightning.lit_module import TTFNetModule
@@ -135,6 +135,32 @@ def test_predict_draws_boxes_and_writes_coco_json(trained, tmp_path):
         assert 0 <= x and 0 <= y and x + bw <= W + 0.01 and y + bh <= H + 0.01  # original pixels
 
 
+def test_predict_draws_class_colours_and_the_heatmap(trained, tmp_path):
+    from torchvision.io import decode_image, write_png
+
+    from ttfnet_lightning.viz import class_color
+
+    src = tmp_path / "images"
+    src.mkdir()
+    write_png(torch.full((3, 96, 128), 128, dtype=torch.uint8), str(src / "grey.png"))
+    drawn = {}
+    for heat in ("false", "true"):
+        out = tmp_path / f"pred-{heat}"
+        predict(compose("predict", [f"ckpt={trained / 'checkpoints' / 'last.ckpt'}", f"input={src}", f"output={out}", "draw_threshold=0.0",
+                                    "device=cpu", f"draw_heatmap={heat}"]))
+        drawn[heat] = decode_image(str(out / "grey.jpg")).int()
+    dets = json.loads((tmp_path / "pred-false" / "detections.json").read_text())
+    assert dets
+    # boxes in their class colours: the drawn picture has pixels near each detected class's colour
+    plain = drawn["false"].reshape(3, -1).T
+    for c in {d["category_id"] for d in dets if d["score"] >= 0.0}:
+        near = (plain - torch.tensor(class_color(c))).abs().amax(1) <= 40
+        assert near.any(), f"no pixel in class {c}'s colour"
+    # the heatmap overlay darkens the grey image where the heatmap is low (opacity 0.5)
+    corner_plain, corner_heat = drawn["false"][:, 90:, :4].float().mean(), drawn["true"][:, 90:, :4].float().mean()
+    assert corner_heat < corner_plain - 30
+
+
 def test_tools_give_clear_errors(tmp_path):
     from ttfnet_lightning.checkpoints import load_model
 
@@ -160,10 +186,12 @@ def test_wandb_offline_run_contains_metrics(tmp_path, monkeypatch):
     train(compose("train", overrides))
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, list((tmp_path / "wandb").iterdir())
-    data = b"".join(p.read_bytes() for p in runs[0].glob("*.wandb"))
-    for key in (b"train/loss", b"val/AP50", b"time/train_seconds", b"val/predictions"):
+    keys = (b"train/loss", b"val/AP50", b"time/train_seconds", b"val/predictions", b"val/heatmaps")
+    data = offline_run_bytes(runs[0], keys)
+    for key in keys:
         assert key in data, f"{key!r} not in the offline W&B run"
     assert (tmp_path / "metrics.csv").is_file()  # CSV as well
+
 
 
 def test_multirun_two_jobs(tmp_path):

@@ -12,7 +12,7 @@ import torch
 import torchvision
 from omegaconf import OmegaConf
 
-from conftest import compose
+from conftest import compose, offline_run_bytes
 from ttfnet_lightning.runs import check_same_config
 from ttfnet_lightning.tables import build_table, expand_grid, job_dirname, paper_values
 
@@ -180,8 +180,30 @@ def test_aggregator_table1_and_written_files(tmp_path):
     md = (sweep / "table.md").read_text()
     assert "| AP | 1.0 ± 0.0 [27.2] |" in md
     rows = (sweep / "table.csv").read_text().splitlines()
-    assert rows[0].startswith("table,row,column,mean,std,n") and len(rows) > 6
+    assert rows[0].startswith("table,row,column,mean,std,n") and rows[0].endswith(",collapsed") and len(rows) > 6
     assert (sweep / "jobs.csv").read_text().count("finished") == 18
+    pytest.importorskip("matplotlib")
+    assert (sweep / "table.png").read_bytes()[:4] == b"\x89PNG"  # the plot beside table.md
+
+
+def test_aggregator_logs_its_plot_to_the_sweeps_wandb_group(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    from ttfnet_lightning.tables import aggregate, main
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    sweep = fake_sweep(tmp_path, "table4", lambda c: 5.0 + c.seed)
+    aggregate(sweep, ratio=False, quiet=True)  # by default: files only
+    assert (sweep / "table.png").is_file() and not (sweep / "wandb").exists()
+    assert main([str(sweep), "--wandb"]) == 0  # the jobs log to W&B (the default logger): one summary run in their group
+    runs = list((sweep / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, runs
+    keys = (b"table4/plot", b"table4/cells", b"table4-cpu", b"summary")
+    data = offline_run_bytes(runs[0], keys)  # (wandb-core appends the records asynchronously)
+    for key in keys:
+        assert key in data, f"{key!r} not in the offline W&B run"
+    (tmp_path / "csv").mkdir()
+    csv_only = fake_sweep(tmp_path / "csv", "table4", lambda c: 5.0, extra=["logger=csv"])
+    assert main([str(csv_only), "--wandb"]) == 0 and not (csv_only / "wandb").exists()  # jobs without W&B: nothing logged
 
 
 def test_aggregator_marks_missing_and_failed_jobs(tmp_path):

@@ -2,7 +2,8 @@
 
     python -m ttfnet_lightning.predict ckpt=PATH input=IMAGE_OR_DIR output=DIR
 
-Writes ``DIR/<image name>.jpg`` with boxes above ``draw_threshold`` and ``DIR/detections.json``
+Writes ``DIR/<image name>.jpg`` with boxes above ``draw_threshold`` (class name and score, one
+colour per class; ``draw_heatmap=true`` blends the predicted heatmap under them) and ``DIR/detections.json``
 (COCO results: ``image_id``, ``category_id``, ``bbox`` [x, y, w, h] in original pixels, ``score``)
 with ``DIR/images.json`` (COCO ``images`` and ``categories`` entries naming the ids).
 """
@@ -24,12 +25,12 @@ from pytorch_lightning.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset
 from torchvision.io import write_jpeg
 from torchvision.transforms.v2 import functional as TF
-from torchvision.utils import draw_bounding_boxes
 
 from .checkpoints import load_model
 from .data.errors import DataError
 from .data.sample import load_rgb_image
 from .decode import coco_results
+from .viz import draw_detections
 
 log = logging.getLogger(__name__)
 
@@ -87,12 +88,15 @@ def collate_images(items: list[dict[str, Any] | None]) -> dict[str, Any]:
 
 class DetectionWriter(BasePredictionWriter):
     """Writes each predicted batch as it comes (nothing accumulates in memory): the image with its
-    boxes above ``draw_threshold`` (class name and score) as ``<output>/<name>.jpg``, and at the end
+    boxes above ``draw_threshold`` (class name and score, a colour per class, and the predicted
+    heatmap underneath when the predictions carry one) as ``<output>/<name>.jpg``, and at the end
     ``detections.json`` (COCO results) and ``images.json`` (COCO images and categories)."""
 
-    def __init__(self, output: Path, *, class_names: Sequence[str], cat_ids: Sequence[int], draw_threshold: float) -> None:
+    def __init__(self, output: Path, *, class_names: Sequence[str], cat_ids: Sequence[int], draw_threshold: float,
+                 heatmap_alpha: float = 0.5) -> None:
         super().__init__(write_interval="batch")
         self.output, self.names, self.cat_ids, self.draw_threshold = Path(output), list(class_names), list(cat_ids), float(draw_threshold)
+        self.heatmap_alpha = float(heatmap_alpha)
         self.results: list[dict[str, Any]] = []
         self.images: list[dict[str, Any]] = []
         self.skipped = 0
@@ -105,11 +109,8 @@ class DetectionWriter(BasePredictionWriter):
             boxes, scores, labels = det["boxes"].cpu(), det["scores"].cpu(), det["labels"].cpu()
             path = Path(meta["path"])
             self.images.append({"id": meta["image_id"], "file_name": path.name, "height": int(img.shape[-2]), "width": int(img.shape[-1])})
-            keep = scores >= self.draw_threshold
-            drawn = img
-            if keep.any():
-                text = [f"{self.names[c]} {s:.2f}" for c, s in zip(labels[keep].tolist(), scores[keep].tolist())]
-                drawn = draw_bounding_boxes(img, boxes[keep], labels=text, colors="red", width=max(1, round(max(img.shape[-2:]) / 300)))
+            drawn = draw_detections(img, boxes, labels, scores, class_names=self.names, score_threshold=self.draw_threshold,
+                                    heatmap=det.get("heatmap"), heatmap_alpha=self.heatmap_alpha)
             write_jpeg(drawn, str(self.output / (path.stem + ".jpg")), quality=90)
 
     def finish(self) -> None:
@@ -120,7 +121,12 @@ class DetectionWriter(BasePredictionWriter):
 
 def predict(cfg: DictConfig) -> dict[str, Any]:
     """Detections for ``cfg.input`` (an image or a directory) by ``cfg.ckpt``, with Lightning's
-    ``trainer.predict`` and the module's ``predict_step``."""
+    ``trainer.predict`` and the module's ``predict_step``; an exported ``model.onnx`` runs with
+    onnxruntime instead (no torch model in the loop, see ``onnx_runtime.predict_onnx``)."""
+    if str(cfg.ckpt).lower().endswith(".onnx"):
+        from .onnx_runtime import predict_onnx
+
+        return predict_onnx(cfg)
     model = load_model(cfg.ckpt)
     inf = cfg.get("inference") or {}
     if inf.get("optimize", True):
@@ -129,8 +135,9 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
     names = model.class_names
+    model.predict_heatmaps = bool(cfg.get("draw_heatmap", False))
     writer = DetectionWriter(out, class_names=names, cat_ids=model.label_to_cat_id or list(range(len(names))),
-                             draw_threshold=cfg.draw_threshold)
+                             draw_threshold=cfg.draw_threshold, heatmap_alpha=float(cfg.get("heatmap_alpha", 0.5)))
     loader = DataLoader(ImageFolder(files, model.input_size), batch_size=int(cfg.batch_size), num_workers=int(cfg.get("num_workers", 0)),
                         collate_fn=collate_images)
     accelerator = {"auto": "auto", "cpu": "cpu", "cuda": "gpu"}.get(str(cfg.device), str(cfg.device))

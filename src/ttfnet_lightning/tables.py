@@ -1,7 +1,8 @@
 """A finished (or half-finished) paper-table sweep -> the paper's table, ours beside the paper's.
 
-    python -m ttfnet_lightning.tables multirun/table2-cpu          # prints it, writes table.md/.csv
+    python -m ttfnet_lightning.tables multirun/table2-cpu          # prints it, writes table.md/.csv/.png
     python -m ttfnet_lightning.tables multirun/table2-cpu --no-ratio   # skip the Ratio computation
+    python -m ttfnet_lightning.tables multirun/table2-cpu --wandb      # also log the plot to the sweep's W&B group
 
 A table sweep (``experiment=tableN``, see ``conf/experiment/paper_table.yaml``) leaves in its sweep
 dir Hydra's ``multirun.yaml`` (the grid and the command line) and one dir per job, named after the
@@ -43,7 +44,7 @@ from omegaconf import DictConfig, OmegaConf
 log = logging.getLogger(__name__)
 
 __all__ = ["Table", "Job", "build_table", "expand_grid", "expand_sweep", "job_dirname", "read_results", "paper_values", "write_table",
-           "box_collapse", "AggregateOnMultirunEnd", "main"]
+           "write_plot", "uses_wandb", "box_collapse", "AggregateOnMultirunEnd", "main"]
 
 RESULTS_FILE = "results.json"  # a run's final record, written by train.train (defined here: no Lightning import)
 
@@ -250,7 +251,7 @@ class Table:
                 {
                     "table": self.name, "row": r, "column": c, "mean": cell.mean, "std": cell.std,
                     "n": len(cell.values), "jobs": len(cell.statuses), "values": " ".join(f"{v:.4f}" for v in cell.values),
-                    "paper": cell.paper, "statuses": " ".join(cell.statuses),
+                    "paper": cell.paper, "statuses": " ".join(cell.statuses), "collapsed": cell.collapsed,
                 }
             )
         return out
@@ -671,8 +672,23 @@ def build_table(sweep_dir: str | Path, *, ratio: bool = True) -> tuple[Table, li
     return table, jobs
 
 
-def write_table(table: Table, jobs: Sequence[Job], sweep_dir: str | Path) -> tuple[Path, Path]:
-    """``table.md`` and ``table.csv`` (one row per cell, plus one per job) into ``sweep_dir``."""
+def write_plot(table: Table, sweep_dir: str | Path) -> Path | None:
+    """``table.png`` beside ``table.md``: the table as a plot (:func:`ttfnet_lightning.viz.table_figure`),
+    ours beside the paper's values. Needs matplotlib (the ``viz`` extra); without it nothing is
+    written and a note is logged. Returns the path, or None."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        log.info("table.png not written: matplotlib is not installed (pip install -e '.[viz]')")
+        return None
+    from .viz import save_figure, table_figure
+
+    return save_figure(table_figure(table.csv_rows(), name=table.name), Path(sweep_dir) / "table.png", dpi=80)
+
+
+def write_table(table: Table, jobs: Sequence[Job], sweep_dir: str | Path, *, plot: bool = True) -> tuple[Path, Path]:
+    """``table.md`` and ``table.csv`` (one row per cell, plus one per job) into ``sweep_dir``, and
+    with ``plot`` its plot ``table.png`` (when matplotlib is installed, see :func:`write_plot`)."""
     sweep_dir = Path(sweep_dir)
     md = sweep_dir / "table.md"
     md.write_text(table.markdown())
@@ -689,15 +705,36 @@ def write_table(table: Table, jobs: Sequence[Job], sweep_dir: str | Path) -> tup
             m = j.results.get("metrics", {})
             writer.writerow([j.dir.name, j.status, m.get("val/AP"), m.get("val/AP50"), j.results.get("fps"), m.get("time/train_seconds"),
                              " ".join(j.overrides)])
+    if plot:
+        try:
+            write_plot(table, sweep_dir)
+        except Exception as exc:  # a plotting failure must not cost the table
+            log.warning("table.png not written: %s: %s", type(exc).__name__, exc)
     return md, path
 
 
-def aggregate(sweep_dir: str | Path, *, ratio: bool = True, quiet: bool = False) -> Table:
+def uses_wandb(jobs: Sequence[Job]) -> bool:
+    """Whether the sweep's jobs log to W&B (their ``logger`` group has a W&B logger)."""
+    return any(str(lg.get("_target_", "")).endswith("WandbLogger") for j in jobs[:1] for lg in (j.cfg.get("logger") or {}).values())
+
+
+def aggregate(sweep_dir: str | Path, *, ratio: bool = True, quiet: bool = False, wandb: bool = False) -> Table:
+    """Build the table of a sweep, write ``table.md``, ``table.csv``, ``jobs.csv`` and ``table.png``
+    into it, and with ``wandb`` (and jobs that log to W&B) log the plot and the cells as one more
+    run of the sweep's W&B group (:func:`ttfnet_lightning.tracking.log_sweep_summary`)."""
     table, jobs = build_table(sweep_dir, ratio=ratio)
     md, path = write_table(table, jobs, sweep_dir)
+    png = Path(sweep_dir) / "table.png"
+    if wandb and uses_wandb(jobs):
+        from .tracking import log_sweep_summary
+
+        try:
+            log_sweep_summary(jobs[0].cfg, sweep_dir, name=table.name, rows=table.csv_rows(), images={"plot": png} if png.is_file() else {})
+        except Exception as exc:  # the table is on disk either way
+            log.warning("could not log the %s summary to W&B: %s", table.name, exc)
     if not quiet:
         print(table.markdown())
-        print(f"written: {md}, {path}, {Path(sweep_dir) / 'jobs.csv'}")
+        print(f"written: {md}, {path}, {Path(sweep_dir) / 'jobs.csv'}" + (f", {png}" if png.is_file() else ""))
     return table
 
 
@@ -708,7 +745,8 @@ class AggregateOnMultirunEnd(Callback):
         # in a process of its own: this one's Hydra is still initialised, and a failure here must
         # not turn a finished sweep into an error (its results are on disk either way)
         sweep_dir = str(config.hydra.sweep.dir)
-        rc = subprocess.call([sys.executable, "-m", "ttfnet_lightning.tables", sweep_dir])
+        wandb = any(str(lg.get("_target_", "")).endswith("WandbLogger") for lg in (config.get("logger") or {}).values())
+        rc = subprocess.call([sys.executable, "-m", "ttfnet_lightning.tables", sweep_dir, *(["--wandb"] if wandb else [])])
         if rc:
             log.error("could not build the table of %s (exit %d); run python -m ttfnet_lightning.tables %s", sweep_dir, rc, sweep_dir)
 
@@ -717,11 +755,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m ttfnet_lightning.tables", description=__doc__.split("\n")[0])
     ap.add_argument("sweep_dirs", nargs="+", help="sweep dirs of experiment=tableN (e.g. multirun/table2-cpu)")
     ap.add_argument("--no-ratio", action="store_true", help="do not compute the Ratio columns (Tables 2, 3)")
+    ap.add_argument("--wandb", action="store_true", help="also log the table plot and cells to the sweep's W&B group (jobs that used W&B)")
     args = ap.parse_args(argv)
     rc = 0
     for d in args.sweep_dirs:
         try:
-            aggregate(d, ratio=not args.no_ratio)
+            aggregate(d, ratio=not args.no_ratio, wandb=args.wandb)
         except (FileNotFoundError, ValueError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             rc = 2

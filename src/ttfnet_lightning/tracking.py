@@ -9,6 +9,9 @@ A run's identity comes from its config and, in a Hydra multirun, its job's task 
 * other multiruns: group ``sweep-<sweep dir name>``, ``job_type="sweep"``, tags per varied setting;
 * single runs: group ``cfg.group`` (or none), ``job_type="train"``, tags ``cfg.tags``.
 
+When a paper-table sweep ends, its table plot and cells go to the same group as one more run,
+``job_type="summary"`` (:func:`log_sweep_summary`, called by the tables aggregator).
+
 An explicit ``cfg.group`` always wins and ``cfg.tags`` are always kept. The config goes to W&B as
 flat top-level keys (``kernel.beta``, ``schedule.lr``, ``backbone.name``, ...), so W&B's group-by
 and parallel-coordinates panels can use them directly, and the ``val/*`` metrics are plotted
@@ -43,6 +46,7 @@ __all__ = [
     "flatten_dict",
     "job_overrides",
     "log_hyperparams",
+    "log_sweep_summary",
     "override_tags",
     "run_identity",
 ]
@@ -51,7 +55,7 @@ Scalar = str | int | float | bool | None
 
 # the validation metrics logged by TTFNetModule and LogValPredictions (named explicitly: see
 # define_wandb_metrics)
-VAL_METRICS = ("val/AP", "val/AP50", "val/AP75", "val/APs", "val/APm", "val/APl", "val/loss", "val/predictions")
+VAL_METRICS = ("val/AP", "val/AP50", "val/AP75", "val/APs", "val/APm", "val/APl", "val/loss", "val/predictions", "val/heatmaps")
 TRAIN_CLOCK = "time/train_hours"
 GLOBAL_STEP = "trainer/global_step"  # WandbLogger's step metric
 MAX_TAG_LEN = 64  # W&B refuses longer tags
@@ -299,3 +303,33 @@ def finish_wandb(loggers: list[Any]) -> None:
         import wandb
 
         wandb.finish()
+
+
+def log_sweep_summary(
+    cfg: DictConfig, out_dir: str | Path, *, name: str, rows: Sequence[Mapping[str, Any]], images: Mapping[str, str | Path]
+) -> str | None:
+    """Log a sweep's summary to W&B as one more run of the sweep's group (``cfg`` is one of its
+    jobs' configs: same project, group and offline rule as the jobs): ``<name>/<key>`` images
+    (e.g. the table plot) and ``<name>/cells`` (a table, one row per cell), ``job_type="summary"``,
+    run files under ``out_dir/wandb``. Returns the run's directory, or None when the jobs did not
+    log to W&B."""
+    lg_cfg = next((lg for lg in (cfg.get("logger") or {}).values() if str(lg.get("_target_", "")).endswith("WandbLogger")), None)
+    if lg_cfg is None:
+        return None
+    import wandb
+
+    ident = run_identity(cfg, overrides=[])
+    offline = wandb_offline(lg_cfg.get("offline"))
+    run = wandb.init(
+        project=lg_cfg.get("project") or cfg.get("project"), group=lg_cfg.get("group") or ident["group"], job_type="summary",
+        name=f"{name}-summary", tags=ident["tags"], dir=str(out_dir), mode="offline" if offline else "online", reinit="create_new",
+    )
+    try:
+        payload: dict[str, Any] = {f"{name}/{key}": wandb.Image(str(path)) for key, path in images.items()}
+        if rows:
+            columns = list(rows[0])
+            payload[f"{name}/cells"] = wandb.Table(columns=columns, data=[[None if r.get(c) is None else r.get(c) for c in columns] for r in rows])
+        run.log(payload)
+        return str(run.dir)
+    finally:
+        run.finish()
