@@ -18,7 +18,8 @@ def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
-DATA_ROOT = {"coco": ["data.datamodule.root=/nonexistent/coco"], "voc": ["data.datamodule.root=/nonexistent/voc"]}
+DATA_ROOT = {"coco": ["data.datamodule.root=/nonexistent/coco"], "voc": ["data.datamodule.root=/nonexistent/voc"],
+             "coco_stream": ["data.datamodule.input_dir=/nonexistent/stream"]}
 
 
 def resolved(overrides: list[str]) -> dict:

@@ -8,7 +8,9 @@ float32 (M, 4), transformed-image pixels), ``labels`` int64 (M,) in [0, C), ``im
 float32 (N,) (the area COCO's APs/APm/APl bucket by: COCO's annotation ``area``, else box area).
 An evaluation set that skips a bad image returns a :class:`BadImage` instead (dropped by the collate).
 Batches: see :func:`collate_detection`. Image reading policy and pre-flight check: see
-:mod:`~ttfnet_lightning.data.sample` and :mod:`~ttfnet_lightning.data.check`.
+:mod:`~ttfnet_lightning.data.sample` and :mod:`~ttfnet_lightning.data.check`. COCO in Lightning's
+streaming format (litdata, the ``stream`` extra): :mod:`~ttfnet_lightning.data.prepare` writes it,
+:class:`CocoStreamDataModule` (:mod:`~ttfnet_lightning.data.stream`) reads it.
 """
 
 from .coco import CocoDetection
@@ -17,6 +19,7 @@ from .datamodules import CocoDataModule, DetectionDataModule, ImageFileDataModul
 from .errors import DataError
 from .sample import BadImage, ImageFileDataset
 from .shapes import DEFAULT_SHAPE_CLASSES, SHAPE_KINDS, ShapesDataset, render_shapes
+from .stream import CocoStreamDataModule  # litdata is imported only when a stream is built
 from .transforms import build_transforms
 from .voc import VocDetection
 
@@ -37,4 +40,5 @@ __all__ = [
     "ShapesDataModule",
     "CocoDataModule",
     "VocDataModule",
+    "CocoStreamDataModule",
 ]

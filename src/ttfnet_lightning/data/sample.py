@@ -19,6 +19,7 @@ Image policy (:func:`decode_image`, :class:`ImageFileDataset`):
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -45,6 +46,7 @@ __all__ = [
     "decode_image",
     "detection_sample",
     "load_rgb_image",
+    "to_image_tensor",
 ]
 
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
@@ -87,32 +89,38 @@ class _SharedExclusiveLock:
 _TRUNCATION_LOCK = _SharedExclusiveLock()
 
 
-def _decode(path: Path, reduce_to: int | None) -> Image.Image:
-    with Image.open(path) as im:
+def _decode(src: Path | bytes, reduce_to: int | None) -> Image.Image:
+    with Image.open(io.BytesIO(src) if isinstance(src, (bytes, bytearray, memoryview)) else src) as im:
         if reduce_to is not None and im.format == "JPEG":
             # DCT-domain downscaling: reads (and so checks) the whole stream at a fraction of the cost
             im.draft("RGB", (max(1, im.width // reduce_to), max(1, im.height // reduce_to)))
         return im.convert("RGB")  # forces the full decode: truncated files fail here
 
 
-def decode_image(path: Path, *, reduce_to: int | None = None) -> tuple[Image.Image, str | None]:
-    """Decode an image file as RGB with the truncation policy (see the module docstring).
+def decode_image(
+    path: Path | bytes, *, reduce_to: int | None = None, name: str | None = None
+) -> tuple[Image.Image, str | None]:
+    """Decode an image file, or an image file's bytes (the streaming format stores them as they
+    are on disk), as RGB with the truncation policy (see the module docstring).
 
     Args:
-        path: image file.
+        path: image file, or its encoded bytes (``bytes`` / ``memoryview``).
         reduce_to: None: full resolution; k: a JPEG may be decoded about k times smaller (the
             pre-flight check's cheap full-stream decode); other formats decode at full size.
+        name: what error messages call the image (default: the path; for bytes, say which image).
     Returns:
         (RGB PIL image, None) when it decodes strictly, (image, the strict decoder's error) when
         it decodes only with truncation allowed.
     Raises:
         DataError: missing, unreadable or undecodable even with truncation allowed (names the path).
     """
+    if name is None:
+        name = "<image bytes>" if isinstance(path, (bytes, bytearray, memoryview)) else str(path)
     try:
         with _TRUNCATION_LOCK.shared():
             return _decode(path, reduce_to), None
     except FileNotFoundError:
-        raise DataError(f"image file not found: {path}") from None
+        raise DataError(f"image file not found: {name}") from None
     except _DECODE_ERRORS as e:  # PIL.UnidentifiedImageError is an OSError
         strict_error = f"{type(e).__name__}: {e}"
     with _TRUNCATION_LOCK.exclusive():
@@ -121,7 +129,7 @@ def decode_image(path: Path, *, reduce_to: int | None = None) -> tuple[Image.Ima
         try:
             return _decode(path, reduce_to), strict_error
         except _DECODE_ERRORS:
-            raise DataError(f"cannot read image {path}: {strict_error}") from None
+            raise DataError(f"cannot read image {name}: {strict_error}") from None
         finally:
             ImageFile.LOAD_TRUNCATED_IMAGES = before
 
@@ -137,12 +145,14 @@ def load_rgb_image(path: Path) -> tv_tensors.Image:
     rgb, truncated = decode_image(path)
     if truncated is not None:
         log.warning("loaded truncated/damaged image %s with truncation allowed (strict decoder said: %s)", path, truncated)
-    return _to_tensor(rgb)
+    return to_image_tensor(rgb)
 
 
-def _to_tensor(rgb: Image.Image) -> tv_tensors.Image:
+def to_image_tensor(rgb: Image.Image) -> tv_tensors.Image:
+    """RGB PIL image -> ``tv_tensors.Image`` uint8 (3, H, W) (how every data set returns images)."""
     arr = np.array(rgb, dtype=np.uint8)  # (H, W, 3), writable copy
     return tv_tensors.Image(torch.from_numpy(arr).permute(2, 0, 1).contiguous())
+
 
 
 def check_index(index: int, length: int) -> int:
@@ -273,7 +283,7 @@ class ImageFileDataset(Dataset):
             raise DataError(
                 f"image {path} is {rgb.width}x{rgb.height} (WxH) but its annotation says {size[1]}x{size[0]}"
             )
-        return _to_tensor(rgb)
+        return to_image_tensor(rgb)
 
     def __getitem__(self, index: int) -> tuple[tv_tensors.Image, dict[str, Any]] | BadImage:
         n = len(self)
