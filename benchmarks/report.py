@@ -26,9 +26,9 @@ BENCHMARKS = [
     ("latency", ["bench_latency.py"], True),
     ("train_step", ["bench_train_step.py"], True),
     ("data", ["bench_data.py"], True),
-    ("encoder", ["bench_encoder.py"], False),
+    ("encoder", ["bench_encoder.py"], True),
     ("deterministic", ["bench_deterministic.py"], False),
-    ("model", ["bench_model.py"], False),
+    ("model", ["bench_model.py"], True),
     ("gpu", ["bench_gpu.py"], True),
 ]
 QUICK = {"latency": ["--quick", "--repeats", "3"], "train_step": ["--only", "make-train", "--steps", "3", "--skip", "1"],

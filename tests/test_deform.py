@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import deform_conv2d
 
-from ttfnet_lightning.models import ModulatedDeformConv2d, TTFNet, UpsampleNeck
+from ttfnet_lightning.models import ModulatedDeformConv2d, TTFNet, UpsampleNeck, deform
 from ttfnet_lightning.models.deform import deform_conv2d_native
 
 F64 = torch.float64
@@ -91,6 +91,88 @@ def test_gradients_without_mask_and_bias():
     got = torch.autograd.grad(deform_conv2d_native(*inputs).square().sum(), inputs)
     for a, b in zip(got, ref):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+# (_CHUNK_INPUTS, chunks of the 3 x 5 x 7 x 6 input below, whose taps per image are 3x the input):
+# one output row per chunk, row blocks of one image, one image (over the budget, under twice it),
+# whole images, everything at once
+@pytest.mark.parametrize("chunk_inputs,n_chunks", [(0.0, 21), (1.0, 9), (2.0, 3), (5.0, 3), (100.0, 1)])
+@pytest.mark.parametrize("with_mask", [True, False])
+def test_chunked_recompute_matches_torchvision(monkeypatch, chunk_inputs, n_chunks, with_mask):
+    """Under autograd the taps are sampled in chunks (rows of one image, or whole images) in both
+    passes: same output and gradients as torchvision whatever the chunks."""
+    monkeypatch.setattr(deform, "_MIN_CHUNK_BYTES", 0)
+    monkeypatch.setattr(deform, "_CHUNK_INPUTS", chunk_inputs)
+    x, off, weight, bias, mask = _case(7, 6, scale=1.3, cin=5, batch=3, seed=6)
+    assert len(deform._chunk_plan(x, 9, 7, 6)) == n_chunks
+    inputs = [t.requires_grad_() for t in (x, off, weight, bias, mask if with_mask else None) if t is not None]
+    m = inputs[4] if with_mask else None
+    out, ref_out = deform_conv2d_native(*inputs[:4], m), _tv(*inputs[:4], m)
+    torch.testing.assert_close(out, ref_out, rtol=1e-12, atol=1e-12)
+    grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(7), dtype=F64)
+    for a, b in zip(torch.autograd.grad(out, inputs, grad_out), torch.autograd.grad(ref_out, inputs, grad_out)):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("needs", ["input", "offset", "weight", "bias", "mask", "offset+mask"])
+def test_gradients_of_some_inputs_only(needs):
+    x, off, weight, bias, mask = _case(5, 6, scale=1.5, seed=8)
+    names = ("input", "offset", "weight", "bias", "mask")
+    wanted = [t.requires_grad_() for n, t in zip(names, (x, off, weight, bias, mask)) if n in needs.split("+")]
+    got = torch.autograd.grad(deform_conv2d_native(x, off, weight, bias, mask).square().sum(), wanted)
+    ref = torch.autograd.grad(_tv(x, off, weight, bias, mask).square().sum(), wanted)
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+def _saved_bytes(fn, *args) -> int:
+    """Bytes of the distinct storages autograd saves for the backward pass of ``fn(*args)``."""
+    storages = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn(*args)
+    return sum(storages.values())
+
+
+def test_backward_does_not_keep_the_sampled_taps(monkeypatch):
+    """The memory bound of issue 10: the sampled taps (B, Cin, K, H*W), K = 9 times the input, are
+    not kept for the backward pass (they are sampled again there); the saved tensors are the
+    input, mask, weight and the sampling grid (as large as offset). The implementation before
+    (``_RECOMPUTE = False``) kept the taps twice (before and after the mask)."""
+    b, cin, cout, h, w = 2, 32, 16, 12, 10
+    x, off, weight, bias, mask = (t.float().requires_grad_() for t in _case(h, w, scale=1.0, cin=cin, cout=cout, batch=b))
+    input_bytes = x.numel() * x.element_size()
+    cols_bytes = 9 * input_bytes  # (B, Cin, 9, H*W) in the input's dtype
+    small = [off, weight, bias, mask]
+    new = _saved_bytes(deform_conv2d_native, x, off, weight, bias, mask)
+    assert new == input_bytes + sum(t.numel() * t.element_size() for t in small if t is not bias)
+    assert new < 3 * input_bytes < cols_bytes
+    monkeypatch.setattr(deform, "_RECOMPUTE", False)
+    assert _saved_bytes(deform_conv2d_native, x, off, weight, bias, mask) > 2 * cols_bytes
+
+
+def test_recompute_under_bf16_autocast_matches_the_one_shot_path(monkeypatch):
+    """CPU autocast (bf16): the recomputing backward uses the forward's dtypes (float32 samples,
+    bf16 matmuls); output and gradients agree with the one-shot implementation up to bf16 rounding."""
+    x, off, weight, bias, mask = (t.float() for t in _case(9, 8, scale=1.3, cin=16, cout=8, seed=9))
+    results = []
+    for recompute in (True, False):
+        monkeypatch.setattr(deform, "_RECOMPUTE", recompute)
+        inputs = [t.clone().requires_grad_() for t in (x, off, weight, bias, mask)]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = deform_conv2d_native(*inputs)
+        assert out.dtype == torch.bfloat16
+        grads = torch.autograd.grad(out.float().square().sum(), inputs)
+        assert [g.dtype for g in grads] == [torch.float32] * 5
+        results.append((out, grads))
+    (out, grads), (ref_out, ref_grads) = results
+    torch.testing.assert_close(out, ref_out)
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2 * b.abs().max().item())
 
 
 def test_unsupported_configurations_raise():
