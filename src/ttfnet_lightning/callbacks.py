@@ -171,14 +171,42 @@ class LogValPredictions(Callback):
             if len(pboxes):
                 pic = draw_bounding_boxes(pic, pboxes, labels=plabels, colors="red", width=1)
             drawn.append(pic)
+        heat, peaks = self.heatmaps(pl_module, batch, pics)
         for lg in targets:
             try:
-                if isinstance(lg, WandbLogger):
-                    lg.log_image(key="val/predictions", images=[p.permute(1, 2, 0).numpy() for p in drawn], step=trainer.global_step)
-                else:
-                    lg.experiment.add_images("val/predictions", torch.stack(drawn), trainer.global_step)
+                for key, pictures, extra in (("val/predictions", drawn, {}), ("val/heatmaps", heat, {"caption": peaks})):
+                    if not pictures:
+                        continue
+                    if isinstance(lg, WandbLogger):
+                        lg.log_image(key=key, images=[p.permute(1, 2, 0).numpy() for p in pictures], step=trainer.global_step, **extra)
+                    else:
+                        lg.experiment.add_images(key, torch.stack(pictures), trainer.global_step)
             except Exception as exc:  # a logging failure must never stop training
                 log.warning("could not log validation images to %s: %s", type(lg).__name__, exc)
+
+    def heatmaps(self, pl_module: pl.LightningModule, batch: Any, pics: torch.Tensor) -> tuple[list[torch.Tensor], list[str]]:
+        """The images ``pics`` (uint8, input size) with the predicted heatmap, scaled to its maximum,
+        blended over them and the true boxes in white, and captions giving each maximum (one more
+        forward pass of these few images; nothing if it fails)."""
+        from torchvision.utils import draw_bounding_boxes
+
+        from .viz import overlay_heatmap
+
+        try:
+            with torch.no_grad():
+                hm, _ = pl_module(batch["images"][: len(pics)])
+            heat = hm.float().sigmoid().amax(1).cpu()
+        except Exception as exc:  # a logging failure must never stop training
+            log.warning("could not compute validation heatmaps: %s", exc)
+            return [], []
+        out = []
+        for i, (pic, h) in enumerate(zip(pics, heat)):
+            pic = overlay_heatmap(pic, h, alpha=0.6, vmax=None)
+            gkeep = batch["labels"][i].cpu() >= 0
+            if gkeep.any():
+                pic = draw_bounding_boxes(pic, batch["boxes"][i].cpu()[gkeep], colors="white", width=1)
+            out.append(pic)
+        return out, [f"heatmap max {float(h.max()):.2f}" for h in heat]
 
 
 class FiniteGuard(Callback):

@@ -252,13 +252,22 @@ class TTFNetModule(pl.LightningModule):
             value = float(res[key])  # -1 where a size range has no ground truth: kept as -1
             self.log(f"val/{name}", -1.0 if is_na(value) else value * 100, prog_bar=name in ("AP", "AP50"), sync_dist=True)
 
+    #: ``predict_step`` adds each image's predicted ``heatmap`` (h, w): sigmoid, max over classes
+    predict_heatmaps: bool = False
+
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Tensor]]:
         """Detections (``{boxes, scores, labels}`` per image, xyxy in ``meta[i]["orig_size"]``
-        pixels when given, else input pixels) for a batch of images (``trainer.predict``)."""
+        pixels when given, else input pixels) for a batch of images (``trainer.predict``); with
+        ``predict_heatmaps`` also ``heatmap`` (h, w), the output map's class maximum after sigmoid."""
         if batch["images"].shape[0] == 0:  # every image of the batch was unreadable
             return []
         H, W = batch["images"].shape[-2:]
-        return self.decode(*self.net(batch["images"]), batch.get("meta"), (H, W))
+        hm, wh = self.net(batch["images"])
+        dets = self.decode(hm, wh, batch.get("meta"), (H, W))
+        if self.predict_heatmaps:
+            for det, heat in zip(dets, hm.float().sigmoid().amax(1)):
+                det["heatmap"] = heat
+        return dets
 
     # ------------------------------------------------------------------------------ inference
     def optimize_for_inference(self, **options: Any) -> TTFNetModule:
