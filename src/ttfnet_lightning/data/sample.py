@@ -218,7 +218,25 @@ class BadImage:
     reason: str
 
 
-class ImageFileDataset(Dataset):
+class BadImageCounts:
+    """``num_skipped`` / ``num_truncated`` of a data set that records its ``bad_images`` and
+    ``truncated_images`` (name -> reason) as it meets them (folder and streaming data sets)."""
+
+    bad_images: dict[str, str]
+    truncated_images: dict[str, str]
+
+    @property
+    def num_skipped(self) -> int:
+        """Distinct bad images skipped by this process (``skip_bad_images=True``)."""
+        return len(self.bad_images)
+
+    @property
+    def num_truncated(self) -> int:
+        """Distinct truncated-but-decodable images loaded by this process."""
+        return len(self.truncated_images)
+
+
+class ImageFileDataset(BadImageCounts, Dataset):
     """Base of the data sets that read image files: the one bad / truncated image policy.
 
     Subclasses set ``per_image`` (names of their per-image lists, all in index order), call
@@ -253,16 +271,6 @@ class ImageFileDataset(Dataset):
     # -- shared
     def __len__(self) -> int:
         return len(getattr(self, self.per_image[0]))
-
-    @property
-    def num_skipped(self) -> int:
-        """Distinct bad images skipped by this process (``skip_bad_images=True``)."""
-        return len(self.bad_images)
-
-    @property
-    def num_truncated(self) -> int:
-        """Distinct truncated-but-decodable images loaded by this process."""
-        return len(self.truncated_images)
 
     def read_image(self, index: int) -> tv_tensors.Image:
         """Image ``index`` as uint8 (3, H, W); a truncated one with a (once per file) warning.

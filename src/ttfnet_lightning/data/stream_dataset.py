@@ -13,7 +13,7 @@ from litdata import StreamingDataset
 from torchvision import tv_tensors
 
 from .errors import DataError
-from .sample import BadImage, decode_image, detection_sample, to_image_tensor
+from .sample import BadImage, BadImageCounts, decode_image, detection_sample, to_image_tensor
 from .stream import is_url
 
 log = logging.getLogger(__name__)
@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 __all__ = ["StreamingCocoDetection"]
 
 
-class StreamingCocoDetection(StreamingDataset):
+class StreamingCocoDetection(BadImageCounts, StreamingDataset):
     """One prepared COCO split, streamed: each item is what
     :class:`~ttfnet_lightning.data.coco.CocoDetection` returns for the same image (``(image,
     target)``, same decode, same transforms, same target keys), or a :class:`BadImage` for an item
@@ -72,14 +72,6 @@ class StreamingCocoDetection(StreamingDataset):
         self.max_bad_images = int(max_bad_images)
         self.bad_images: dict[str, str] = {}  # name -> reason, met by this process
         self.truncated_images: dict[str, str] = {}  # name -> strict decoder error, met by this process
-
-    @property
-    def num_skipped(self) -> int:
-        return len(self.bad_images)
-
-    @property
-    def num_truncated(self) -> int:
-        return len(self.truncated_images)
 
     def __getitem__(self, index: Any) -> Any:
         item = super().__getitem__(index)
