@@ -72,8 +72,10 @@ def main() -> None:
         print(f"\nR18 step at batch 16 consumes {need:.1f} images/s; one worker supplies {sample:.1f}: "
               f"{sample / need:.1f}x (goal >= 2x)")
         res["step_consumes_images_per_s"] = need
+    goals = {"one worker's training samples / what the R18 512 px batch-16 step consumes (goal >= 2)":
+             res[f"training sample at {args.size} px, augment=False"] / res["step_consumes_images_per_s"]} if args.step_ms else {}
     if args.json:
-        args.json.write_text(json.dumps({"machine": machine(), "images_per_s": res}, indent=2))
+        args.json.write_text(json.dumps({"machine": machine(), "images_per_s": res, "goals": goals}, indent=2))
 
 
 if __name__ == "__main__":

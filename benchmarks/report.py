@@ -30,10 +30,12 @@ BENCHMARKS = [
     ("deterministic", ["bench_deterministic.py"], False),
     ("model", ["bench_model.py"], True),
     ("gpu", ["bench_gpu.py"], True),
+    ("make_train", ["bench_make_train.py"], True),  # the real `make train`, last: ~10-15 min
 ]
 QUICK = {"latency": ["--quick", "--repeats", "3"], "train_step": ["--only", "make-train", "--steps", "3", "--skip", "1"],
          "data": ["--limit", "20"], "encoder": ["--repeats", "2", "--batch", "2", "--size", "128"], "deterministic": ["--repeats", "1"],
-         "model": ["--repeats", "1", "--size", "128"], "gpu": []}
+         "model": ["--repeats", "1", "--size", "128"], "gpu": [], "make_train": ["--max-steps", "3"]}
+README_START, README_END = "<!-- bench-report:start -->", "<!-- bench-report:end -->"
 
 
 def goals(results: dict) -> list[tuple[str, str, str]]:
@@ -58,12 +60,20 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=HERE)
     p.add_argument("--quick", action="store_true", help="tiny settings (checks that everything runs; figures not meaningful)")
+    p.add_argument("--skip", nargs="*", default=[], choices=[b[0] for b in BENCHMARKS], help="benchmarks left out")
+    p.add_argument("--readme", type=Path, default=HERE.parent / "README.md",
+                   help=f"README whose block between {README_START} and {README_END} is rewritten from the report (not with --quick)")
     args = p.parse_args()
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     sections, results = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, cmd, exports in BENCHMARKS:
             extra = QUICK.get(name, []) if args.quick else []
+            if name in args.skip:
+                continue
+            step = results.get("train_step", {}).get("settings", {}).get("512", {}).get("total", {}).get("ms")
+            if name == "data" and step:  # what the R18 step at 512 px, batch 16 measured above consumes
+                extra = [*extra, "--step-ms", f"{step:.1f}"]
             json_path = Path(tmp) / f"{name}.json"
             full = [sys.executable, str(HERE / cmd[0]), *cmd[1:], *extra, *(["--json", str(json_path)] if exports else [])]
             print(f"running {' '.join(full[1:])}", flush=True)
@@ -85,7 +95,50 @@ def main() -> int:
     (args.out / "report.md").write_text("\n".join(lines))
     (args.out / "report.json").write_text(json.dumps(report | {"goals": rows}, indent=2))
     print(f"wrote {args.out / 'report.md'} and {args.out / 'report.json'}")
+    if not args.quick and args.readme and args.readme.is_file():
+        if update_readme(args.readme, readme_block(report | {"goals": rows})):
+            print(f"rewrote the benchmark block of {args.readme}")
     return 0
+
+
+def readme_block(report: dict) -> str:
+    """The README's benchmark summary, made from a report (``report.json``): machine and date, the
+    goals table, the latency table and the training-step breakdown."""
+    res = report["results"]
+    out = [f"Measured by `make bench` (`python benchmarks/report.py`), started {report['started']}, on: {report['machine']}.",
+           "Full output: [`benchmarks/report.md`](benchmarks/report.md) (figures: `benchmarks/report.json`).", "",
+           "| goal (issue 10) | measured | met |", "|---|---|---|"]
+    out += [f"| {g} | {m} | {ok} |" for g, m, ok in report["goals"]]
+    if "latency" in res:
+        ms = res["latency"]["ms"]
+        ref = ms.get("TTFNet-R18@512 fp32 (as trained)")
+        out += ["", "Inference, batch 1, random weights, one process (`benchmarks/bench_latency.py`):", "",
+                "| model | ms | relative to TTFNet-R18 fp32 as trained |", "|---|---|---|"]
+        out += [f"| {k} | {v:.1f} | {v / ref:.2f}x |" if ref else f"| {k} | {v:.1f} | |" for k, v in ms.items()]
+    for setting, summary in res.get("train_step", {}).get("settings", {}).items():
+        out += ["", f"Training step, TTFNet-R18, setting `{setting}` (`benchmarks/bench_train_step.py`): "
+                + ", ".join(f"{p} {v['ms']:.0f} ms ({100 * v['share']:.1f} %)" for p, v in summary.items() if p != "total")
+                + f"; total {summary['total']['ms']:.0f} ms."]
+    if "data" in res:
+        out += ["", "Data loading on the COCO subset, one worker (`benchmarks/bench_data.py`): "
+                + ", ".join(f"{k} {v:.1f} images/s" for k, v in res["data"]["images_per_s"].items()) + "."]
+    if "make_train" in res:
+        mt = res["make_train"]
+        m = mt["metrics"]
+        out += ["", f"`make train` (`benchmarks/bench_make_train.py`): {mt['wall_seconds'] / 60:.1f} min wall clock "
+                f"({mt['train_seconds']:.0f} s training, {mt['global_step']} steps), val AP {m['val/AP']:.1f}, AP50 {m['val/AP50']:.1f}."]
+    return "\n".join(out)
+
+
+def update_readme(readme: Path, block: str) -> bool:
+    """Replace the text between the README's markers with ``block``; False when it has no markers."""
+    text = readme.read_text()
+    if README_START not in text or README_END not in text:
+        return False
+    head, rest = text.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    readme.write_text(f"{head}{README_START}\n{block}\n{README_END}{tail}")
+    return True
 
 
 if __name__ == "__main__":
