@@ -52,7 +52,8 @@ class ResumeMetrics(pl.Callback):
         self.out = out
 
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
-        truncate_metrics(self.out, int(checkpoint.get("global_step", 0)))
+        if trainer.is_global_zero:  # under DDP the file is rank 0's
+            truncate_metrics(self.out, int(checkpoint.get("global_step", 0)))
 
 
 def write_results(out: Path, results: dict[str, Any]) -> None:
