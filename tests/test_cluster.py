@@ -109,6 +109,9 @@ def test_slurm_launcher_config_and_its_sbatch_script(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------------ submitit, locally
+# slow (about 45 s: two job processes), to keep the default suite within CI's 15 minutes; the
+# default suite covers the SLURM launcher's config and script, and the Optuna search end to end
+@pytest.mark.slow
 def test_submitit_local_two_job_sweep(tmp_path):
     """``-m hydra/launcher=submitit_local seed=0,1``: each job runs in its own submitit process and
     trains, validates and writes its results into ``<sweep>/<job num>``."""

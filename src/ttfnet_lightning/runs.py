@@ -78,6 +78,8 @@ def resume_checkpoint(out: str | Path) -> Path | None:
 
 # keys that may change between a run and its resumption without changing its result
 _RESUME_FREE_KEYS = ("logger", "callbacks", "trainer.enable_progress_bar", "data.datamodule.num_workers", "data.datamodule.root",
+                     # where the streamed copy of the same data lives (data=coco_stream), not what it is
+                     "data.datamodule.input_dir", "data.datamodule.cache_dir", "data.datamodule.storage_options",
                      "backbone.weights", "pretrained_weights", "name", "group", "tags", "project", "ckpt_path", "skip_finished",
                      "output_dir", "job_overrides", "table.grid", "export_backbone",
                      # memory format and compilation change float rounding, not the run

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import sys
 import time
 import warnings
@@ -161,6 +162,14 @@ def _interrupted(out: Path, what: str, report: bool = True) -> SystemExit:
     return SystemExit(SIGTERM_EXIT_CODE)
 
 
+def _terminated_workers(exc: BaseException, trainer: pl.Trainer) -> bool:
+    """Whether ``exc`` is the data loader's report of workers ended by SIGTERM, or any error after
+    this process itself received SIGTERM (Lightning's signal connector noted it)."""
+    if re.search(r"DataLoader worker \(pids? [^)]*\) is killed by signal: Terminated", str(exc)):
+        return True
+    return bool(getattr(getattr(trainer, "_signal_connector", None), "received_sigterm", False))
+
+
 def train(cfg: DictConfig) -> float | None:
     """Train and validate; returns the last value of ``cfg.optimized_metric`` (None if never validated).
 
@@ -238,6 +247,15 @@ def train(cfg: DictConfig) -> float | None:
             if isinstance(cb, StopOnSignal):
                 cb.requeue()  # stopped by submitit's preemption signal: submitit requeues the job and exits
         raise _interrupted(out, "SIGTERM", rank_zero) from None
+    except RuntimeError as exc:
+        # SIGTERM to the whole process group (SLURM's scancel, `kill -- -PGID`, a container stop)
+        # also reaches the data-loader workers, whose death the loader may report before Lightning
+        # stops at the step's end: an interruption like SIGTERM, not a failed run (which a sweep
+        # would mark failed and pass over)
+        if not _terminated_workers(exc, trainer):
+            raise
+        finish_wandb(loggers)
+        raise _interrupted(out, "SIGTERM (with its data-loader workers)", rank_zero) from None
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}  # all logged values are scalars
     value = metrics.get(str(cfg.optimized_metric))
     finish_wandb(loggers)
