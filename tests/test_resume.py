@@ -161,6 +161,28 @@ def test_sigterm_stops_the_whole_sweep(tmp_path):
     assert not (sweep / "1").exists(), "the sweep went on with its next job after SIGTERM"
 
 
+def test_sigterm_to_the_process_group_with_workers_is_an_interruption(tmp_path):
+    """SIGTERM to the whole process group (what SLURM's scancel, `kill -- -PGID` or a container
+    stop send): the data-loader workers die with the training process, and the loader reports
+    their death at once. The run is still an interruption (exit 143, interrupted.ckpt), not a
+    failed job, and the sweep stops (it once marked the job failed and went on with the next)."""
+    sweep = tmp_path / "sweep"
+    run_ = [o for o in RUN if not o.startswith("data.datamodule.num_workers")] + ["data.datamodule.num_workers=2"]
+    cmd = [sys.executable, "-m", "ttfnet_lightning.train", "-m", "seed=0,1", *run_, f"hydra.sweep.dir={sweep}"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env(), start_new_session=True)
+    deadline = time.monotonic() + 600
+    while latest_step(sweep / "0") < 1:
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        assert time.monotonic() < deadline, "no checkpoint within 600 s"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGTERM)
+    rc, text = finish(proc)
+    assert rc == 143, text[-3000:]
+    assert (sweep / "0" / "checkpoints" / "interrupted.ckpt").is_file(), text[-3000:]
+    assert not (sweep / "0" / "results.json").exists(), "the interrupted job was recorded as finished or failed"
+    assert not (sweep / "1").exists(), "the sweep went on with its next job after SIGTERM"
+
+
 def test_slurm_sigusr1_saves_and_requeues_then_sigterm(tmp_path):
     """Lightning's SLURMEnvironment (auto_requeue): SIGUSR1 -> hpc_ckpt_1.ckpt in the output dir
     and `scontrol requeue <job id>` (a stand-in scontrol records its arguments); the SIGTERM that

@@ -234,6 +234,19 @@ def test_changed_config_is_not_resumed(tmp_path):
         check_same_config(tmp_path, cfg)
 
 
+def test_moving_the_streamed_data_does_not_block_a_resume(tmp_path):
+    """data=coco_stream: the chunks copied elsewhere (another input_dir, cache_dir) are the same data;
+    other data settings still are a different run."""
+    cfg = OmegaConf.to_container(compose("train", ["data=coco_stream", "data.datamodule.input_dir=/data/a"]), resolve=True)
+    (tmp_path / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg))
+    cfg["data"]["datamodule"]["input_dir"] = "s3://bucket/a"
+    cfg["data"]["datamodule"]["cache_dir"] = "/scratch/cache"
+    check_same_config(tmp_path, cfg)
+    cfg["data"]["datamodule"]["input_size"] = [320, 320]
+    with pytest.raises(ValueError, match=r"data.datamodule.input_size"):
+        check_same_config(tmp_path, cfg)
+
+
 def test_a_setting_added_later_at_its_default_does_not_block_a_resume(tmp_path):
     """Runs stored before a schema field existed (e.g. kernel.radius_formula) stay resumable and
     skippable while the new field is at its default; a non-default value is a different run."""

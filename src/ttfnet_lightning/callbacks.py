@@ -14,7 +14,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback, OnExceptionCheckpoint
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from .decode import coco_results
 from .lit_module import NonFiniteError, image_ids
@@ -80,9 +80,10 @@ class TimeToAccuracy(Callback):
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return
-        pl_module.log("time/train_seconds", self.train_seconds)
-        pl_module.log("time/train_hours", self.train_seconds / 3600)
-        pl_module.log("time/step", float(trainer.global_step))
+        # sync_dist: under DDP the mean over the processes (their clocks differ by milliseconds)
+        pl_module.log("time/train_seconds", self.train_seconds, sync_dist=True)
+        pl_module.log("time/train_hours", self.train_seconds / 3600, sync_dist=True)
+        pl_module.log("time/step", float(trainer.global_step), sync_dist=True)
 
     def state_dict(self) -> dict[str, Any]:
         return {"train_seconds": self.seconds()}
@@ -95,7 +96,9 @@ class TimeToAccuracy(Callback):
 class CocoResultsWriter(Callback):
     """COCO-format detections of each validation (``detections_val.json`` in the log dir), with
     the data set's original category ids when the module knows them (``data_info.label_to_cat_id``);
-    the official COCO evaluator reads it (``evaluate``). Skipped in the sanity check; rank 0 writes."""
+    the official COCO evaluator reads it (``evaluate``). Skipped in the sanity check. Under DDP the
+    detections of every rank are gathered to rank 0, which writes them, each image's detections once
+    (the distributed sampler's padding repeats images: :func:`~ttfnet_lightning.distributed.dedupe_by_image`)."""
 
     def __init__(self, filename: str = "detections_val.json") -> None:
         self.filename = filename
@@ -122,13 +125,24 @@ class CocoResultsWriter(Callback):
             self.add(outputs, batch["meta"], getattr(pl_module, "label_to_cat_id", None))
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero or trainer.log_dir is None:
+        if trainer.sanity_checking:
             return
-        self.write(Path(trainer.log_dir) / self.filename)
+        from .distributed import dedupe_by_image, gather_to_rank_zero
+
+        per_rank = gather_to_rank_zero(trainer, self.results)  # collectives under DDP: every rank calls
+        log_dir = trainer.log_dir  # both (Lightning broadcasts log_dir from rank 0)
+        if per_rank is None or not trainer.is_global_zero or log_dir is None:
+            return
+        if len(per_rank) > 1:
+            self.results = dedupe_by_image(per_rank)
+        self.write(Path(log_dir) / self.filename)
 
 
 class LogValPredictions(Callback):
-    """Log a few validation images with predicted (red) and true (green) boxes to W&B/TensorBoard.
+    """Log a few validation images with predicted (red) and true (green) boxes to W&B/TensorBoard
+    (``val/predictions``), and the same images with the predicted heatmap (sigmoid, max over
+    classes, scaled to its maximum, given in the caption) blended over them and the true boxes in
+    white (``val/heatmaps``).
 
     Args:
         num_images: images logged per validation (from the first validation batch).
@@ -310,34 +324,57 @@ class SeededSamples(Dataset):
             return self.dataset[index]
 
 
-class EpochSampler(Sampler[tuple[int, int]]):
+class EpochSampler(DistributedSampler):
     """Training order of epoch ``e``: a permutation and one augmentation seed per position, drawn
     from ``(seed, e)`` alone, so they are the same in every run with this seed and after any
     resume; yields ``(index, augmentation seed)`` for :class:`SeededSamples`. ``skip`` leaves out
     the first samples of the next iteration (a mid-epoch resume continues with the batch after the
-    last trained one). Set up by :class:`DataOrder`."""
+    last trained one). Set up by :class:`DataOrder`.
 
-    def __init__(self, num_samples: int, seed: int) -> None:
-        self.num_samples = int(num_samples)
+    Under DDP (``world_size`` > 1, ``batch_size`` B per process) the one global order is cut into
+    steps of ``B x world_size`` positions, and rank ``r`` takes the ``r``-th block of ``B`` of each:
+    a step's batches are then exactly the micro-batches of one process with
+    ``accumulate_grad_batches=world_size`` (and together one batch of ``B x world_size``). The order
+    is cut to whole steps (``drop_last``) or padded with its first samples (else), so every rank has
+    the same number of batches; ``skip`` counts global positions. A ``DistributedSampler`` itself, so
+    that Lightning does not shard it again."""
+
+    def __init__(self, num_samples: int, seed: int, *, rank: int = 0, world_size: int = 1, batch_size: int = 1, drop_last: bool = False) -> None:
+        super().__init__(range(int(num_samples)), num_replicas=int(world_size), rank=int(rank), shuffle=False, drop_last=False)
+        self.size = int(num_samples)
         self.seed = int(seed)
+        self.batch_size = int(batch_size)
+        self.cut = bool(drop_last)
         self.epoch = 0
-        self.skip = 0  # samples to leave out at the next __iter__
+        self.skip = 0  # global positions to leave out at the next __iter__
 
     def set_epoch(self, epoch: int) -> None:  # called by Lightning before each epoch
         self.epoch = int(epoch)
 
     def order(self, epoch: int) -> list[tuple[int, int]]:
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + int(epoch))
-        perm = torch.randperm(self.num_samples, generator=gen).tolist()
-        seeds = torch.randint(0, 2**62, (self.num_samples,), generator=gen).tolist()
+        perm = torch.randperm(self.size, generator=gen).tolist()
+        seeds = torch.randint(0, 2**62, (self.size,), generator=gen).tolist()
         return list(zip(perm, seeds))
+
+    def _global_size(self) -> int:
+        step = self.batch_size * self.num_replicas
+        return (self.size // step if self.cut else -(-self.size // step)) * step
 
     def __iter__(self):
         skip, self.skip = self.skip, 0
-        return iter(self.order(self.epoch)[skip:])
+        order = self.order(self.epoch)
+        if self.num_replicas == 1:
+            return iter(order[skip:])
+        total, B, step = self._global_size(), self.batch_size, self.batch_size * self.num_replicas
+        while len(order) < total:  # padded with the first samples, as DistributedSampler pads
+            order += order[: total - len(order)]
+        order = order[:total]
+        return iter([order[i] for start in range(skip, total, step) for i in range(start + self.rank * B, start + (self.rank + 1) * B)])
 
     def __len__(self) -> int:
-        return self.num_samples
+        # per rank; the whole epoch, also when skipping
+        return self.size if self.num_replicas == 1 else self._global_size() // self.num_replicas
 
 
 class DataOrder(Callback):
@@ -354,6 +391,7 @@ class DataOrder(Callback):
 
     def __init__(self, seed: int) -> None:
         self.seed = int(seed)
+        self.rank, self.world_size = 0, 1  # this process's shard under DDP (from the trainer, in setup)
         self.sampler: EpochSampler | None = None
         self._resume_at: tuple[int, int] | None = None  # (epoch, batches) from a loaded checkpoint
         self._check: tuple[int, int] | None = None
@@ -363,11 +401,12 @@ class DataOrder(Callback):
 
         def train_dataloader() -> DataLoader:
             dl = make()
-            self.sampler = EpochSampler(len(dl.dataset), self.seed)
+            self.sampler = EpochSampler(len(dl.dataset), self.seed, rank=self.rank, world_size=self.world_size,
+                                        batch_size=int(dl.batch_size), drop_last=bool(dl.drop_last))
             if self._resume_at is not None:
                 epoch, batches = self._resume_at
                 self.sampler.set_epoch(epoch)
-                self.sampler.skip = batches * int(dl.batch_size)
+                self.sampler.skip = batches * int(dl.batch_size) * self.world_size
                 self._check, self._resume_at = (epoch, batches), None
             return DataLoader(
                 SeededSamples(dl.dataset), batch_size=dl.batch_size, sampler=self.sampler, drop_last=dl.drop_last,
@@ -376,6 +415,9 @@ class DataOrder(Callback):
             )
 
         dm.train_dataloader = train_dataloader  # type: ignore[method-assign]
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.rank, self.world_size = int(trainer.global_rank), int(trainer.world_size)
 
     def state_dict(self) -> dict[str, Any]:
         return {}  # the position is written by on_save_checkpoint, which sees the trainer

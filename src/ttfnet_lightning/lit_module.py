@@ -46,8 +46,9 @@ def image_ids(batch: dict[str, Any]) -> list[Any]:
 
 
 def build_map_metric():
-    """torchmetrics COCO mAP (box IoU), faster_coco_eval backend when installed, else pycocotools."""
-    from torchmetrics.detection import MeanAveragePrecision
+    """torchmetrics COCO mAP (box IoU), faster_coco_eval backend when installed, else pycocotools;
+    under DDP each image counts once (:class:`~ttfnet_lightning.distributed.ImageMeanAveragePrecision`)."""
+    from .distributed import ImageMeanAveragePrecision as MeanAveragePrecision
 
     try:
         import faster_coco_eval  # noqa: F401
@@ -218,7 +219,7 @@ class TTFNetModule(pl.LightningModule):
         self.log("val/loss", losses["loss"], batch_size=B, sync_dist=True)
         H, W = batch["images"].shape[-2:]
         dets = self.decode(hm, wh, batch["meta"], (H, W))
-        self.val_map.update(dets, self.ground_truth(batch))
+        self.val_map.update(dets, self.ground_truth(batch), image_ids=[m["image_id"] for m in batch["meta"]])
         return dets  # (the CocoResultsWriter callback collects them)
 
     @staticmethod

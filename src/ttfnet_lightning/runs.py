@@ -52,7 +52,8 @@ class ResumeMetrics(pl.Callback):
         self.out = out
 
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
-        truncate_metrics(self.out, int(checkpoint.get("global_step", 0)))
+        if trainer.is_global_zero:  # under DDP the file is rank 0's
+            truncate_metrics(self.out, int(checkpoint.get("global_step", 0)))
 
 
 def write_results(out: Path, results: dict[str, Any]) -> None:
@@ -77,6 +78,8 @@ def resume_checkpoint(out: str | Path) -> Path | None:
 
 # keys that may change between a run and its resumption without changing its result
 _RESUME_FREE_KEYS = ("logger", "callbacks", "trainer.enable_progress_bar", "data.datamodule.num_workers", "data.datamodule.root",
+                     # where the streamed copy of the same data lives (data=coco_stream), not what it is
+                     "data.datamodule.input_dir", "data.datamodule.cache_dir", "data.datamodule.storage_options",
                      "backbone.weights", "pretrained_weights", "name", "group", "tags", "project", "ckpt_path", "skip_finished",
                      "output_dir", "job_overrides", "table.grid", "export_backbone",
                      # memory format and compilation change float rounding, not the run

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import sys
 import time
 import warnings
@@ -28,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from .callbacks import CocoResultsWriter, DataOrder, FiniteGuard, InterruptCheckpoint, LogValPredictions, RerunInterruptedValidation, TimeToAccuracy
 from .checkpoints import StrictCheckpointIO, export_backbone_weights
 from .config import DecodeConfig, LossConfig, NetConfig, OptimConfig
+from .distributed import StopOnSignal, ddp_run_scope, is_launch_rank_zero, patch_lightning_hydra_command
 from .lit_module import TTFNetModule
 from .metrics import AP_NAMES, NA_NOTE, is_na
 from .runs import ResumeMetrics, check_same_config, resume_checkpoint, truncate_metrics, write_results
@@ -39,6 +41,17 @@ log = logging.getLogger(__name__)
 # `hydra.sweep.subdir: ${ttf_jobdir:${hydra.overrides.task},${table.grid...}}` in the paper-table sweeps
 if not OmegaConf.has_resolver("ttf_jobdir"):
     OmegaConf.register_new_resolver("ttf_jobdir", job_dirname)
+
+
+def sqlite_url(path: str) -> str:
+    """``sqlite:///<path>``, its folder created (sqlite does not create it, and Optuna opens the
+    storage before Hydra creates the sweep dir): ``${ttf_sqlite:${hydra.sweep.dir}/optuna.db}``."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{Path(path).absolute()}"
+
+
+if not OmegaConf.has_resolver("ttf_sqlite"):
+    OmegaConf.register_new_resolver("ttf_sqlite", sqlite_url)
 
 __all__ = ["train", "build_datamodule", "build_module", "build_callbacks", "output_dir"]
 
@@ -106,6 +119,9 @@ def build_callbacks(cfg: DictConfig, out: Path) -> list[pl.Callback]:
         ResumeMetrics(out),
         LearningRateMonitor(logging_interval="step"),  # train/lr/weights, train/lr/biases
         CocoResultsWriter(),  # detections_val.json of each validation
+        # under DDP, SIGTERM stops every process after the same step; under submitit, a preemption
+        # stops training at a step's end before the job is requeued (else: Lightning's handling)
+        StopOnSignal(),
     ]
     every = cfg.callbacks.get("checkpoint_every_n_steps")
     if every:
@@ -136,12 +152,22 @@ def _print_metrics(metrics: dict[str, float], title: str) -> None:
 SIGTERM_EXIT_CODE = 143
 
 
-def _interrupted(out: Path, what: str) -> SystemExit:
-    """The ``SystemExit`` (non-zero) of a run stopped by a signal, after saying how to resume it."""
+def _interrupted(out: Path, what: str, report: bool = True) -> SystemExit:
+    """The ``SystemExit`` (non-zero) of a run stopped by a signal, after saying how to resume it
+    (``report``: on rank 0 only under DDP)."""
     ckpt = out / "checkpoints" / "interrupted.ckpt"
     saved = f"{ckpt} written; " if ckpt.is_file() else ""
-    print(f"\ntraining stopped by {what}: {out} is not finished; {saved}run the same command again to resume it", file=sys.stderr, flush=True)
+    if report:
+        print(f"\ntraining stopped by {what}: {out} is not finished; {saved}run the same command again to resume it", file=sys.stderr, flush=True)
     return SystemExit(SIGTERM_EXIT_CODE)
+
+
+def _terminated_workers(exc: BaseException, trainer: pl.Trainer) -> bool:
+    """Whether ``exc`` is the data loader's report of workers ended by SIGTERM, or any error after
+    this process itself received SIGTERM (Lightning's signal connector noted it)."""
+    if re.search(r"DataLoader worker \(pids? [^)]*\) is killed by signal: Terminated", str(exc)):
+        return True
+    return bool(getattr(getattr(trainer, "_signal_connector", None), "received_sigterm", False))
 
 
 def train(cfg: DictConfig) -> float | None:
@@ -150,15 +176,20 @@ def train(cfg: DictConfig) -> float | None:
     Writes ``results.json`` (final metrics, timing, the job's overrides) into the output dir when
     training ends. A run whose output dir already holds a finished ``results.json`` is not trained
     again (``skip_finished``, default true): re-running a sweep skips its finished jobs. An
-    unfinished run resumes from its newest checkpoint (see :func:`resume_checkpoint`)."""
+    unfinished run resumes from its newest checkpoint (see :func:`resume_checkpoint`).
+
+    Under DDP every process runs this function; the run's files are written by global rank 0 only
+    (see :mod:`ttfnet_lightning.distributed`)."""
     out = output_dir(cfg)
+    rank_zero = is_launch_rank_zero()
     resolved = OmegaConf.to_container(cfg, resolve=True)
     done = read_results(out)
     if done is not None or resume_checkpoint(out) is not None:
         check_same_config(out, resolved)
     if cfg.get("skip_finished", True) and done and done.get("status") == "finished":
-        print(f"\nskipping {out}: finished earlier (results.json; skip_finished=false trains again)")
-        if cfg.get("export_backbone") and not Path(cfg.export_backbone).is_file():
+        if rank_zero:
+            print(f"\nskipping {out}: finished earlier (results.json; skip_finished=false trains again)")
+        if cfg.get("export_backbone") and rank_zero and not Path(cfg.export_backbone).is_file():
             from .checkpoints import load_model
 
             export_backbone_weights(load_model(out / "checkpoints" / "last.ckpt"), cfg.export_backbone)
@@ -166,7 +197,7 @@ def train(cfg: DictConfig) -> float | None:
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     ckpt_path = cfg.get("ckpt_path") or resume_checkpoint(out)
-    if not ckpt_path:
+    if not ckpt_path and rank_zero:
         truncate_metrics(out, None)  # a fresh run: no rows of an earlier attempt in this dir
     pl.seed_everything(int(cfg.seed), workers=True)
     dm = build_datamodule(cfg)
@@ -178,7 +209,8 @@ def train(cfg: DictConfig) -> float | None:
     loggers = build_loggers(cfg, out)
     for lg in loggers:  # W&B: flat config keys, val/* against training hours
         log_hyperparams(lg, cfg, resolved)
-    (out / "config_resolved.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)))
+    if rank_zero:
+        (out / "config_resolved.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)))
     callbacks = build_callbacks(cfg, out)
     if cfg.get("exact_resume", False):
         order = DataOrder(int(cfg.seed))
@@ -188,12 +220,15 @@ def train(cfg: DictConfig) -> float | None:
         cfg.trainer, default_root_dir=str(out), logger=loggers, callbacks=callbacks, plugins=[StrictCheckpointIO()], _convert_="all"
     )
     log.info("output dir: %s", out)
-    if ckpt_path and not cfg.get("ckpt_path"):
+    rank_zero = trainer.is_global_zero  # the Trainer knows the real rank
+    if ckpt_path and not cfg.get("ckpt_path") and rank_zero:
         print(f"resuming {out} from {ckpt_path}")
     from pytorch_lightning.utilities.exceptions import SIGTERMException
 
     try:
-        with warnings.catch_warnings():
+        # DDP inside a Hydra sweep: the other ranks run this job, not the sweep's command line, and
+        # the job's process group ends with it
+        with warnings.catch_warnings(), patch_lightning_hydra_command(), ddp_run_scope():
             warnings.filterwarnings("ignore", message=r".*ckpt_path=\"last\".*")  # we pass the checkpoint explicitly
             warnings.filterwarnings("ignore", message=r".*overridden `(on_after_batch_transfer|transfer_batch_to_device)`.*")
             if cfg.get("exact_resume", False):
@@ -208,16 +243,32 @@ def train(cfg: DictConfig) -> float | None:
         # Lightning raises SystemExit() (exit status 0) on SIGTERM: schedulers must see a failure,
         # and a sweep must stop here rather than start its next job
         finish_wandb(loggers)
-        raise _interrupted(out, "SIGTERM") from None
+        for cb in trainer.callbacks:
+            if isinstance(cb, StopOnSignal):
+                cb.requeue()  # stopped by submitit's preemption signal: submitit requeues the job and exits
+        raise _interrupted(out, "SIGTERM", rank_zero) from None
+    except RuntimeError as exc:
+        # SIGTERM to the whole process group (SLURM's scancel, `kill -- -PGID`, a container stop)
+        # also reaches the data-loader workers, whose death the loader may report before Lightning
+        # stops at the step's end: an interruption like SIGTERM, not a failed run (which a sweep
+        # would mark failed and pass over)
+        if not _terminated_workers(exc, trainer):
+            raise
+        finish_wandb(loggers)
+        raise _interrupted(out, "SIGTERM (with its data-loader workers)", rank_zero) from None
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}  # all logged values are scalars
+    value = metrics.get(str(cfg.optimized_metric))
+    finish_wandb(loggers)
+    if not rank_zero:  # under DDP: the metrics are synced, rank 0 reports and writes them
+        if trainer.interrupted:
+            raise KeyboardInterrupt(f"training interrupted: {out} is not finished")
+        return value
     _print_metrics(metrics, f"final metrics ({out})")
     ckpt = trainer.checkpoint_callback
     if ckpt is not None and ckpt.best_model_path and Path(ckpt.best_model_path).is_file():
         print(f"  best checkpoint: {ckpt.best_model_path} (val/AP {float(ckpt.best_model_score):.3f})")
     if (out / "checkpoints" / "last.ckpt").is_file():
         print(f"  last checkpoint: {out / 'checkpoints' / 'last.ckpt'}")
-    value = metrics.get(str(cfg.optimized_metric))
-    finish_wandb(loggers)
     if trainer.interrupted:  # Ctrl-C: Lightning returned normally, but the run is not finished
         # (and a sweep must stop here rather than start its next job)
         raise KeyboardInterrupt(f"training interrupted: {out} is not finished; run the same command again to resume it")
