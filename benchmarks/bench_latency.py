@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -93,14 +94,14 @@ def main() -> None:
     args = p.parse_args()
     torch.manual_seed(0)
     print(f"machine: {machine()}")
-    print(f"batch 1, random weights, median of {args.repeats} after 2 warm-up runs\n")
+    print(f"batch 1, random weights; every model built first, then timed in {args.repeats} interleaved rounds of one call each "
+          "after 2 warm-up calls (a slow moment of this shared machine hits every model alike); medians\n")
     rows: dict[str, float] = {}
+    models: dict[str, Callable[[], object]] = {}
 
-    def measure(name: str, fn: Callable[[], object]) -> float:
-        med, _ = timeit(fn, repeats=args.repeats, warmup=2)
-        rows[name] = med * 1000
-        print(f"  {name:<52} {med * 1000:8.1f} ms", flush=True)
-        return med
+    def measure(name: str, fn: Callable[[], object]) -> None:
+        timeit(fn, repeats=2, warmup=0)  # warm-up (and a check that it runs)
+        models[name] = fn
 
     backbones = ("r18",) if args.quick else ("r18", "r34", "d53")
     for backbone in backbones:
@@ -119,6 +120,14 @@ def main() -> None:
         ("ssd300_vgg16", 300), ("ssdlite320_mobilenet_v3_large", 320), ("fcos_resnet50_fpn", 512), ("retinanet_resnet50_fpn", 512)]
     for name, size in others:
         measure(f"torchvision {name}@{size}", torchvision_fn(name, size))
+
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(args.repeats):
+        for name, fn in models.items():
+            times[name].append(timeit(fn, repeats=1, warmup=0)[0])
+    for name, t in times.items():
+        rows[name] = statistics.median(t) * 1000
+        print(f"  {name:<52} {rows[name]:8.1f} ms  (min {min(t) * 1000:.1f}, max {max(t) * 1000:.1f})", flush=True)
 
     ref = rows["TTFNet-R18@512 fp32 (as trained)"]
     print("\nratio to TTFNet-R18@512 fp32 (as trained), > 1 = slower than it:")

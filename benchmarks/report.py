@@ -127,6 +127,14 @@ def readme_block(report: dict) -> str:
         m = mt["metrics"]
         out += ["", f"`make train` (`benchmarks/bench_make_train.py`): {mt['wall_seconds'] / 60:.1f} min wall clock "
                 f"({mt['train_seconds']:.0f} s training, {mt['global_step']} steps), val AP {m['val/AP']:.1f}, AP50 {m['val/AP50']:.1f}."]
+        ev = mt.get("evaluate", {})
+        if "as trained" in ev and "inference path" in ev:
+            out += ["", "Its checkpoint evaluated (`python -m ttfnet_lightning.evaluate ckpt=... inference.precisions=[fp32,bf16]`, "
+                    "100 % of the validation images): as trained (fp32) AP " + f"{ev['as trained']['val/AP']:.2f}, "
+                    f"{ev['as trained']['model_only_images_per_s_batch1']:.1f} images/s model-only at batch 1, "
+                    f"{ev['as trained']['end_to_end_images_per_s']:.1f} end to end; inference path "
+                    + "; ".join(f"{p} AP {v['val/AP']:.2f}, {v['model_only_images_per_s_batch1']:.1f} images/s model-only at batch 1, "
+                                f"{v['end_to_end_images_per_s']:.1f} end to end" for p, v in ev["inference path"]["by_precision"].items()) + "."]
     return "\n".join(out)
 
 
