@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -265,11 +268,38 @@ class InterruptCheckpoint(OnExceptionCheckpoint):
             log.info("not writing %s: no training step ran in this session", self.ckpt_path)
             return
         try:
-            super().on_exception(trainer, pl_module, exception)
+            with _worker_deaths_ignored():
+                super().on_exception(trainer, pl_module, exception)
         except Exception as exc:  # the original exception is the one to report
             log.error("could not write the interruption checkpoint %s: %s", self.ckpt_path, exc)
         else:
             log.warning("wrote %s at global step %d (%s)", self.ckpt_path, trainer.global_step, type(exception).__name__)
+
+
+@contextmanager
+def _worker_deaths_ignored() -> Iterator[None]:
+    """Mute the data loader's SIGCHLD handler while the interruption checkpoint is written.
+
+    When SIGTERM reaches the whole process group, every data-loader worker dies; PyTorch's SIGCHLD
+    handler raises "DataLoader worker ... is killed by signal" for each dead worker, at whatever
+    line the main thread is running. The first report stops training (an interruption, see
+    ``train._terminated_workers``); the next one, arriving a few ms later, used to abort the
+    checkpoint write. The workers are gone either way: the checkpoint needs none of them."""
+    if not hasattr(signal, "SIGCHLD") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = None
+    for _ in range(8):  # signal.signal runs pending Python handlers first: one may raise once per worker
+        try:
+            previous = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            break
+        except RuntimeError as exc:
+            log.info("data-loader worker ended while stopping: %s", exc)
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGCHLD, previous)
 
 
 class RerunInterruptedValidation(Callback):
