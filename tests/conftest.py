@@ -17,6 +17,13 @@ os.environ.setdefault("TTFNET_LIGHTNING_CACHE", tempfile.mkdtemp(prefix="ttfnet-
 REPO = Path(__file__).resolve().parents[1]
 
 
+def subprocess_env() -> dict[str, str]:
+    """Environment for a training run started as a subprocess: offline W&B, full Hydra errors,
+    and this checkout's ``src`` importable (also when the package is not installed)."""
+    path = os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])
+    return os.environ | {"WANDB_MODE": "offline", "PYTHONPATH": path, "HYDRA_FULL_ERROR": "1"}
+
+
 def shared_data_dir() -> Path:
     """``../shared/data`` beside the repository (CI clones with shared/ beside it)."""
     for cand in (REPO.parent / "shared" / "data", Path("/work/shared/data")):

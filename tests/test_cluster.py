@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, TINY_TRAIN, compose
+from conftest import TINY_TRAIN, compose, subprocess_env
 
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="the cluster extra (hydra-submitit-launcher) is not installed")
 
@@ -27,9 +27,7 @@ JOB = [o for o in TINY_TRAIN if not o.startswith(("schedule.max_epochs", "data.d
 ]
 
 
-def env() -> dict[str, str]:
-    path = os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])
-    return os.environ | {"WANDB_MODE": "offline", "PYTHONPATH": path, "HYDRA_FULL_ERROR": "1"}
+env = subprocess_env
 
 
 def train_cmd(*args: str) -> list[str]:

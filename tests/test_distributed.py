@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -20,13 +19,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from conftest import REPO, TINY_TRAIN, compose
+from conftest import REPO, TINY_TRAIN, compose, subprocess_env
 from ttfnet_lightning.optim import lr_factor, scaled_lr
 
-
-def env() -> dict[str, str]:
-    path = os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])
-    return os.environ | {"WANDB_MODE": "offline", "PYTHONPATH": path, "HYDRA_FULL_ERROR": "1"}
+env = subprocess_env
 
 
 def rows(path: Path) -> list[dict[str, str]]:

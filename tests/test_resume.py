@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, TINY_TRAIN
+from conftest import TINY_TRAIN, subprocess_env
 
 # 4 batches of 4 per epoch, 2 epochs, a latest-step checkpoint after every step (the test's
 # "training has started" marker and a hard kill's resume point)
@@ -28,9 +28,7 @@ RUN = [o for o in TINY_TRAIN if not o.startswith(("data.datamodule.num_train", "
 TIME_COLUMNS = ("time/train_seconds", "time/train_hours")
 
 
-def env() -> dict[str, str]:
-    path = os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])
-    return os.environ | {"WANDB_MODE": "offline", "PYTHONPATH": path, "HYDRA_FULL_ERROR": "1"}
+env = subprocess_env
 
 
 def command(out: Path, *extra: str) -> list[str]:
