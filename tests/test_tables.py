@@ -330,7 +330,10 @@ def test_verdicts_follow_the_numbers(tmp_path):
             return 30.0 - (10.0 if small and c.schedule.lr == lr_top else 0.0) + 0.3 * c.seed  # noqa: B023  (called within the loop)
 
         table, _ = build_table(fake_sweep(d, "table5", ap), ratio=False)
-        assert verdicts(table)[0].verdict == expected, verdicts(table)[0]
+        at_top = [v for v in verdicts(table) if f"to LR {lr_top:g}:" in v.claim]
+        assert len(at_top) == 1 and at_top[0].verdict == expected, verdicts(table)
+        # judged at every LR above both rows' best: the LRs between show no difference
+        assert [v.verdict for v in verdicts(table) if v.claim != at_top[0].claim] == ["within noise"] * 2, verdicts(table)
 
 
 def test_verdicts_pair_cells_by_seed(tmp_path):
