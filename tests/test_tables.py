@@ -336,6 +336,30 @@ def test_verdicts_follow_the_numbers(tmp_path):
         assert [v.verdict for v in verdicts(table) if v.claim != at_top[0].claim] == ["within noise"] * 2, verdicts(table)
 
 
+def test_table6_verdicts_with_one_seed_use_the_cpu_seed_spread(tmp_path):
+    """Table 6's CPU cells have one seed each: the noise is the CPU tables' measured seed spread,
+    so a 20 AP gap is reproduced and a 2 AP gap is within noise (not 'reproduced' for want of a
+    spread); a backbone without results leaves the claim 'not measured'."""
+    from ttfnet_lightning.tables import CPU_SEED_SPREAD
+
+    def ap(c, gap):
+        row = {"2x": 0.0, "10x": gap}[str(c.schedule.name)] + (gap if c.backbone.pretrained and str(c.schedule.name) == "10x" else 0.0)
+        return 20.0 + row
+
+    for gap, expected in ((20.0, "reproduced"), (2.0, "within noise"), (-20.0, "not reproduced")):
+        d = tmp_path / f"gap{gap}"
+        d.mkdir()
+        table, _ = build_table(fake_sweep(d, "table6", lambda c, gap=gap: ap(c, gap)), ratio=False)
+        assert table.seed_spread == CPU_SEED_SPREAD
+        assert [v.verdict for v in table.verdicts] == [expected, expected], table.verdicts
+        assert "one seed per cell" in table.verdicts[0].evidence
+    d = tmp_path / "partial"
+    d.mkdir()
+    table, _ = build_table(fake_sweep(d, "table6", lambda c: ap(c, 20.0), skip=(2, 5, 8)), ratio=False)  # D53 missing
+    assert all(v.verdict == "not measured" for v in table.verdicts), table.verdicts
+    assert "R18: reproduced" in table.verdicts[0].evidence and "D53: not measured" in table.verdicts[0].evidence, table.verdicts[0]
+
+
 def test_verdicts_pair_cells_by_seed(tmp_path):
     """A seed that moves every setting alike (here by 10 AP per seed) hides a consistent +1 AP
     between two settings from an unpaired comparison; paired by seed, the +1 is resolved."""
