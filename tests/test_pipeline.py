@@ -308,6 +308,34 @@ def test_rerun_into_the_same_output_dir_resumes(trained, tmp_path):
     assert column(read_csv(out / "metrics.csv"), "time/step") == [6.0]
 
 
+def test_backbone_pretraining_run_recreates_a_missing_export(tmp_path, capsys):
+    """experiment=cpu_pretrain writes the backbone file; a rerun skips the finished run but writes
+    the file again from last.ckpt if it is gone, and trains again only when the checkpoint is gone
+    too (a fresh clone: results.json is tracked, weights are not)."""
+    import shutil
+
+    out, pth = tmp_path / "r18-run", tmp_path / "r18.pth"
+    overrides = ["experiment=cpu_pretrain", *TINY_TRAIN, "schedule.max_epochs=1", f"output_dir={out}", f"export_backbone={pth}"]
+    train(compose("train", overrides))
+    first = torch.load(pth, map_location="cpu")
+    assert any(k.startswith("layer4.") for k in first), list(first)[:5]
+    finished_at = json.loads((out / "results.json").read_text())["finished_at"]
+
+    pth.unlink()
+    capsys.readouterr()
+    train(compose("train", overrides))
+    assert "skipping" in capsys.readouterr().out
+    again = torch.load(pth, map_location="cpu")
+    assert first.keys() == again.keys() and all(torch.equal(first[k], again[k]) for k in first)
+    assert json.loads((out / "results.json").read_text())["finished_at"] == finished_at  # not trained again
+
+    pth.unlink()
+    shutil.rmtree(out / "checkpoints")
+    train(compose("train", overrides))
+    assert "training it again" in capsys.readouterr().out
+    assert pth.is_file() and (out / "checkpoints" / "last.ckpt").is_file()
+
+
 def test_step_timer_breaks_each_training_step_down(tmp_path):
     """TINY_TRAIN: 2 epochs of 2 steps; the first step (warm-up) is left out of the summary."""
     import ttfnet_lightning.train as train_mod

@@ -186,14 +186,24 @@ def train(cfg: DictConfig) -> float | None:
     done = read_results(out)
     if done is not None or resume_checkpoint(out) is not None:
         check_same_config(out, resolved)
+    export_missing = bool(cfg.get("export_backbone")) and not Path(cfg.export_backbone).is_file()
+    last_ckpt = out / "checkpoints" / "last.ckpt"
     if cfg.get("skip_finished", True) and done and done.get("status") == "finished":
-        if rank_zero:
-            print(f"\nskipping {out}: finished earlier (results.json; skip_finished=false trains again)")
-        if cfg.get("export_backbone") and rank_zero and not Path(cfg.export_backbone).is_file():
-            from .checkpoints import load_model
+        if export_missing and not last_ckpt.is_file():
+            # The run finished, but both its exported backbone and its checkpoint are gone (e.g. a
+            # fresh clone: results.json is tracked, weights are not). The export is the point of
+            # such a run, so train it again rather than fail or skip.
+            if rank_zero:
+                print(f"\n{out} finished earlier, but {cfg.export_backbone} and {last_ckpt} are both "
+                      "missing: training it again to re-create the backbone weights")
+        else:
+            if rank_zero:
+                print(f"\nskipping {out}: finished earlier (results.json; skip_finished=false trains again)")
+            if export_missing and rank_zero:
+                from .checkpoints import load_model
 
-            export_backbone_weights(load_model(out / "checkpoints" / "last.ckpt"), cfg.export_backbone)
-        return done.get("metrics", {}).get(str(cfg.optimized_metric))
+                export_backbone_weights(load_model(last_ckpt), cfg.export_backbone)
+            return done.get("metrics", {}).get(str(cfg.optimized_metric))
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     ckpt_path = cfg.get("ckpt_path") or resume_checkpoint(out)
