@@ -101,6 +101,7 @@ def test_table6_paper_grid():
     for _, c in jobs:
         assert c.schedule.augment == (c.schedule.name == "10x")
         assert c.backbone.frozen_stages == (1 if c.backbone.pretrained else -1)
+        assert c.backbone.box_convs == (1 if c.backbone.name == "r18" else 2)  # the paper's heads
 
 
 # -------------------------------------------------------------------------------- CPU protocol
@@ -111,6 +112,7 @@ def test_cpu_protocol_grids(table, count):
     for _, c in jobs:
         assert c.data.name == "shapes" and c.trainer.accelerator == "cpu" and c.table.protocol == "cpu"
         assert c.data.datamodule.input_size == [128, 128]
+        assert c.backbone.box_convs == 1  # R18's regression head for every backbone (protocol/cpu.yaml)
         if c.backbone.pretrained or table != "table6":
             assert c.backbone.weights == f"results/cpu-pretrained/{c.backbone.name}.pth"
         else:
