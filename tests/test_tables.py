@@ -311,6 +311,23 @@ def test_cpu_mini_sweep_end_to_end_and_resume(tmp_path):
     assert json.loads((interrupted / "results.json").read_text())["status"] == "finished"
 
 
+def test_a_failed_job_is_marked_and_said_at_once(tmp_path):
+    """A job that fails (here: its backbone weights file is missing) gets status "failed" with the
+    error in its results.json (the table shows it, a rerun retries it), and the log says so when it
+    happens, not only when the sweep ends."""
+    sweep = tmp_path / "sweep"
+    args = [
+        "-m", "experiment=table2", "protocol=cpu", f"hydra.sweep.dir={sweep}", f"pretrained_weights.r18={tmp_path / 'absent.pth'}",
+        'table.grid.cpu={kernel.beta: "0.1", kernel.class_aware: "false", seed: "0"}', "logger=csv",
+    ]
+    env = {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run([sys.executable, "-m", "ttfnet_lightning.train", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    res = json.loads((sweep / "kernel.beta=0.1,kernel.class_aware=False,seed=0" / "results.json").read_text())
+    assert res["status"] == "failed" and "absent.pth" in res["error"], res
+    assert "job failed, marked in" in proc.stdout + proc.stderr and "absent.pth" in proc.stdout + proc.stderr
+
+
 def test_verdicts_follow_the_numbers(tmp_path):
     from ttfnet_lightning.tables import verdicts
 

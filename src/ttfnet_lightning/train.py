@@ -314,6 +314,8 @@ def main(cfg: DictConfig) -> float | None:
             out = output_dir(cfg)
             if out.is_dir():
                 write_results(out, {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "overrides": job_overrides(cfg)})
+                # said now: Hydra reports a sweep's failed jobs only once the whole sweep is over
+                log.error(f"job failed, marked in {out / 'results.json'}: {type(exc).__name__}: {exc}")
         raise
 
 
