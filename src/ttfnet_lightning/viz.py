@@ -518,7 +518,8 @@ def table_figure(rows: Sequence[Mapping[str, Any]] | str | Path, *, name: str | 
                "table5": _plot_table5, "table6": _plot_table6}.get(name, _plot_generic)
     fig = plotter(cells, paper.get(name, {}))
     collapsed = " x = runs whose box regression collapsed;" if any(r["collapsed"] for r in rows) else ""
-    fig.suptitle(title or f"{name}: ours (mean ± std over seeds, dots = seeds;{collapsed} this sweep's protocol) vs paper (COCO, TTFNet-53)",
+    paper_net = "R18 / R34 / D53" if name == "table6" else "TTFNet-53"  # Table 6 compares backbones
+    fig.suptitle(title or f"{name}: ours (mean ± std over seeds, dots = seeds;{collapsed} this sweep's protocol) vs paper (COCO, {paper_net})",
                  fontsize=10)
     fig.tight_layout()
     return fig
