@@ -12,7 +12,7 @@ import torch
 import torchvision
 from omegaconf import OmegaConf
 
-from conftest import compose, offline_run_bytes
+from conftest import compose, offline_run_bytes, subprocess_env
 from ttfnet_lightning.runs import check_same_config
 from ttfnet_lightning.tables import build_table, expand_grid, job_dirname, paper_values
 
@@ -320,8 +320,8 @@ def test_a_failed_job_is_marked_and_said_at_once(tmp_path):
         "-m", "experiment=table2", "protocol=cpu", f"hydra.sweep.dir={sweep}", f"pretrained_weights.r18={tmp_path / 'absent.pth'}",
         'table.grid.cpu={kernel.beta: "0.1", kernel.class_aware: "false", seed: "0"}', "logger=csv",
     ]
-    env = {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "PATH": "/usr/bin:/bin"}
-    proc = subprocess.run([sys.executable, "-m", "ttfnet_lightning.train", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    cmd = [sys.executable, "-m", "ttfnet_lightning.train", *args]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     res = json.loads((sweep / "kernel.beta=0.1,kernel.class_aware=False,seed=0" / "results.json").read_text())
     assert res["status"] == "failed" and "absent.pth" in res["error"], res
