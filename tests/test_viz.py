@@ -278,3 +278,24 @@ def test_cli_writes_the_figures(tmp_path):
     out = tmp_path / "targets.png"
     assert viz.main(["targets", "--source", "shapes", "--size", "64", "--ablations", "--out", str(out)]) == 0
     assert out.is_file()
+
+
+def test_training_batch_as_the_network_sees_it(tmp_path):
+    """`viz batch`: the configured datamodule's first training batch (augmentation included), its
+    boxes inside the image and drawn; the CLI takes train's overrides."""
+    needs_matplotlib()
+    overrides = ["data.datamodule.input_size=[64,64]", "data.datamodule.num_train=8", "data.datamodule.num_val=4",
+                 "data.datamodule.batch_size=4", "schedule.augment=true"]
+    batches, names = viz.training_batches(overrides, num_batches=2)
+    assert len(batches) == 2 and names
+    b = batches[0]
+    assert b["images"].shape == (4, 3, 64, 64) and b["images"].dtype == torch.uint8
+    real = b["labels"] >= 0
+    assert real.any() and int(b["labels"].max()) < len(names)
+    boxes = b["boxes"][real]
+    assert (boxes[:, :2] >= 0).all() and (boxes[:, 2:] <= 64).all() and (boxes[:, 2:] > boxes[:, :2]).all()
+    out = tmp_path / "batch.png"
+    assert viz.main(["batch", *overrides, "--num-images", "4", "--dpi", "30", "--out", str(out)]) == 0
+    from PIL import Image
+
+    assert Image.open(out).size[0] > 100

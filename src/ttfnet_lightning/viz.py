@@ -8,7 +8,7 @@ Two halves:
   the W&B validation images and the notebooks use them.
 * **Figures** (matplotlib, imported inside the functions only: ``pip install -e ".[viz]"``):
   :func:`targets_figure` (Figure 3), :func:`table_figure` (one per paper table, also written by the
-  tables aggregator as ``table.png``), :func:`time_to_accuracy_figure`, :func:`detections_figure`.
+  tables aggregator as ``table.png``), :func:`time_to_accuracy_figure`, :func:`detections_figure`, :func:`batch_figure`.
   Importing this module never imports matplotlib.
 
 Command line (what made the README's figures)::
@@ -17,6 +17,7 @@ Command line (what made the README's figures)::
     python -m ttfnet_lightning.viz table results/table2-cpu --out table2.png    # = the aggregator's table.png
     python -m ttfnet_lightning.viz time results/table1-cpu --out tta.png        # AP vs training time of a sweep's runs
     python -m ttfnet_lightning.viz detections --ckpt last.ckpt --out docs/figures/detections.png
+    python -m ttfnet_lightning.viz batch protocol=cpu schedule=10x --out batch.png  # a training batch as the network sees it
     python -m ttfnet_lightning.viz strip notebooks/*.ipynb                      # outputs out before committing
 """
 
@@ -43,7 +44,7 @@ __all__ = [
     "class_color", "class_colors", "colorize", "overlay_heatmap", "draw_detections", "run_model",
     "TargetMaps", "target_maps", "kernel_options", "kernel_names", "figure3_variants", "ablation_variants", "targets_figure",
     "read_validations", "sweep_runs", "read_table_csv", "table_figure", "time_to_accuracy_figure", "detections_figure",
-    "sample_images", "compose", "train_tiny_model", "save_figure", "subplots", "strip_notebook",
+    "sample_images", "compose", "train_tiny_model", "training_batches", "batch_figure", "save_figure", "subplots", "strip_notebook",
 ]
 
 # ------------------------------------------------------------------------------------ colours
@@ -831,6 +832,53 @@ def train_tiny_model(output_dir: str | Path, *, steps: int = 60, image_size: int
     return ckpt
 
 
+def training_batches(overrides: Sequence[str] = (), *, num_batches: int = 1) -> tuple[list[dict[str, Any]], list[str]]:
+    """The first ``num_batches`` training batches that ``train`` with these overrides would feed the
+    network (the configured datamodule, its transforms and augmentation; loaded in this process).
+
+    Returns:
+        (batches, class_names): each batch as the collate function makes it (``images`` (B, 3, H, W)
+        uint8, ``boxes`` (B, M, 4) xyxy pixels, ``labels`` (B, M), -1 = padding).
+    """
+    from hydra.utils import instantiate
+
+    cfg = compose("train", [*overrides, "data.datamodule.num_workers=0"])
+    dm = instantiate(cfg.data.datamodule)
+    dm.setup("fit")
+    batches = []
+    for batch in dm.train_dataloader():
+        batches.append(batch)
+        if len(batches) >= num_batches:
+            break
+    return batches, list(getattr(dm, "class_names", []) or [])
+
+
+def batch_figure(batch: Mapping[str, Any], *, class_names: Sequence[str] | None = None, num_images: int = 8,
+                 columns: int = 8, title: str | None = None) -> Any:
+    """A training batch as the network sees it: each image with its target boxes (padding left out)."""
+    images = batch["images"][:num_images]
+    n = len(images)
+    cols = min(columns, n)
+    rows = math.ceil(n / cols)
+    fig, axes = subplots(rows, cols, (2.2 * cols, 2.3 * rows + (0.4 if title else 0)))
+    for i in range(rows * cols):
+        ax = axes[i // cols][i % cols]
+        ax.axis("off")
+        if i >= n:
+            continue
+        keep = batch["labels"][i] >= 0
+        img = images[i]
+        if img.dtype != torch.uint8:
+            img = ((img - img.min()) / (img.max() - img.min() + 1e-6) * 255).to(torch.uint8)
+        drawn = draw_detections(img, batch["boxes"][i][keep], batch["labels"][i][keep], class_names=class_names)
+        ax.imshow(drawn.permute(1, 2, 0).numpy())
+        ax.set_title(f"{int(keep.sum())} boxes", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def save_figure(fig: Any, path: str | Path, *, dpi: int = 100, colors: int | None = 256) -> Path:
     """Save a figure as PNG; with ``colors`` the PNG is palette-quantised (a few times smaller,
     for figures committed to the repository)."""
@@ -895,7 +943,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     d.add_argument("--num-images", type=int, default=4)
     d.add_argument("--threshold", type=float, default=0.3)
     d.add_argument("--out", default="detections.png")
-    for p in (t, tb, tm, d):
+    bt = sub.add_parser("batch", help="the first training batch a config produces (augmentation included), boxes drawn")
+    bt.add_argument("overrides", nargs="*", help="train's Hydra overrides, e.g. schedule=10x data.datamodule.input_size=[128,128]")
+    bt.add_argument("--num-images", type=int, default=8)
+    bt.add_argument("--out", default="batch.png")
+    for p in (t, tb, tm, d, bt):
         p.add_argument("--dpi", type=int, default=80)
     st = sub.add_parser("strip", help="remove notebooks' outputs in place (they are stored without)")
     st.add_argument("notebooks", nargs="+")
@@ -924,6 +976,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             rows = build_table(sweep, ratio=False)[0].csv_rows()
         fig = table_figure(rows)
         args.out = args.out or str(sweep / "table.png")
+    elif args.cmd == "batch":
+        batches, names = training_batches(args.overrides)
+        b = batches[0]
+        H, W = b["images"].shape[-2:]
+        fig = batch_figure(b, class_names=names or None, num_images=args.num_images,
+                           title=f"first training batch, {H}x{W} px: {' '.join(args.overrides) or 'defaults'}")
     elif args.cmd == "time":
         runs: dict[str, Path] = {}
         for p in args.paths:
