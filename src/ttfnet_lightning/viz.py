@@ -840,10 +840,10 @@ def training_batches(overrides: Sequence[str] = (), *, num_batches: int = 1) -> 
         (batches, class_names): each batch as the collate function makes it (``images`` (B, 3, H, W)
         uint8, ``boxes`` (B, M, 4) xyxy pixels, ``labels`` (B, M), -1 = padding).
     """
-    from hydra.utils import instantiate
+    from .train import build_datamodule
 
     cfg = compose("train", [*overrides, "data.datamodule.num_workers=0"])
-    dm = instantiate(cfg.data.datamodule)
+    dm = build_datamodule(cfg)
     dm.setup("fit")
     batches = []
     for batch in dm.train_dataloader():
@@ -855,7 +855,8 @@ def training_batches(overrides: Sequence[str] = (), *, num_batches: int = 1) -> 
 
 def batch_figure(batch: Mapping[str, Any], *, class_names: Sequence[str] | None = None, num_images: int = 8,
                  columns: int = 8, title: str | None = None) -> Any:
-    """A training batch as the network sees it: each image with its target boxes (padding left out)."""
+    """A training batch as the network sees it (``images`` uint8, as collated): each image with its
+    target boxes (padding left out)."""
     images = batch["images"][:num_images]
     n = len(images)
     cols = min(columns, n)
@@ -867,10 +868,7 @@ def batch_figure(batch: Mapping[str, Any], *, class_names: Sequence[str] | None 
         if i >= n:
             continue
         keep = batch["labels"][i] >= 0
-        img = images[i]
-        if img.dtype != torch.uint8:
-            img = ((img - img.min()) / (img.max() - img.min() + 1e-6) * 255).to(torch.uint8)
-        drawn = draw_detections(img, batch["boxes"][i][keep], batch["labels"][i][keep], class_names=class_names)
+        drawn = draw_detections(images[i], batch["boxes"][i][keep], batch["labels"][i][keep], class_names=class_names)
         ax.imshow(drawn.permute(1, 2, 0).numpy())
         ax.set_title(f"{int(keep.sum())} boxes", fontsize=8)
     if title:
