@@ -15,10 +15,17 @@ What is checked, per image of the training and validation splits (``CocoDataModu
   ``draft``; the whole compressed stream is still read, so truncation is detected; ``verify()``
   alone does not detect a truncated JPEG), other formats at full size; strictly first, then with
   truncation allowed (see :func:`~ttfnet_lightning.data.sample.decode_image`):
-  **truncated** = decodes only with truncation allowed (a warning: it is loaded, with a warning),
-  **bad** = missing or undecodable, or its size differs from the annotation's;
-* annotations are read and validated when the data set is built (COCO JSON / VOC XML, all XML
-  problems listed together), so they are checked once as well.
+  **truncated** = decodes only with truncation allowed, missing at most the data set's
+  ``max_truncated_fraction`` of its rows (a warning naming how much is missing: it is loaded),
+  **bad** = missing or undecodable, truncated beyond that fraction (measured at full size), or
+  its size differs from the annotation's (COCO ``width``/``height``, VOC ``<size>``);
+* images shared by the two splits (the same file, or the same image id and file name): a warning
+  with the count and examples;
+* annotations are read and validated when the data set is built (COCO JSON / VOC XML), so they
+  are checked once as well: every problem of a file in one list, including duplicate image /
+  annotation ids, file names that leave the image folder (absolute, ``..``, a symbolic link
+  pointing outside) and files named twice; when the data module cannot be built, the command
+  also lists the other split's problems.
 
 Bad images are fatal unless the data module skips bad images (``skip_bad_images``) and there are
 at most ``max_bad_images`` of them in a split; then they are removed from the index (named in the
@@ -47,13 +54,14 @@ from typing import Any
 from PIL import Image
 
 from .errors import DataError
-from .sample import ImageFileDataset, decode_image
+from .image_decode import Decoded, decode
+from .sample import ImageFileDataset
 
 log = logging.getLogger(__name__)
 
 __all__ = ["CheckReport", "check_datasets", "check_image", "default_cache_dir", "main"]
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: results hold the truncated images' missing fraction
 REDUCE = 8  # JPEG decode scale of the check
 
 
@@ -66,18 +74,30 @@ def default_cache_dir() -> Path:
     return Path(base) / "data-check"
 
 
+def reduce_to_used(d: Decoded, hw: list[int]) -> bool:
+    """Whether ``d`` was decoded smaller than the file's ``hw`` (a JPEG at 1/``REDUCE``)."""
+    return d.image.height != hw[0] or d.image.width != hw[1]
+
+
 def check_image(path: Path) -> dict[str, Any]:
     """Decode ``path`` once (cheaply, see the module docstring) -> ``{"status": "ok" | "truncated"
-    | "bad", "message": str, "hw": [h, w] or None}``."""
+    | "bad", "message": str, "hw": [h, w] or None, "missing": fraction of the rows not decoded}``."""
     try:
-        _, truncated = decode_image(path, reduce_to=REDUCE)
+        d = decode(path, reduce_to=REDUCE)
         with Image.open(path) as im:
             hw = [im.height, im.width]
     except DataError as e:
-        return {"status": "bad", "message": str(e), "hw": None}
-    if truncated is not None:
-        return {"status": "truncated", "message": truncated, "hw": hw}
-    return {"status": "ok", "message": "", "hw": hw}
+        return {"status": "bad", "message": str(e), "hw": None, "missing": 1.0}
+    except OSError as e:  # decoded a moment ago: the file changed in between
+        return {"status": "bad", "message": f"cannot read image {path}: {type(e).__name__}: {e}", "hw": None, "missing": 1.0}
+    if d.truncated is not None and reduce_to_used(d, hw):
+        try:  # rare: measured again at full size, as the data set will when it reads the image
+            d = decode(path)
+        except DataError as e:
+            return {"status": "bad", "message": str(e), "hw": None, "missing": 1.0}
+    if d.truncated is not None:
+        return {"status": "truncated", "message": d.truncated, "hw": hw, "missing": d.missing}
+    return {"status": "ok", "message": "", "hw": hw, "missing": 0.0}
 
 
 class _Cache:
@@ -156,12 +176,31 @@ def check_datasets(
 ) -> CheckReport:
     """Check every image of ``datasets`` (name -> data set) once, in a thread pool.
 
-    Each data set's policy decides what is fatal: a bad image when it does not skip bad images,
-    or more than its ``max_bad_images`` bad images; a data set left without images. Truncated
-    images are warnings. Nothing is changed: apply ``report.bad`` with ``dataset.exclude``.
+    Each data set's policy decides what is fatal: a bad image (missing, undecodable, a size other
+    than the annotation's, truncated beyond its ``max_truncated_fraction``) when it does not skip
+    bad images, or more than its ``max_bad_images`` bad images; a data set left without images.
+    Truncated images within the limit and images shared by two data sets are warnings. Nothing is
+    changed: apply ``report.bad`` with ``dataset.exclude``.
     """
     t0 = time.perf_counter()
-    paths = sorted({ds.image_path(i) for ds in datasets.values() for i in range(len(ds))})
+    paths = {name: [ds.image_path(i) for i in range(len(ds))] for name, ds in datasets.items()}
+    results, num_cached = _image_results(sorted({p for ps in paths.values() for p in ps}), cache_dir, workers)
+    report = CheckReport(num_images=len(results), num_cached=num_cached)
+    truncated_seen: set[Path] = set()
+    for name, ds in datasets.items():
+        bad = _classify(ds, paths[name], results, report, truncated_seen)
+        _apply_policy(name, ds, bad, report)
+        report.bad[name] = bad
+    report.problems += shared_images(datasets, paths)
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _image_results(
+    paths: list[Path], cache_dir: Path | None, workers: int
+) -> tuple[dict[Path, dict[str, Any]], int]:
+    """Check result per path (cached ones looked up, the others decoded in a thread pool, then
+    cached), and how many came from the cache."""
     caches = {folder: _Cache(cache_dir, folder) for folder in {p.parent for p in paths}}
     results: dict[Path, dict[str, Any]] = {}
     todo = []
@@ -171,7 +210,6 @@ def check_datasets(
             todo.append(p)
         else:
             results[p] = hit
-    report = CheckReport(num_images=len(paths), num_cached=len(paths) - len(todo))
     if todo:
         with ThreadPoolExecutor(max_workers=max(1, int(workers))) as pool:
             for p, res in zip(todo, pool.map(check_image, todo)):
@@ -179,48 +217,119 @@ def check_datasets(
                 caches[p.parent].store(p, res)
     for folder, cache in caches.items():
         cache.save(folder)
+    return results, len(paths) - len(todo)
 
-    truncated_seen: set[Path] = set()
-    for name, ds in datasets.items():
-        bad: dict[int, str] = {}
-        for i in range(len(ds)):
-            path = ds.image_path(i)
-            res = results[path]
-            expected = ds.expected_size(i)
-            if res["status"] == "bad":
-                bad[i] = res["message"]
-            elif expected is not None and tuple(res["hw"]) != tuple(expected):
-                h, w = res["hw"]
-                bad[i] = f"image {path} is {w}x{h} (WxH) but its annotation says {expected[1]}x{expected[0]}"
-            elif res["status"] == "truncated" and path not in truncated_seen:
+
+def _classify(
+    ds: ImageFileDataset, paths: list[Path], results: dict[Path, dict[str, Any]], report: CheckReport,
+    truncated_seen: set[Path],
+) -> dict[int, str]:
+    """The bad images of ``ds`` (index -> reason); truncated images it may load become warnings."""
+    bad: dict[int, str] = {}
+    for i, path in enumerate(paths):
+        res = results[path]
+        expected = ds.expected_size(i)
+        if res["status"] == "bad":
+            bad[i] = res["message"]
+        elif expected is not None and tuple(res["hw"]) != tuple(expected):
+            h, w = res["hw"]
+            bad[i] = f"image {path} is {w}x{h} (WxH) but its annotation says {expected[1]}x{expected[0]}"
+        elif res["status"] == "truncated":
+            problem = ds.truncation_problem(path, res["message"], float(res.get("missing", 1.0)))
+            if problem is not None:
+                bad[i] = problem
+            elif path not in truncated_seen:
                 truncated_seen.add(path)
-                report.problems.append(
-                    f"truncated/damaged image {path}: loads only with truncation allowed ({res['message']})"
-                )
-        for reason in bad.values():
-            report.problems.append(f"{name}: {reason}")
-            if not ds.skip_bad_images:
-                report.fatal.append(report.problems[-1])
-        if bad and ds.skip_bad_images and len(bad) > ds.max_bad_images:
-            report.problems.append(
-                f"{name}: {len(bad)} bad images, more than max_bad_images={ds.max_bad_images}; "
-                f"fix the data or raise max_bad_images"
-            )
+                report.problems.append(f"truncated/damaged image {path}: loads only with truncation allowed "
+                                       f"({res['message']})")
+    return bad
+
+
+def _apply_policy(name: str, ds: ImageFileDataset, bad: dict[int, str], report: CheckReport) -> None:
+    """Report the bad images of data set ``name``; fatal as its bad-image policy says."""
+    for reason in bad.values():
+        report.problems.append(f"{name}: {reason}")
+        if not ds.skip_bad_images:
             report.fatal.append(report.problems[-1])
-        if bad and len(bad) == len(ds):
-            report.problems.append(f"{name}: no readable image left (all {len(ds)} are bad)")
-            report.fatal.append(report.problems[-1])
-        if bad and not ds.skip_bad_images:
-            report.notes.append(
-                f"{name}: bad images are fatal because skip_bad_images is false "
-                f"(data.datamodule.skip_bad_images=true excludes them, counted and named)"
-            )
-        report.bad[name] = bad
-    report.seconds = time.perf_counter() - t0
-    return report
+    if bad and ds.skip_bad_images and len(bad) > ds.max_bad_images:
+        report.problems.append(
+            f"{name}: {len(bad)} bad images, more than max_bad_images={ds.max_bad_images}; "
+            f"fix the data or raise max_bad_images"
+        )
+        report.fatal.append(report.problems[-1])
+    if bad and len(bad) == len(ds):
+        report.problems.append(f"{name}: no readable image left (all {len(ds)} are bad)")
+        report.fatal.append(report.problems[-1])
+    if bad and not ds.skip_bad_images:
+        report.notes.append(
+            f"{name}: bad images are fatal because skip_bad_images is false "
+            f"(data.datamodule.skip_bad_images=true excludes them, counted and named)"
+        )
+
+
+def _image_keys(ds: ImageFileDataset, paths: list[Path]) -> list[tuple[str, tuple[int, str]]]:
+    """Per image of ``ds``: its resolved file (through the image folder's resolved path, so two
+    spellings or a linked folder give one key) and its (image id, file name)."""
+    folder = ds.image_folder
+    prefix = str(folder.folder) if folder is not None else None
+    keys = []
+    for i, p in enumerate(paths):
+        text = str(p)
+        if folder is not None and prefix is not None and text.startswith(prefix):
+            text = folder.real + text[len(prefix):]
+        keys.append((text, (ds.image_id(i), os.path.basename(text))))
+    return keys
+
+
+def shared_images(datasets: dict[str, ImageFileDataset], paths: dict[str, list[Path]] | None = None) -> list[str]:
+    """One warning per pair of data sets that share images: the same file, or the same image id
+    with the same file name (a copy); e.g. a validation image also trained on inflates the metric.
+
+    Args:
+        datasets: name -> data set.
+        paths: name -> its image paths in index order (default: asked of the data sets).
+    Returns:
+        the warnings (count and up to 3 examples each), empty when no image is shared.
+    """
+    keys = {
+        name: _image_keys(ds, paths[name] if paths is not None else [ds.image_path(i) for i in range(len(ds))])
+        for name, ds in datasets.items()
+    }
+    names = list(keys)
+    out = []
+    for k, a in enumerate(names):
+        for b in names[k + 1:]:
+            files, ids = {f for f, _ in keys[b]}, {i for _, i in keys[b]}
+            shared = [f if f in files else f"{f} (image id {i[0]}, also in {b} as {i[1]})"
+                      for f, i in keys[a] if f in files or i in ids]
+            if shared:
+                out.append(f"{a} and {b} share {len(shared)} image(s) (the same file, or the same image id and file "
+                           f"name; an image in both inflates the validation metric), e.g. {', '.join(shared[:3])}")
+    return out
 
 
 # ------------------------------------------------------------------------------------ command
+def _other_split_errors(dm_cfg: Any, first: str) -> list[str]:
+    """When the data module cannot be built, the annotation errors of its other split(s) too, so one
+    run lists every problem (each split's data set built alone; classes are not checked here)."""
+    from .coco import CocoDetection
+    from .voc import VocDetection
+
+    target = str(dm_cfg.get("_target_", ""))
+    kinds = {"CocoDataModule": (CocoDetection, {}), "VocDataModule": (VocDetection, {"min_boxes_per_class": 0})}
+    kind = next((v for k, v in kinds.items() if target.endswith(k)), None)
+    if kind is None or "root" not in dm_cfg:
+        return []
+    errors = []
+    for key in ("train_split", "val_split"):
+        try:
+            kind[0](root=dm_cfg.root, split=str(dm_cfg.get(key)), **kind[1])
+        except DataError as e:
+            if str(e) != first and str(e) not in errors:
+                errors.append(str(e))
+    return errors
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m ttfnet_lightning.data.check [overrides...]``: build the data module of the
     composed train config (no pre-flight in setup), check it, print every problem; returns the
@@ -246,7 +355,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         cause = e.__cause__ if isinstance(e.__cause__, DataError) else e  # hydra wraps the DataError
         if not isinstance(cause, DataError):
             raise
-        print(f"data check: the data set cannot be built:\n{cause}")
+        others = _other_split_errors(cfg.data.datamodule, str(cause))
+        print("data check: the data set cannot be built:\n" + "\n".join([str(cause), *others]))
         return 2
     print(report.summary())
     return 1 if report.fatal else 0

@@ -23,31 +23,98 @@ import torch
 from torchvision import tv_tensors
 
 from .errors import DataError
+from .paths import ImageFolder, raise_problems
 from .sample import ImageFileDataset, box_area, detection_sample, load_rgb_image
 
 log = logging.getLogger(__name__)
 
 __all__ = ["CocoDetection", "load_coco_json", "load_rgb_image"]
 
-MAX_LISTED = 50  # entry problems named in one DataError (the rest are counted)
-
-
 def _is_number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_hashable(x: Any) -> bool:
+    return isinstance(x, (int, float, str, bool)) or x is None
+
+
+def _duplicates(pairs: list[tuple[Any, Any]], what: str, of: str, why: str) -> list[str]:
+    """``pairs`` (id, detail) -> one problem per id listed more than once, naming its details."""
+    seen: dict[Any, list[Any]] = {}
+    for key, detail in pairs:
+        seen.setdefault(key, []).append(detail)
+    return [
+        f"{what} {key} is listed {len(details)} times ({of} {', '.join(map(repr, details[:5]))}"
+        f"{', ...' if len(details) > 5 else ''}): ids must be unique ({why})"
+        for key, details in seen.items() if len(details) > 1
+    ]
+
+
+def _image_problems(images: list[Any]) -> tuple[list[str], set[int]]:
+    """Problems of the ``images`` entries (fields, sizes, unique integer ids) and the set of their ids."""
+    problems: list[str] = []
+    pairs = []
+    for img in images:
+        if not isinstance(img, dict) or any(k not in img for k in ("id", "file_name", "height", "width")):
+            problems.append(f"image entry {str(img)[:120]} needs id, file_name, height, width")
+            continue
+        if not _is_int(img["id"]):
+            problems.append(f"image entry {str(img)[:120]}: id must be an integer")
+            continue
+        if not (_is_number(img["height"]) and _is_number(img["width"]) and img["height"] > 0 and img["width"] > 0):
+            problems.append(f"image id {img['id']} has invalid size {img['width']}x{img['height']}")
+        pairs.append((img["id"], img["file_name"]))
+    ids = {iid for iid, _ in pairs}
+    if len(ids) < len(pairs):
+        problems += _duplicates(pairs, "image id", "file names", "each image would get the others' boxes")
+    return problems, ids
+
+
+def _annotation_problems(anns: list[Any], image_ids: set[int], cat_ids: set[Any]) -> list[str]:
+    """Problems of the ``annotations`` entries: fields, bbox, known image and category, unique integer ids."""
+    problems: list[str] = []
+    pairs = []
+    for ann in anns:
+        if not isinstance(ann, dict) or any(k not in ann for k in ("id", "image_id", "category_id", "bbox")):
+            problems.append(f"annotation {str(ann)[:120]} needs id, image_id, category_id, bbox")
+            continue
+        aid = ann["id"]
+        if not _is_int(aid):
+            problems.append(f"annotation {str(ann)[:120]}: id must be an integer")
+        else:
+            pairs.append((aid, ann["image_id"]))
+        bbox = ann["bbox"]
+        if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
+            problems.append(f"annotation id {aid} has bbox {bbox!r}, expected 4 numbers [x, y, w, h]")
+        if not _is_hashable(ann["category_id"]) or ann["category_id"] not in cat_ids:
+            problems.append(
+                f"annotation id {aid} has category_id {ann['category_id']}, which is not in 'categories'"
+            )
+        if not _is_int(ann["image_id"]) or ann["image_id"] not in image_ids:
+            problems.append(f"annotation id {aid} refers to image_id {ann['image_id']}, which is not in 'images'")
+    if len({aid for aid, _ in pairs}) < len(pairs):
+        problems += _duplicates(pairs, "annotation id", "image ids", "the COCO evaluator keeps only one of them")
+    return problems
 
 
 def load_coco_json(path: Path) -> dict[str, Any]:
     """Read and validate a COCO instances file.
 
     Checks: the file exists and is JSON; it is an object with ``images``, ``annotations`` and
-    ``categories`` lists; there is at least one image; images have ``id``, ``file_name``,
-    ``height``, ``width``; categories have distinct ``id`` and a ``name``; every annotation has an
-    ``id``, an ``image_id`` of a listed image, a ``category_id`` of a listed category and a
-    ``bbox`` of 4 finite numbers.
+    ``categories`` lists; there is at least one image; images have a unique integer ``id``, a
+    ``file_name``, ``height``, ``width``; categories have distinct ``id`` and a ``name``; every
+    annotation has a unique integer ``id``, an ``image_id`` of a listed image, a ``category_id``
+    of a listed category and a ``bbox`` of 4 finite numbers. (File names are checked against the
+    image folder by :class:`CocoDetection`.)
 
     Raises:
         DataError: naming the file and the problem; entry problems (image, category and
-            annotation entries) are all collected and listed in one error, each naming the id.
+            annotation entries, duplicate ids with what each copy names) are all collected and
+            listed in one error, each naming the id.
     """
     if not path.is_file():
         raise DataError(f"COCO annotation file not found: {path}")
@@ -71,41 +138,20 @@ def load_coco_json(path: Path) -> dict[str, Any]:
 
     # entry problems are collected and raised together (one list, like the VOC XML check), so a
     # user fixes a broken file in one pass instead of one error per run
-    problems: list[str] = []
-    image_ids = set()
-    for img in data["images"]:
-        if not isinstance(img, dict) or any(k not in img for k in ("id", "file_name", "height", "width")):
-            problems.append(f"image entry {str(img)[:120]} needs id, file_name, height, width")
-            continue
-        if not (_is_number(img["height"]) and _is_number(img["width"]) and img["height"] > 0 and img["width"] > 0):
-            problems.append(f"image id {img['id']} has invalid size {img['width']}x{img['height']}")
-        image_ids.add(img["id"])
+    problems, image_ids = _image_problems(data["images"])
     cat_ids = set()
     for cat in data["categories"]:
         if not isinstance(cat, dict) or "id" not in cat or "name" not in cat:
             problems.append(f"category entry {str(cat)[:120]} needs id and name")
             continue
+        if not _is_hashable(cat["id"]):
+            problems.append(f"category entry {str(cat)[:120]}: id must be a number")
+            continue
         if cat["id"] in cat_ids:
             problems.append(f"category id {cat['id']} is listed twice")
         cat_ids.add(cat["id"])
-    for ann in data["annotations"]:
-        if not isinstance(ann, dict) or any(k not in ann for k in ("id", "image_id", "category_id", "bbox")):
-            problems.append(f"annotation {str(ann)[:120]} needs id, image_id, category_id, bbox")
-            continue
-        aid = ann["id"]
-        bbox = ann["bbox"]
-        if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
-            problems.append(f"annotation id {aid} has bbox {bbox!r}, expected 4 numbers [x, y, w, h]")
-        if ann["category_id"] not in cat_ids:
-            problems.append(
-                f"annotation id {aid} has category_id {ann['category_id']}, which is not in 'categories'"
-            )
-        if ann["image_id"] not in image_ids:
-            problems.append(f"annotation id {aid} refers to image_id {ann['image_id']}, which is not in 'images'")
-    if problems:
-        shown = "\n  ".join(problems[:MAX_LISTED])
-        more = f"\n  ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
-        raise DataError(f"COCO annotation file {path}: {len(problems)} problem(s):\n  {shown}{more}")
+    problems += _annotation_problems(data["annotations"], image_ids, cat_ids)
+    raise_problems(problems, where=f"COCO annotation file {path}")
     return data
 
 
@@ -141,9 +187,14 @@ class CocoDetection(ImageFileDataset):
             the image is excluded from the metric, never scored twice).
         max_bad_images: with ``skip_bad_images``, raise once more than this many distinct bad
             images were met.
+        max_truncated_fraction: a truncated image missing more than this fraction of its rows is a
+            bad image (see :class:`ImageFileDataset`).
     Raises:
-        DataError: missing/malformed annotation file, unknown category id, no images, missing
-            image folder, no usable image left with ``keep_empty=False``.
+        DataError: missing/malformed annotation file (duplicate image or annotation ids included),
+            unknown category id, no images, missing image folder, a ``file_name`` that leaves the
+            image folder (absolute, ``..``, a symbolic link pointing outside) or a file named by
+            two entries (all such entries listed in one error), no usable image left with
+            ``keep_empty=False``.
     """
 
     per_image = ("image_ids", "file_names", "orig_sizes", "_boxes", "_labels", "_crowd", "_area")
@@ -160,6 +211,7 @@ class CocoDetection(ImageFileDataset):
         skip_bad_images: bool = False,
         substitute_bad_images: bool = False,
         max_bad_images: int = 10,
+        max_truncated_fraction: float = 0.1,
     ) -> None:
         self.root = Path(root)
         self.split = split
@@ -168,12 +220,18 @@ class CocoDetection(ImageFileDataset):
         self.transforms = transforms
         self.keep_empty = bool(keep_empty)
         self.init_image_policy(
-            skip_bad_images=skip_bad_images, max_bad_images=max_bad_images, substitute_bad_images=substitute_bad_images
+            skip_bad_images=skip_bad_images, max_bad_images=max_bad_images, substitute_bad_images=substitute_bad_images,
+            max_truncated_fraction=max_truncated_fraction,
         )
 
         data = load_coco_json(self.ann_file)
         if not self.image_dir.is_dir():
             raise DataError(f"COCO image folder not found: {self.image_dir} (annotations: {self.ann_file})")
+        self.image_folder = ImageFolder(self.image_dir)
+        raise_problems(
+            self.image_folder.problems((f"image id {img['id']}", img["file_name"]) for img in data["images"]),
+            where=f"COCO annotation file {self.ann_file} (image folder {self.image_dir})",
+        )
         from pycocotools.coco import COCO
 
         coco = COCO()

@@ -103,10 +103,12 @@ class ImageFileDataModule(DetectionDataModule):
         preflight: bool,
         preflight_workers: int,
         check_cache_dir: str | Path | None,
+        max_truncated_fraction: float = 0.1,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.skip_bad_images, self.max_bad_images = bool(skip_bad_images), int(max_bad_images)
+        self.max_truncated_fraction = float(max_truncated_fraction)
         self.preflight, self.preflight_workers = bool(preflight), int(preflight_workers)
         # .check is imported when used: `python -m ttfnet_lightning.data.check` must not find it imported
         from .check import default_cache_dir
@@ -120,6 +122,7 @@ class ImageFileDataModule(DetectionDataModule):
             "skip_bad_images": self.skip_bad_images,
             "max_bad_images": self.max_bad_images,
             "substitute_bad_images": train,
+            "max_truncated_fraction": self.max_truncated_fraction,
         }
 
     def image_datasets(self) -> dict[str, ImageFileDataset]:
@@ -211,10 +214,11 @@ class ShapesDataModule(DetectionDataModule):
 # ImageFileDataModule's arguments, passed on from the subclasses' own
 _BASE_ARGS = (
     "input_size", "batch_size", "num_workers", "augment",
-    "skip_bad_images", "max_bad_images", "preflight", "preflight_workers", "check_cache_dir",
+    "skip_bad_images", "max_bad_images", "preflight", "preflight_workers", "check_cache_dir", "max_truncated_fraction",
 )
 _CHECK_ARGS = """        skip_bad_images, max_bad_images: bad-image policy (see :class:`ImageFileDataset`): skip
             (training: substitute the next image; validation: exclude it from the metric) or raise.
+        max_truncated_fraction: a truncated image missing more of its rows is a bad image.
         preflight: check every image once in ``setup`` (:mod:`ttfnet_lightning.data.check`).
         preflight_workers: threads of the check.
         check_cache_dir: cache of the check (None: ``~/.cache/ttfnet_lightning/data-check``)."""
@@ -250,6 +254,7 @@ class CocoDataModule(ImageFileDataModule):
         preflight: bool = True,
         preflight_workers: int = 8,
         check_cache_dir: str | Path | None = None,
+        max_truncated_fraction: float = 0.1,
     ) -> None:
         super().__init__(**{k: v for k, v in locals().items() if k in _BASE_ARGS})
         self.root = Path(root)
@@ -318,6 +323,7 @@ class VocDataModule(ImageFileDataModule):
         preflight: bool = True,
         preflight_workers: int = 8,
         check_cache_dir: str | Path | None = None,
+        max_truncated_fraction: float = 0.1,
     ) -> None:
         super().__init__(**{k: v for k, v in locals().items() if k in _BASE_ARGS})
         self.root = Path(root)

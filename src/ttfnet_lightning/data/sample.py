@@ -1,12 +1,18 @@
 """The one sample format every data set returns (see the package docstring), built in one place,
 and the one image-reading policy of every data set that reads image files (COCO, VOC).
 
-Image policy (:func:`decode_image`, :class:`ImageFileDataset`):
+Image policy (:func:`~ttfnet_lightning.data.image_decode.decode`, :class:`ImageFileDataset`):
 
+* every image mode decodes to 8-bit RGB with its values kept (16-bit scaled, transparency
+  composited over white; see :mod:`~ttfnet_lightning.data.image_decode`) or fails clearly;
 * an image is first decoded strictly; one PIL refuses (e.g. a JPEG a few bytes short) is decoded
   again with truncation allowed (``PIL.ImageFile.LOAD_TRUNCATED_IMAGES``, set only for that call,
-  under a lock, then restored) and, if that works, loaded with a warning naming the file, counted
-  per data set (``num_truncated``);
+  under a lock, then restored) and, if that works, the fraction of its rows not decoded is
+  measured: up to ``max_truncated_fraction`` (default 0.1: a file a few bytes short loses at most
+  part of its last block row, as before) it is loaded with a warning naming the file and that
+  fraction, counted per data set (``num_truncated``); beyond it the image is a bad image (below);
+* a file whose name leaves its image folder (a symbolic link replaced after the index was built)
+  is refused when read (:meth:`~ttfnet_lightning.data.paths.ImageFolder.verify`), like a bad image;
 * a missing or undecodable image raises :class:`DataError`, or with ``skip_bad_images`` is skipped
   and counted (``num_skipped``, at most ``max_bad_images``): a training set substitutes the next
   readable image, an evaluation set returns a :class:`BadImage` marker that
@@ -18,23 +24,22 @@ Image policy (:func:`decode_image`, :class:`ImageFileDataset`):
 
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
-import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile
+from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from .errors import DataError
+from .image_decode import decode, decode_image
+from .paths import ImageFolder
 
 log = logging.getLogger(__name__)
 
@@ -49,89 +54,7 @@ __all__ = [
     "to_image_tensor",
 ]
 
-_DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
-
-
-class _SharedExclusiveLock:
-    """Strict decodes share it; the truncation-tolerant decode (which flips PIL's global flag)
-    holds it alone, so no strict decode in another thread runs while the flag is set."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._shared = 0
-        self._exclusive = False
-
-    @contextlib.contextmanager
-    def shared(self) -> Iterator[None]:
-        with self._cond:
-            self._cond.wait_for(lambda: not self._exclusive)
-            self._shared += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._shared -= 1
-                self._cond.notify_all()
-
-    @contextlib.contextmanager
-    def exclusive(self) -> Iterator[None]:
-        with self._cond:
-            self._cond.wait_for(lambda: not self._exclusive and self._shared == 0)
-            self._exclusive = True
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._exclusive = False
-                self._cond.notify_all()
-
-
-_TRUNCATION_LOCK = _SharedExclusiveLock()
-
-
-def _decode(src: Path | bytes, reduce_to: int | None) -> Image.Image:
-    with Image.open(io.BytesIO(src) if isinstance(src, (bytes, bytearray, memoryview)) else src) as im:
-        if reduce_to is not None and im.format == "JPEG":
-            # DCT-domain downscaling: reads (and so checks) the whole stream at a fraction of the cost
-            im.draft("RGB", (max(1, im.width // reduce_to), max(1, im.height // reduce_to)))
-        return im.convert("RGB")  # forces the full decode: truncated files fail here
-
-
-def decode_image(
-    path: Path | bytes, *, reduce_to: int | None = None, name: str | None = None
-) -> tuple[Image.Image, str | None]:
-    """Decode an image file, or an image file's bytes (the streaming format stores them as they
-    are on disk), as RGB with the truncation policy (see the module docstring).
-
-    Args:
-        path: image file, or its encoded bytes (``bytes`` / ``memoryview``).
-        reduce_to: None: full resolution; k: a JPEG may be decoded about k times smaller (the
-            pre-flight check's cheap full-stream decode); other formats decode at full size.
-        name: what error messages call the image (default: the path; for bytes, say which image).
-    Returns:
-        (RGB PIL image, None) when it decodes strictly, (image, the strict decoder's error) when
-        it decodes only with truncation allowed.
-    Raises:
-        DataError: missing, unreadable or undecodable even with truncation allowed (names the path).
-    """
-    if name is None:
-        name = "<image bytes>" if isinstance(path, (bytes, bytearray, memoryview)) else str(path)
-    try:
-        with _TRUNCATION_LOCK.shared():
-            return _decode(path, reduce_to), None
-    except FileNotFoundError:
-        raise DataError(f"image file not found: {name}") from None
-    except _DECODE_ERRORS as e:  # PIL.UnidentifiedImageError is an OSError
-        strict_error = f"{type(e).__name__}: {e}"
-    with _TRUNCATION_LOCK.exclusive():
-        before = ImageFile.LOAD_TRUNCATED_IMAGES
-        ImageFile.LOAD_TRUNCATED_IMAGES = True
-        try:
-            return _decode(path, reduce_to), strict_error
-        except _DECODE_ERRORS:
-            raise DataError(f"cannot read image {name}: {strict_error}") from None
-        finally:
-            ImageFile.LOAD_TRUNCATED_IMAGES = before
+DEFAULT_MAX_TRUNCATED_FRACTION = 0.1
 
 
 def load_rgb_image(path: Path) -> tv_tensors.Image:
@@ -144,7 +67,7 @@ def load_rgb_image(path: Path) -> tv_tensors.Image:
     """
     rgb, truncated = decode_image(path)
     if truncated is not None:
-        log.warning("loaded truncated/damaged image %s with truncation allowed (strict decoder said: %s)", path, truncated)
+        log.warning("loaded truncated/damaged image %s with truncation allowed: %s", path, truncated)
     return to_image_tensor(rgb)
 
 
@@ -245,14 +168,48 @@ class ImageFileDataset(BadImageCounts, Dataset):
     """
 
     per_image: tuple[str, ...] = ()
+    image_folder: ImageFolder | None = None  # the folder every image path must stay inside (set by subclasses)
 
-    def init_image_policy(self, *, skip_bad_images: bool, max_bad_images: int, substitute_bad_images: bool) -> None:
+    def init_image_policy(
+        self,
+        *,
+        skip_bad_images: bool,
+        max_bad_images: int,
+        substitute_bad_images: bool,
+        max_truncated_fraction: float = DEFAULT_MAX_TRUNCATED_FRACTION,
+    ) -> None:
+        """Set the bad-image policy.
+
+        Args:
+            skip_bad_images: skip (and count) a bad image instead of raising :class:`DataError`.
+            max_bad_images: with ``skip_bad_images``, raise once more than this many were met.
+            substitute_bad_images: a skipped image is replaced by the next readable one (training),
+                else a :class:`BadImage` is returned (evaluation).
+            max_truncated_fraction: in [0, 1]; a truncated image whose undecoded rows exceed this
+                fraction of its height is a bad image; up to it, it loads with a warning (0.1:
+                a file a few bytes short still loads, as it always did; half an image does not;
+                1: every decodable truncated image loads; 0: none does).
+        Raises:
+            ValueError: ``max_truncated_fraction`` outside [0, 1].
+        """
+        if not 0.0 <= float(max_truncated_fraction) <= 1.0:
+            raise ValueError(f"max_truncated_fraction must be in [0, 1], got {max_truncated_fraction}")
         self.skip_bad_images = bool(skip_bad_images)
         self.max_bad_images = int(max_bad_images)
         self.substitute_bad_images = bool(substitute_bad_images)
+        self.max_truncated_fraction = float(max_truncated_fraction)
         self.bad_images: dict[str, str] = {}  # path -> reason, met by this process
-        self.truncated_images: dict[str, str] = {}  # path -> strict decoder error, met by this process
+        self.truncated_images: dict[str, str] = {}  # path -> what is missing + strict decoder error, this process
         self.excluded_images: dict[str, str] = {}  # path -> reason, removed from the index by exclude()
+
+    def truncation_problem(self, path: Path | str, truncated: str, missing: float) -> str | None:
+        """The bad-image reason for a truncated image missing ``missing`` (0..1) of its rows (what
+        :func:`~ttfnet_lightning.data.image_decode.decode` says in ``truncated``), None when it may
+        load with a warning."""
+        limit = self.max_truncated_fraction
+        if limit > 0.0 and missing <= limit:
+            return None
+        return f"truncated image {path}: {truncated} (more than max_truncated_fraction={limit} missing)"
 
     # -- subclass interface
     def image_path(self, index: int) -> Path:
@@ -276,22 +233,28 @@ class ImageFileDataset(BadImageCounts, Dataset):
         """Image ``index`` as uint8 (3, H, W); a truncated one with a (once per file) warning.
 
         Raises:
-            DataError: missing / undecodable file, or a size other than the annotations say.
+            DataError: the path now resolves outside the image folder, missing / undecodable file,
+                a truncated file missing more than ``max_truncated_fraction`` of its rows, or a
+                size other than the annotations say.
         """
         path = self.image_path(index)
-        rgb, truncated = decode_image(path)
-        if truncated is not None and str(path) not in self.truncated_images:
-            self.truncated_images[str(path)] = truncated
-            log.warning(
-                "loaded truncated/damaged image %s with truncation allowed (%d such image(s) so far in this "
-                "process; strict decoder said: %s)", path, self.num_truncated, truncated,
-            )
+        if self.image_folder is not None:
+            self.image_folder.verify(path, entry=f"image id {self.image_id(index)}")
+        d = decode(path)
+        if d.truncated is not None:
+            problem = self.truncation_problem(path, d.truncated, d.missing)
+            if problem is not None:
+                raise DataError(problem)
+            if str(path) not in self.truncated_images:
+                self.truncated_images[str(path)] = d.truncated
+                log.warning("loaded truncated/damaged image %s with truncation allowed (%d such image(s) so far in "
+                            "this process): %s", path, self.num_truncated, d.truncated)
         size = self.expected_size(index)
-        if size is not None and (rgb.height, rgb.width) != tuple(size):
+        if size is not None and (d.image.height, d.image.width) != tuple(size):
             raise DataError(
-                f"image {path} is {rgb.width}x{rgb.height} (WxH) but its annotation says {size[1]}x{size[0]}"
+                f"image {path} is {d.image.width}x{d.image.height} (WxH) but its annotation says {size[1]}x{size[0]}"
             )
-        return to_image_tensor(rgb)
+        return to_image_tensor(d.image)
 
     def __getitem__(self, index: int) -> tuple[tv_tensors.Image, dict[str, Any]] | BadImage:
         n = len(self)

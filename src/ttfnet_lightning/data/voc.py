@@ -4,7 +4,9 @@ line), ``root/Annotations/{name}.xml`` and ``root/JPEGImages/{filename}``.
 VOC boxes are 1-based and inclusive (a box covering pixel columns 0..9 is written xmin=1,
 xmax=10); they are converted to 0-based pixel-edge xyxy as ``(xmin - 1, ymin - 1, xmax, ymax)``.
 All XML files of the split are parsed up front, so annotation problems surface at construction
-as :class:`DataError` naming the file.
+as :class:`DataError` naming the file; so do names that leave their folder (see
+:mod:`~ttfnet_lightning.data.paths`) or are listed twice. The XML's ``<size>`` is compared with
+the image (when read and in the pre-flight check).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch
 from torchvision import tv_tensors
 
 from .errors import DataError
+from .paths import ImageFolder, raise_problems
 from .sample import ImageFileDataset, detection_sample
 
 log = logging.getLogger(__name__)
@@ -109,12 +112,8 @@ def parse_voc_xml(xml: Path, *, default_filename: str) -> VocRecord:
     return VocRecord(xml, filename, size, arr, names, np.asarray(difficult, dtype=bool))
 
 
-def _parse_split(root: Path, names: Sequence[str], workers: int = 8) -> list[VocRecord]:
-    """Parse the XML files of ``names`` (in a thread pool); every problem is reported at once.
-
-    Raises:
-        DataError: listing every missing / malformed XML file of the split.
-    """
+def _parse_split(root: Path, names: Sequence[str], workers: int = 8) -> list[VocRecord | DataError]:
+    """Parse the XML files of ``names`` (in a thread pool): a record or the error, per name."""
 
     def parse(name: str) -> VocRecord | DataError:
         try:
@@ -123,12 +122,31 @@ def _parse_split(root: Path, names: Sequence[str], workers: int = 8) -> list[Voc
             return e
 
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(names)))) as pool:
-        parsed = list(pool.map(parse, names))
-    errors = [str(r) for r in parsed if isinstance(r, DataError)]
-    if errors:
-        shown = "\n  ".join(errors[:20]) + (f"\n  ... and {len(errors) - 20} more" if len(errors) > 20 else "")
-        raise DataError(f"{len(errors)} bad VOC annotation file(s) under {root}:\n  {shown}")
-    return parsed  # type: ignore[return-value]
+        return list(pool.map(parse, names))
+
+
+def index_split(root: Path, split: str) -> tuple[list[str], list[VocRecord], ImageFolder]:
+    """Names, parsed records and image folder of a split; every path read from the split file (an
+    XML name) or an XML file (``<filename>``) must stay inside its folder and name its file once.
+
+    Raises:
+        DataError: listing at once every split entry leaving ``Annotations/`` or listed twice,
+            every missing / malformed XML file, every ``<filename>`` leaving ``JPEGImages/``
+            (absolute, ``..``, a symbolic link pointing outside) and every image named by two XMLs.
+    """
+    names = read_voc_split(root, split)
+    split_file = root / "ImageSets" / "Main" / f"{split}.txt"
+    annotations = ImageFolder(root / "Annotations")
+    entries = [(f"{split_file.name} entry {i + 1} ({n!r})", f"{n}.xml") for i, n in enumerate(names)]
+    problems = annotations.problems(entries)
+    safe = [n for n in names if annotations.resolve(f"{n}.xml")[1] is None]  # the others are never read
+    parsed = _parse_split(root, safe)
+    problems += [str(r) for r in parsed if isinstance(r, DataError)]
+    records = [r for r in parsed if isinstance(r, VocRecord)]
+    images = ImageFolder(root / "JPEGImages")
+    problems += images.problems((str(r.xml), r.filename) for r in records)
+    raise_problems(problems, where=f"VOC split {split!r} under {root}")
+    return names, records, images
 
 
 def discover_classes(records: Sequence[VocRecord], *, where: str, min_boxes_per_class: int) -> list[str]:
@@ -186,15 +204,17 @@ class VocDetection(ImageFileDataset):
         transforms: callable ``(image, target) -> (image, target)`` (see ``build_transforms``).
         keep_difficult: treat difficult objects as ordinary ones.
         keep_empty: keep images without (non-difficult) objects (False: a set left empty raises).
-        skip_bad_images, substitute_bad_images, max_bad_images: the bad-image policy, as for COCO
-            (see :class:`ImageFileDataset`).
+        skip_bad_images, substitute_bad_images, max_bad_images, max_truncated_fraction: the
+            bad-image policy, as for COCO (see :class:`ImageFileDataset`); an image whose size
+            differs from its XML's ``<size>`` is a bad image.
     Raises:
-        DataError: missing split file / XML, malformed XML (all of them listed), a class name not
+        DataError: missing split file / XML, malformed XML, a split entry or ``<filename>`` that
+            leaves its folder or is listed twice (all of them listed, see :func:`index_split`), a class name not
             in ``class_names`` (names the file and the class), a rare discovered class, no usable
             image left with ``keep_empty=False``.
     """
 
-    per_image = ("image_names", "image_ids", "_paths", "_boxes", "_labels", "_difficult")
+    per_image = ("image_names", "image_ids", "_paths", "_sizes", "_boxes", "_labels", "_difficult")
 
     def __init__(
         self,
@@ -209,6 +229,7 @@ class VocDetection(ImageFileDataset):
         skip_bad_images: bool = False,
         substitute_bad_images: bool = False,
         max_bad_images: int = 10,
+        max_truncated_fraction: float = 0.1,
     ) -> None:
         self.root = Path(root)
         self.split = split
@@ -216,10 +237,10 @@ class VocDetection(ImageFileDataset):
         self.keep_difficult = bool(keep_difficult)
         self.keep_empty = bool(keep_empty)
         self.init_image_policy(
-            skip_bad_images=skip_bad_images, max_bad_images=max_bad_images, substitute_bad_images=substitute_bad_images
+            skip_bad_images=skip_bad_images, max_bad_images=max_bad_images, substitute_bad_images=substitute_bad_images,
+            max_truncated_fraction=max_truncated_fraction,
         )
-        names = read_voc_split(self.root, split)
-        records = _parse_split(self.root, names)
+        names, records, self.image_folder = index_split(self.root, split)
         where = f"VOC split {split!r} under {self.root}"
         if class_names is None:
             class_names = discover_classes(records, where=where, min_boxes_per_class=int(min_boxes_per_class))
@@ -233,6 +254,7 @@ class VocDetection(ImageFileDataset):
         self.image_names: list[str] = []
         self.image_ids: list[int] = []
         self._paths: list[Path] = []
+        self._sizes: list[tuple[int, int] | None] = []
         self._boxes: list[np.ndarray] = []
         self._labels: list[np.ndarray] = []
         self._difficult: list[np.ndarray] = []
@@ -250,6 +272,7 @@ class VocDetection(ImageFileDataset):
             self.image_names.append(name)
             self.image_ids.append(pos)
             self._paths.append(self.root / "JPEGImages" / rec.filename)
+            self._sizes.append(rec.size)
             self._boxes.append(rec.boxes[ok])
             self._labels.append(labels[ok])
             self._difficult.append(difficult)
@@ -269,6 +292,10 @@ class VocDetection(ImageFileDataset):
 
     def image_path(self, index: int) -> Path:
         return self._paths[index]
+
+    def expected_size(self, index: int) -> tuple[int, int] | None:
+        """(h, w) of the XML's ``<size>`` (None when it gives none or a zero size)."""
+        return self._sizes[index]
 
     def annotations(self, index: int) -> dict[str, np.ndarray]:
         """Untransformed annotations of image ``index``: ``boxes`` (N, 4) 0-based xyxy,
