@@ -33,12 +33,13 @@ from omegaconf import DictConfig
 
 from .callbacks import CocoResultsWriter
 from .checkpoints import load_model
+from .data.errors import DataError
 from .metrics import COCO_STATS, NA_NOTE, format_ap, is_na
 from .train import output_dir
 
 log = logging.getLogger(__name__)
 
-__all__ = ["coco_official_metrics", "evaluate", "model_speed"]
+__all__ = ["coco_official_metrics", "evaluate", "model_speed", "check_same_classes", "class_differences"]
 
 
 
@@ -80,6 +81,50 @@ def model_speed(model, *, batch_size: int, input_size: tuple[int, int], iters: i
     if device.type == "cuda":
         torch.cuda.synchronize()
     return batch_size * iters / (time.perf_counter() - t0)
+
+
+def class_differences(model_names: Sequence[str] | None, model_ids: Sequence[int] | None,
+                      data_names: Sequence[str], data_ids: Sequence[int] | None) -> list[str]:
+    """How a checkpoint's classes differ from a data set's with as many classes, one line per label
+    that differs (``[]``: the same): its name (not compared when the checkpoint stores none) and its
+    category id (``None`` ids mean id = label, as ``predict`` writes them)."""
+    n = len(data_names)
+    m_ids = list(range(n)) if model_ids is None else [int(i) for i in model_ids]
+    d_ids = list(range(n)) if data_ids is None else [int(i) for i in data_ids]
+
+    def at(seq: Sequence[Any] | None, k: int) -> Any:
+        return seq[k] if seq is not None and k < len(seq) else None
+
+    diffs = []
+    for k in range(max(n, len(m_ids), len(d_ids))):
+        m_name, d_name, m_id, d_id = at(model_names, k), at(data_names, k), at(m_ids, k), at(d_ids, k)
+        if (model_names is not None and m_name != d_name) or m_id != d_id:
+            diffs.append(f"label {k}: checkpoint {m_name!r} (category id {m_id}), data {d_name!r} (category id {d_id})")
+    return diffs
+
+
+def check_same_classes(model: Any, dm: Any, *, ckpt: Any, data_name: str, show: int = 5) -> None:
+    """Refuses to evaluate ``model`` (a checkpoint's module) on ``dm`` unless both have the same
+    classes: count, names and category ids, label by label (:func:`class_differences`).
+
+    Raises:
+        DataError: the classes differ; the message lists the first ``show`` differences.
+    """
+    info = model.hparams.data_info
+    names = list(info["class_names"]) if info.get("class_names") else None
+    if names is None:
+        log.warning("checkpoint %s stores no class names: only the class count and category ids are compared", ckpt)
+    if dm.num_classes != model.num_classes:
+        diffs = [f"{model.num_classes} classes in the checkpoint, {dm.num_classes} in the data"]
+    else:
+        diffs = class_differences(names, model.label_to_cat_id, list(dm.class_names), dm.label_to_cat_id)
+    if diffs:
+        more = f"\n  ... and {len(diffs) - show} more" if len(diffs) > show else ""
+        raise DataError(
+            f"checkpoint {ckpt} was trained on other classes than data '{data_name}' has "
+            f"({len(diffs)} difference(s)); evaluate on the data set the model was trained for:\n  "
+            + "\n  ".join(diffs[:show]) + more
+        )
 
 
 def _load(cfg: DictConfig, precision: str):
@@ -138,11 +183,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("batch_size"):
         overrides["batch_size"] = int(cfg.batch_size)
     dm = instantiate(cfg.data.datamodule, **overrides, _convert_="all")
-    if dm.num_classes != probe.num_classes:
-        raise ValueError(
-            f"checkpoint {cfg.ckpt} predicts {probe.num_classes} classes but data '{cfg.data.name}' "
-            f"has {dm.num_classes}; evaluate on the data set the model was trained for"
-        )
+    check_same_classes(probe, dm, ckpt=cfg.ckpt, data_name=str(cfg.data.name))
     precisions = list((cfg.get("inference") or {}).get("precisions") or ["fp32"])
     by_precision = {}
     for i, precision in enumerate(precisions):

@@ -52,12 +52,14 @@ from torch import Tensor, nn
 
 from .lit_module import IMAGENET_MEAN, IMAGENET_STD, TTFNetModule
 from .models.neck import ModulatedDeformConv2d
+from .onnx_runtime import check_exported_onnx
+from .output_files import OutputPathError, check_output_file, same_file, write_with_sidecar
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "DetectionExport", "topk_detections", "export_model", "export_onnx", "export_pt2", "export_torchscript", "metadata_path",
-    "EXPORT_EXTRA_HINT", "FORMATS", "import_onnx", "export", "main",
+    "EXPORT_EXTRA_HINT", "FORMATS", "import_onnx", "export", "main", "check_export_output", "OutputPathError",
 ]
 
 METADATA_FORMAT = "ttfnet-lightning-export/1"
@@ -221,6 +223,25 @@ def _wrapper(model: TTFNetModule, input_size: Sequence[int] | None, topk: int | 
     return DetectionExport(_exportable_net(model), input_size=(H, W), topk=k).eval()
 
 
+def check_export_output(output: str | Path, model: TTFNetModule | str | Path | None = None) -> Path:
+    """``output`` once the model and its metadata file (:func:`metadata_path`) can be written there,
+    checked before any work; missing parent folders are created.
+
+    Raises:
+        OutputPathError: ``output`` is an existing folder or ends in a slash, a parent is a file,
+            the folder cannot be written, the metadata file would be the model itself (``.json``
+            output) or is a folder, or either would overwrite the source checkpoint ``model``.
+    """
+    protected = [] if model is None or isinstance(model, TTFNetModule) else [model]
+    output = check_output_file(output, what="export output", protected=protected)
+    meta = metadata_path(output)
+    if same_file(meta, output):
+        raise OutputPathError(f"export output {output}: its metadata file would be {meta}, the model itself; "
+                              "use a model suffix (.onnx, .pt2, .pt)")
+    check_output_file(meta, what=f"export output {output}: its metadata file", protected=protected)
+    return output
+
+
 def _example(wrapper: DetectionExport, batch: int = 2) -> Tensor:
     g = torch.Generator().manual_seed(0)
     return torch.randint(0, 256, (batch, 3, *wrapper.input_size), dtype=torch.uint8, generator=g)
@@ -236,7 +257,9 @@ def export_onnx(
     check: bool = True,
 ) -> dict[str, Any]:
     """Write ``output`` (ONNX: normalisation + network + fixed-K decoder, dynamic batch) and its
-    metadata file; returns the metadata (with ``check`` results when ``check``).
+    metadata file; returns the metadata (with ``check`` results when ``check``). The output path is
+    checked first (:func:`check_export_output`: ``OutputPathError``); nothing is written to it
+    unless the export (and its check) succeeded, and no temporary file outlives a failure.
 
     Args:
         model: a :class:`TTFNetModule` or a checkpoint path (:func:`~ttfnet_lightning.checkpoints.load_model`).
@@ -249,13 +272,28 @@ def export_onnx(
     onnx = import_onnx()
     if opset < MIN_OPSET:
         raise ValueError(f"opset must be >= {MIN_OPSET} (ONNX GridSample, used by the deformable convs), got {opset}")
+    output = check_export_output(output, model)
     module, source = _load(model)
     wrapper = _wrapper(module, input_size, topk)
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
+    meta = _metadata(module, wrapper, fmt="onnx", source=source, opset=int(opset))
+
+    def write(tmp: Path) -> None:
+        _onnx_file(onnx, wrapper, tmp, opset=int(opset), meta=meta)
+
+    def verify(tmp: Path) -> None:
+        onnx.checker.check_model(str(tmp))
+        meta["check"] = check_exported_onnx(tmp, wrapper, _example, meta["score_threshold"])
+
+    write_with_sidecar(output, write, sidecar=metadata_path(output), sidecar_text=lambda: json.dumps(meta, indent=1),
+                       check=verify if check else None)
+    log.info("wrote %s and %s", output, metadata_path(output))
+    return meta
+
+
+def _onnx_file(onnx: Any, wrapper: DetectionExport, tmp: Path, *, opset: int, meta: dict[str, Any]) -> None:
+    """The ONNX graph of ``wrapper`` written to ``tmp``, ``meta`` in its ``metadata_props``."""
     example = _example(wrapper)
     axes = {"images": {0: "batch"}, "boxes": {0: "batch"}, "scores": {0: "batch"}, "labels": {0: "batch"}}
-    tmp = output.with_name(output.name + ".tmp")
     with torch.no_grad(), warnings.catch_warnings():
         # the TorchScript-based exporter is deprecated in favour of dynamo=True, which needs onnxscript;
         # tracer warnings come from the deform conv's shape checks (constants for a fixed input size)
@@ -266,37 +304,10 @@ def export_onnx(
             wrapper, (example,), str(tmp), dynamo=False, opset_version=int(opset), input_names=["images"],
             output_names=["boxes", "scores", "labels"], dynamic_axes=axes, do_constant_folding=True,
         )
-    meta = _metadata(module, wrapper, fmt="onnx", source=source, opset=int(opset))
     proto = onnx.load(str(tmp))
     onnx.helper.set_model_props(proto, {"ttfnet_lightning": json.dumps(meta)})
     proto.producer_name = "ttfnet-lightning"
     onnx.save(proto, str(tmp))
-    tmp.replace(output)
-    if check:
-        onnx.checker.check_model(str(output))
-        meta["check"] = _check_onnx(output, wrapper, meta["score_threshold"])
-    metadata_path(output).write_text(json.dumps(meta, indent=1))
-    log.info("wrote %s and %s", output, metadata_path(output))
-    return meta
-
-
-def _check_onnx(path: Path, wrapper: DetectionExport, score_threshold: float) -> dict[str, Any]:
-    """onnxruntime on a random uint8 batch of 2 (and of 1: the dynamic batch) against PyTorch
-    (:func:`~ttfnet_lightning.onnx_runtime.compare_detections`)."""
-    from .onnx_runtime import compare_detections, import_onnxruntime
-
-    ort = import_onnxruntime()
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    result: dict[str, Any] = {}
-    for batch in (2, 1):
-        x = _example(wrapper, batch)
-        got = session.run(None, {"images": x.numpy()})
-        with torch.no_grad():
-            ref = wrapper(x)
-        if tuple(got[0].shape) != tuple(ref[0].shape):
-            raise RuntimeError(f"exported model gives boxes of shape {got[0].shape} for batch {batch}, PyTorch {tuple(ref[0].shape)}")
-        result[f"batch{batch}"] = compare_detections(ref, got, score_threshold=score_threshold)
-    return result
 
 
 def export_torchscript(
@@ -306,20 +317,20 @@ def export_torchscript(
     ``torch.jit.load(path)``, also from C++ libtorch, no ttfnet-lightning needed), with the same
     metadata file (also stored in the archive as ``extra/ttfnet_lightning.json``). Dynamic batch.
     PyTorch deprecates TorchScript (warnings from torch.jit); ``format=pt2`` is its successor."""
+    output = check_export_output(output, model)
     module, source = _load(model)
     wrapper = _wrapper(module, input_size, topk)
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
     meta = _metadata(module, wrapper, fmt="torchscript", source=source, opset=None)
-    tmp = output.with_name(output.name + ".tmp")
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        warnings.filterwarnings("ignore", category=FutureWarning)
-        traced = torch.jit.trace(wrapper, (_example(wrapper),), check_trace=False)
-        torch.jit.save(traced, str(tmp), _extra_files={"ttfnet_lightning.json": json.dumps(meta)})
-    tmp.replace(output)
-    metadata_path(output).write_text(json.dumps(meta, indent=1))
+
+    def write(tmp: Path) -> None:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            traced = torch.jit.trace(wrapper, (_example(wrapper),), check_trace=False)
+            torch.jit.save(traced, str(tmp), _extra_files={"ttfnet_lightning.json": json.dumps(meta)})
+
+    write_with_sidecar(output, write, sidecar=metadata_path(output), sidecar_text=lambda: json.dumps(meta, indent=1))
     return meta
 
 
@@ -329,18 +340,19 @@ def export_pt2(
     """The same graph as :func:`export_onnx` as a ``torch.export`` program (``.pt2``; run with
     ``torch.export.load(path).module()(images)``, no ttfnet-lightning needed; AOTInductor can
     compile it), dynamic batch, with the same metadata file (also inside, as ``ttfnet_lightning.json``)."""
+    output = check_export_output(output, model)
     module, source = _load(model)
     wrapper = _wrapper(module, input_size, topk)
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
     meta = _metadata(module, wrapper, fmt="pt2", source=source, opset=None)
     batch = torch.export.Dim("batch", min=1, max=4096)
     with torch.no_grad():
         program = torch.export.export(wrapper, (_example(wrapper),), dynamic_shapes={"images": {0: batch}})
-    tmp = output.with_name(output.name + ".tmp")
-    torch.export.save(program, str(tmp), extra_files={"ttfnet_lightning.json": json.dumps(meta)})
-    tmp.replace(output)
-    metadata_path(output).write_text(json.dumps(meta, indent=1))
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: torch.export.save wants a ".pt2" name otherwise
+            torch.export.save(program, f, extra_files={"ttfnet_lightning.json": json.dumps(meta)})
+
+    write_with_sidecar(output, write, sidecar=metadata_path(output), sidecar_text=lambda: json.dumps(meta, indent=1))
     return meta
 
 

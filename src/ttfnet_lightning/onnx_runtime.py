@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,8 @@ from torch import Tensor
 
 log = logging.getLogger(__name__)
 
-__all__ = ["OnnxDetector", "predict_onnx", "read_metadata", "compare_detections", "import_onnxruntime", "is_onnx_path"]
+__all__ = ["OnnxDetector", "predict_onnx", "read_metadata", "compare_detections", "check_exported_onnx", "import_onnxruntime",
+           "is_onnx_path"]
 
 RUNTIME_EXTRA_HINT = "pip install 'ttfnet-lightning[export]' (or: pip install 'onnxruntime>=1.18')"
 
@@ -170,6 +171,25 @@ def compare_detections(
     }
 
 
+def check_exported_onnx(path: Path, wrapper: torch.nn.Module, example: Callable[[Any, int], Tensor],
+                        score_threshold: float) -> dict[str, Any]:
+    """onnxruntime on a random uint8 batch of 2 (and of 1: the dynamic batch), ``example(wrapper, batch)``,
+    against the PyTorch ``wrapper`` (:func:`compare_detections` per batch size). Raises
+    ``RuntimeError`` when the output shapes differ."""
+    ort = import_onnxruntime()
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    result: dict[str, Any] = {}
+    for batch in (2, 1):
+        x = example(wrapper, batch)
+        got = session.run(None, {"images": x.numpy()})
+        with torch.no_grad():
+            ref = wrapper(x)
+        if tuple(got[0].shape) != tuple(ref[0].shape):
+            raise RuntimeError(f"exported model gives boxes of shape {got[0].shape} for batch {batch}, PyTorch {tuple(ref[0].shape)}")
+        result[f"batch{batch}"] = compare_detections(ref, got, score_threshold=score_threshold)
+    return result
+
+
 def predict_onnx(cfg: Any) -> dict[str, Any]:
     """``predict`` for ``cfg.ckpt`` = an exported ``.onnx`` model: the same inputs (``input``,
     ``output``, ``draw_threshold``, ``batch_size``, ``device``, ``num_workers``) and outputs as
@@ -177,14 +197,12 @@ def predict_onnx(cfg: Any) -> dict[str, Any]:
     (``inference.*`` does not apply)."""
     from torch.utils.data import DataLoader
 
-    from .predict import DetectionWriter, ImageFolder, collate_images, list_images
+    from .predict import DetectionWriter, ImageFolder, collate_images, prepare_prediction
 
+    files, out = prepare_prediction(cfg)  # inputs listed, output checked: before the model is loaded
     detector = OnnxDetector(cfg.ckpt, device=str(cfg.get("device", "cpu")))
-    files = list_images(cfg.input)
-    out = Path(cfg.output)
-    out.mkdir(parents=True, exist_ok=True)
     names = detector.class_names
-    writer = DetectionWriter(out, class_names=names, cat_ids=detector.label_to_cat_id or list(range(len(names))),
+    writer = DetectionWriter(out, files=files, class_names=names, cat_ids=detector.label_to_cat_id or list(range(len(names))),
                              draw_threshold=cfg.draw_threshold)
     loader = DataLoader(ImageFolder(files, detector.input_size), batch_size=int(cfg.batch_size), num_workers=int(cfg.get("num_workers", 0)),
                         collate_fn=collate_images)
@@ -192,7 +210,4 @@ def predict_onnx(cfg: Any) -> dict[str, Any]:
         preds = detector.detect(batch["images"], orig_sizes=[m["orig_size"] for m in batch["meta"]]) if len(batch["meta"]) else []
         writer.write_on_batch_end(None, None, preds, None, batch, i)
     writer.finish()
-    print(f"{len(writer.images)} images -> {out} ({len(writer.results)} detections in detections.json; "
-          f"{writer.skipped} unreadable files skipped; onnxruntime, {cfg.ckpt})")
-    return {"num_images": len(writer.images), "num_detections": len(writer.results), "skipped": writer.skipped, "output": str(out),
-            "backend": "onnxruntime"}
+    return writer.summary(f"onnxruntime, {cfg.ckpt}") | {"backend": "onnxruntime"}
