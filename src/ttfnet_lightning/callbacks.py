@@ -19,6 +19,7 @@ import torch
 from pytorch_lightning.callbacks import Callback, OnExceptionCheckpoint
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from .atomic import atomic_write
 from .decode import coco_results
 from .lit_module import NonFiniteError, image_ids
 
@@ -112,9 +113,8 @@ class CocoResultsWriter(Callback):
         self.results += coco_results(list(detections), [m["image_id"] for m in meta], label_to_cat_id)
 
     def write(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.results))
+        """The collected detections as a COCO results JSON at ``path``, written atomically and durably."""
+        path = atomic_write(Path(path), json.dumps(self.results))
         log.info("wrote %d detections to %s", len(self.results), path)
         return path
 

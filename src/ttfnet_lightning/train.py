@@ -32,7 +32,24 @@ from .config import DecodeConfig, LossConfig, NetConfig, OptimConfig
 from .distributed import StopOnSignal, ddp_run_scope, is_launch_rank_zero, patch_lightning_hydra_command
 from .lit_module import TTFNetModule
 from .metrics import AP_NAMES, NA_NOTE, is_na
-from .runs import ResumeMetrics, check_same_config, resume_checkpoint, truncate_metrics, write_results
+from .run_lock import RunLockedError, lock_output_dir
+from .runs import (
+    ResumeMetrics,
+    RunMismatchError,
+    RunRecord,
+    check_checkpoint_module,
+    check_checkpoint_run,
+    check_same_config,
+    check_same_data,
+    checkpoint_candidates,
+    checkpoint_run,
+    data_record,
+    read_data_record,
+    resume_checkpoint,
+    truncate_metrics,
+    write_results,
+    write_run_record,
+)
 from .tables import job_dirname, read_results
 from .tracking import build_loggers, finish_wandb, job_overrides, log_hyperparams
 
@@ -92,7 +109,8 @@ def build_module(cfg: DictConfig, dm: pl.LightningDataModule) -> TTFNetModule:
     )
 
 
-def build_callbacks(cfg: DictConfig, out: Path) -> list[pl.Callback]:
+def build_callbacks(cfg: DictConfig, out: Path, record: RunRecord | None = None) -> list[pl.Callback]:
+    """The run's callbacks; ``record`` (the run's config and data) goes into every checkpoint."""
     from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
     ckpt_dir = out / "checkpoints"
@@ -122,6 +140,7 @@ def build_callbacks(cfg: DictConfig, out: Path) -> list[pl.Callback]:
         # under DDP, SIGTERM stops every process after the same step; under submitit, a preemption
         # stops training at a step's end before the job is requeued (else: Lightning's handling)
         StopOnSignal(),
+        *([record] if record is not None else []),
     ]
     every = cfg.callbacks.get("checkpoint_every_n_steps")
     if every:
@@ -170,48 +189,99 @@ def _terminated_workers(exc: BaseException, trainer: pl.Trainer) -> bool:
     return bool(getattr(getattr(trainer, "_signal_connector", None), "received_sigterm", False))
 
 
+def _check_folder(out: Path, resolved: dict[str, Any], data: dict[str, Any] | None, done: dict[str, Any] | None) -> None:
+    """Refuse to resume or skip the run stored in ``out`` (its results or checkpoints) when it has
+    another config or other data (:class:`~ttfnet_lightning.runs.RunMismatchError`)."""
+    if done is not None or checkpoint_candidates(out):
+        check_same_config(out, resolved)
+        check_same_data(str(out), read_data_record(out, done), data)
+
+
+def _resume_point(cfg: DictConfig, out: Path, resolved: dict[str, Any], data: dict[str, Any] | None,
+                  rank_zero: bool) -> tuple[Path | None, dict[str, Any] | None]:
+    """The checkpoint to resume from (``ckpt_path``, else the newest readable one of the folder,
+    else None) and what it says about its run, after checking that run's config and data.
+
+    Raises:
+        RunMismatchError: the checkpoint's run has another config or other data.
+        FileNotFoundError, CheckpointError: ``ckpt_path`` is missing or not a usable checkpoint."""
+    explicit = cfg.get("ckpt_path")
+    skipped: list[tuple[Path, str]] = []
+    ckpt = Path(explicit) if explicit else resume_checkpoint(out, skipped)
+    if rank_zero:
+        for path, why in skipped:
+            print(f"not resuming from {path}: {why}", file=sys.stderr, flush=True)
+        if skipped and ckpt is None:
+            print(f"no readable checkpoint in {out}: training from the start", file=sys.stderr, flush=True)
+    if ckpt is None:
+        return None, None
+    run = checkpoint_run(ckpt, verify=bool(explicit))  # a found one was checked whole already
+    check_checkpoint_run(run, resolved, data)
+    return ckpt, run
+
+
+def _skip_finished(cfg: DictConfig, out: Path, done: dict[str, Any] | None, rank_zero: bool) -> bool:
+    """Whether this run finished earlier and is skipped (``skip_finished``); exports its backbone
+    again when that file is missing."""
+    if not (cfg.get("skip_finished", True) and done and done.get("status") == "finished"):
+        return False
+    export_missing = bool(cfg.get("export_backbone")) and not Path(cfg.export_backbone).is_file()
+    last_ckpt = out / "checkpoints" / "last.ckpt"
+    if export_missing and not last_ckpt.is_file():
+        # The run finished, but both its exported backbone and its checkpoint are gone (e.g. a
+        # fresh clone: results.json is tracked, weights are not). The export is the point of
+        # such a run, so train it again rather than fail or skip.
+        if rank_zero:
+            print(f"\n{out} finished earlier, but {cfg.export_backbone} and {last_ckpt} are both "
+                  "missing: training it again to re-create the backbone weights")
+        return False
+    if rank_zero:
+        print(f"\nskipping {out}: finished earlier (results.json; skip_finished=false trains again)")
+    if export_missing and rank_zero:
+        from .checkpoints import load_model
+
+        export_backbone_weights(load_model(last_ckpt), cfg.export_backbone)
+    return True
+
+
 def train(cfg: DictConfig) -> float | None:
     """Train and validate; returns the last value of ``cfg.optimized_metric`` (None if never validated).
 
     Writes ``results.json`` (final metrics, timing, the job's overrides) into the output dir when
     training ends. A run whose output dir already holds a finished ``results.json`` is not trained
     again (``skip_finished``, default true): re-running a sweep skips its finished jobs. An
-    unfinished run resumes from its newest checkpoint (see :func:`resume_checkpoint`).
+    unfinished run resumes from its newest readable checkpoint (see :func:`resume_checkpoint`).
+    A stored run (the folder, or the checkpoint given as ``ckpt_path``) is resumed or skipped only
+    with the same config and the same data (:mod:`ttfnet_lightning.runs`).
+
+    One run per output dir at a time: a run started into a folder another run is training into
+    is refused before it changes anything there (:class:`~ttfnet_lightning.run_lock.RunLockedError`).
 
     Under DDP every process runs this function; the run's files are written by global rank 0 only
-    (see :mod:`ttfnet_lightning.distributed`)."""
+    (see :mod:`ttfnet_lightning.distributed`), which also holds the folder's lock."""
     out = output_dir(cfg)
+    with lock_output_dir(out):
+        return _train(cfg, out)
+
+
+def _train(cfg: DictConfig, out: Path) -> float | None:
     rank_zero = is_launch_rank_zero()
     resolved = OmegaConf.to_container(cfg, resolve=True)
+    data = data_record(resolved["data"]["datamodule"])
     done = read_results(out)
-    if done is not None or resume_checkpoint(out) is not None:
-        check_same_config(out, resolved)
-    export_missing = bool(cfg.get("export_backbone")) and not Path(cfg.export_backbone).is_file()
-    last_ckpt = out / "checkpoints" / "last.ckpt"
-    if cfg.get("skip_finished", True) and done and done.get("status") == "finished":
-        if export_missing and not last_ckpt.is_file():
-            # The run finished, but both its exported backbone and its checkpoint are gone (e.g. a
-            # fresh clone: results.json is tracked, weights are not). The export is the point of
-            # such a run, so train it again rather than fail or skip.
-            if rank_zero:
-                print(f"\n{out} finished earlier, but {cfg.export_backbone} and {last_ckpt} are both "
-                      "missing: training it again to re-create the backbone weights")
-        else:
-            if rank_zero:
-                print(f"\nskipping {out}: finished earlier (results.json; skip_finished=false trains again)")
-            if export_missing and rank_zero:
-                from .checkpoints import load_model
-
-                export_backbone_weights(load_model(last_ckpt), cfg.export_backbone)
-            return done.get("metrics", {}).get(str(cfg.optimized_metric))
+    _check_folder(out, resolved, data, done)
+    if _skip_finished(cfg, out, done, rank_zero):
+        return done.get("metrics", {}).get(str(cfg.optimized_metric))
+    ckpt_path, ckpt_run = _resume_point(cfg, out, resolved, data, rank_zero)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    ckpt_path = cfg.get("ckpt_path") or resume_checkpoint(out)
     if not ckpt_path and rank_zero:
         truncate_metrics(out, None)  # a fresh run: no rows of an earlier attempt in this dir
     pl.seed_everything(int(cfg.seed), workers=True)
     dm = build_datamodule(cfg)
     model = build_module(cfg, dm)
+    if ckpt_run is not None:
+        check_checkpoint_module(ckpt_run, dict(model.hparams))
     if cfg.speed.channels_last:
         model.use_channels_last()
     if cfg.speed.compile:
@@ -220,8 +290,8 @@ def train(cfg: DictConfig) -> float | None:
     for lg in loggers:  # W&B: flat config keys, val/* against training hours
         log_hyperparams(lg, cfg, resolved)
     if rank_zero:
-        (out / "config_resolved.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)))
-    callbacks = build_callbacks(cfg, out)
+        write_run_record(out, resolved, data)
+    callbacks = build_callbacks(cfg, out, RunRecord(resolved, data))
     if cfg.get("exact_resume", False):
         order = DataOrder(int(cfg.seed))
         order.wrap(dm)
@@ -243,7 +313,7 @@ def train(cfg: DictConfig) -> float | None:
             warnings.filterwarnings("ignore", message=r".*overridden `(on_after_batch_transfer|transfer_batch_to_device)`.*")
             if cfg.get("exact_resume", False):
                 warnings.filterwarnings("ignore", message=r".*dataloader is not resumable.*")  # DataOrder positions it
-            trainer.fit(model, datamodule=dm, ckpt_path=None if ckpt_path is None else str(ckpt_path))
+            trainer.fit(model, datamodule=dm, ckpt_path=None if ckpt_path is None else str(ckpt_path), weights_only=True)
             if not trainer.interrupted and trainer.callback_metrics.get("time/step") != trainer.global_step:
                 # the schedule ended between validations (check_val_every_n_epoch > 1): the reported
                 # metrics must be those of the final model
@@ -276,7 +346,9 @@ def train(cfg: DictConfig) -> float | None:
     _print_metrics(metrics, f"final metrics ({out})")
     ckpt = trainer.checkpoint_callback
     if ckpt is not None and ckpt.best_model_path and Path(ckpt.best_model_path).is_file():
-        print(f"  best checkpoint: {ckpt.best_model_path} (val/AP {float(ckpt.best_model_score):.3f})")
+        # (no score: a run resumed after its folder was moved; Lightning resets the score, not the path)
+        score = "" if ckpt.best_model_score is None else f" (val/AP {float(ckpt.best_model_score):.3f})"
+        print(f"  best checkpoint: {ckpt.best_model_path}{score}")
     if (out / "checkpoints" / "last.ckpt").is_file():
         print(f"  last checkpoint: {out / 'checkpoints' / 'last.ckpt'}")
     if trainer.interrupted:  # Ctrl-C: Lightning returned normally, but the run is not finished
@@ -289,6 +361,7 @@ def train(cfg: DictConfig) -> float | None:
         "wall_seconds_last_session": time.time() - started,
         "overrides": job_overrides(cfg),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "data_fingerprint": data,
     }
     if cfg.get("measure_fps"):
         from .evaluate import model_speed
@@ -310,7 +383,8 @@ def main(cfg: DictConfig) -> float | None:
     except Exception as exc:
         # a failed job of a paper-table sweep is marked in its results.json (the table shows
         # "failed"; a rerun tries it again); Hydra goes on with the other jobs and reports it
-        if cfg.get("table") is not None:
+        # (not when the folder holds another run, or another process is training into it)
+        if cfg.get("table") is not None and not isinstance(exc, (RunLockedError, RunMismatchError)):
             out = output_dir(cfg)
             if out.is_dir():
                 write_results(out, {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "overrides": job_overrides(cfg)})

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from .coco import CocoDetection
 from .collate import collate_detection
 from .errors import DataError
+from .fingerprint import file_digest, params_digest, voc_split_digest, with_defaults
 from .sample import ImageFileDataset
 from .shapes import DEFAULT_SHAPE_CLASSES, ShapesDataset
 from .transforms import as_size, build_transforms
@@ -57,6 +58,13 @@ class DetectionDataModule(pl.LightningDataModule):
         self.augment = bool(augment)
         self.train_dataset: Dataset | None = None
         self.val_dataset: Dataset | None = None
+
+    @classmethod
+    def data_fingerprint(cls, **options: Any) -> dict[str, str | None]:
+        """Fingerprint of the data that ``cls(**options)`` reads, without reading the data set:
+        ``{part: "sha256:..."}`` per split (None: a file that is missing). Unknown options are
+        ignored. {} here: a subclass without a fingerprint (its runs' data are not checked)."""
+        return {}
 
     def train_transforms(self):
         return build_transforms(input_size=self.input_size, train=True, augment=self.augment)
@@ -193,6 +201,15 @@ class ShapesDataModule(DetectionDataModule):
         self.class_names = probe.class_names
         self.num_classes = probe.num_classes
 
+    @classmethod
+    def data_fingerprint(cls, **options: Any) -> dict[str, str | None]:
+        """The generating parameters of each split (the images are rendered from them)."""
+        o = with_defaults(cls, options)
+        common = {"input_size": list(as_size(o["input_size"], name="input_size", multiple=STRIDE)), "classes": list(o["classes"]),
+                  "min_objects": int(o["min_objects"]), "max_objects": int(o["max_objects"])}
+        return {"train (generated shapes)": params_digest(dict(common, num_images=int(o["num_train"]), seed=int(o["seed"]))),
+                "val (generated shapes)": params_digest(dict(common, num_images=int(o["num_val"]), seed=int(o["val_seed"])))}
+
     def _dataset(self, *, num_images: int, seed: int, train: bool) -> ShapesDataset:
         return ShapesDataset(
             num_images=num_images,
@@ -272,6 +289,14 @@ class CocoDataModule(ImageFileDataModule):
         self.label_to_cat_id = self.val_dataset.label_to_cat_id
         self.val_ann_file = str(self.val_dataset.ann_file)
 
+    @classmethod
+    def data_fingerprint(cls, **options: Any) -> dict[str, str | None]:
+        """The content digest of each split's annotation file (``annotations/instances_{split}.json``)."""
+        o = with_defaults(cls, options)
+        root = Path(o["root"])
+        files = {name: f"annotations/instances_{o[key]}.json" for name, key in (("train", "train_split"), ("val", "val_split"))}
+        return {f"{name} {rel}": file_digest(root / rel, cache_dir=o["check_cache_dir"]) for name, rel in files.items()}
+
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit") and self.train_dataset is None:
             train = CocoDetection(
@@ -339,6 +364,15 @@ class VocDataModule(ImageFileDataModule):
         )
         self.class_names = list(self.train_dataset.class_names)
         self.num_classes = self.train_dataset.num_classes
+
+    @classmethod
+    def data_fingerprint(cls, **options: Any) -> dict[str, str | None]:
+        """Per split, the content digest of its list (``ImageSets/Main/{split}.txt``) and of every
+        XML file it lists."""
+        o = with_defaults(cls, options)
+        root = Path(o["root"])
+        return {f"{name} ImageSets/Main/{o[key]}.txt + Annotations/*.xml": voc_split_digest(root, str(o[key]), cache_dir=o["check_cache_dir"])
+                for name, key in (("train", "train_split"), ("val", "val_split"))}
 
     def setup(self, stage: str | None = None) -> None:
         if self.val_dataset is None:

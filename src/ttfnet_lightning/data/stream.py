@@ -48,6 +48,7 @@ from torch.utils.data import DataLoader, Dataset
 from .collate import collate_detection
 from .datamodules import DetectionDataModule
 from .errors import DataError
+from .fingerprint import combine_digests, file_digest
 
 log = logging.getLogger(__name__)
 
@@ -200,6 +201,17 @@ class CocoStreamDataModule(DetectionDataModule):
         self.label_to_cat_id = [int(c) for c in self.meta["cat_ids"]]
         ann = self.meta.get("val_annotations")
         self.val_ann_file = str(fetch(self.input_dir, ann, self._files, self.storage_options)) if ann else None
+
+    @classmethod
+    def data_fingerprint(cls, **options: Any) -> dict[str, str | None]:
+        """Per split: the digest of ``metadata.json`` (classes, image ids, box counts) and of the
+        split's ``index.json`` (its chunks), fetched like the metadata for a URL ``input_dir``."""
+        input_dir, cache_dir = str(options["input_dir"]), options.get("cache_dir")
+        key = hashlib.sha1(input_dir.encode()).hexdigest()[:16]
+        files = ((Path(cache_dir) / "ttfnet-meta" if cache_dir else stream_cache_dir()) / key) if is_url(input_dir) else Path(input_dir)
+        get = lambda rel: file_digest(fetch(input_dir, rel, files, options.get("storage_options")))  # noqa: E731
+        meta = get(METADATA)
+        return {f"{s} {METADATA} + {s}/index.json": combine_digests([(METADATA, meta), ("index.json", get(f"{s}/index.json"))]) for s in SPLITS}
 
     def split_dir(self, split: str) -> str:
         return join(self.input_dir, split)
