@@ -92,8 +92,12 @@ def _dm_kwargs(tmp_path: Path, **kw):
     ("..\\..\\x.jpg", True), ("sub\\..\\..\\x.jpg", True), ("", True), (" ", True), (".", True), ("a/..", True),
     ("a\x00.jpg", True), (7, True), (None, True),
 ])
-def test_lexical_rules(name, bad: bool):
+def test_lexical_rules(name, bad: bool, tmp_path: Path):
     assert (lexical_problem(name) is not None) == bad
+    # the same verdict from the folder check, whether it judges the names together or one by one
+    for names in ([name], ["a0.jpg", name, "z\x01.jpg"]):
+        problems = ImageFolder(tmp_path).problems(names, lambda k: f"entry {k}")
+        assert any(p.startswith(f"entry {names.index(name)}: ") for p in problems) == bad, problems
 
 
 def test_coco_file_names_leaving_the_image_folder_are_refused_all_in_one_error(tmp_path: Path):
@@ -202,7 +206,7 @@ def test_image_folder_check_is_cheap_for_plain_names(tmp_path: Path, monkeypatch
     folder = ImageFolder(tmp_path)
     calls = []
     monkeypatch.setattr(os.path, "realpath", lambda p, **k: calls.append(p) or p)
-    assert folder.problems([(f"image id {i}", f"img{i}.jpg") for i in range(1000)]) == []
+    assert folder.problems([f"img{i}.jpg" for i in range(1000)], str) == []
     assert calls == []  # plain, non-link names need no resolution
 
 
@@ -222,12 +226,14 @@ def test_coco_duplicate_ids_and_files_are_refused(tmp_path: Path):
 
 
 def test_coco_ids_must_be_integers(tmp_path: Path):
-    root = _coco(tmp_path / "coco", "val", ["a.jpg"])
+    root = _coco(tmp_path / "coco", "val", ["a.jpg", "b.jpg"])
     data = json.loads((root / "annotations" / "instances_val.json").read_text())
     data["images"][0]["id"] = [100]
+    data["annotations"][1]["id"] = {"x": 1}
     (root / "annotations" / "instances_val.json").write_text(json.dumps(data))
-    with pytest.raises(DataError, match="id must be an integer"):
+    with pytest.raises(DataError) as err:
         CocoDetection(root=root, split="val")
+    assert "id must be an integer" in str(err.value) and "annotation id {'x': 1}" in str(err.value)
 
 
 def test_voc_duplicate_entries_and_filenames_are_refused(tmp_path: Path):

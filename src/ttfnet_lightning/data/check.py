@@ -59,7 +59,7 @@ from .sample import ImageFileDataset
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CheckReport", "check_datasets", "check_image", "default_cache_dir", "main"]
+__all__ = ["CheckReport", "check_datasets", "check_image", "default_cache_dir", "main", "shared_images"]
 
 CACHE_VERSION = 2  # 2: results hold the truncated images' missing fraction
 REDUCE = 8  # JPEG decode scale of the check
@@ -74,7 +74,7 @@ def default_cache_dir() -> Path:
     return Path(base) / "data-check"
 
 
-def reduce_to_used(d: Decoded, hw: list[int]) -> bool:
+def _reduced(d: Decoded, hw: list[int]) -> bool:
     """Whether ``d`` was decoded smaller than the file's ``hw`` (a JPEG at 1/``REDUCE``)."""
     return d.image.height != hw[0] or d.image.width != hw[1]
 
@@ -90,7 +90,7 @@ def check_image(path: Path) -> dict[str, Any]:
         return {"status": "bad", "message": str(e), "hw": None, "missing": 1.0}
     except OSError as e:  # decoded a moment ago: the file changed in between
         return {"status": "bad", "message": f"cannot read image {path}: {type(e).__name__}: {e}", "hw": None, "missing": 1.0}
-    if d.truncated is not None and reduce_to_used(d, hw):
+    if d.truncated is not None and _reduced(d, hw):
         try:  # rare: measured again at full size, as the data set will when it reads the image
             d = decode(path)
         except DataError as e:
@@ -267,18 +267,40 @@ def _apply_policy(name: str, ds: ImageFileDataset, bad: dict[int, str], report: 
         )
 
 
-def _image_keys(ds: ImageFileDataset, paths: list[Path]) -> list[tuple[str, tuple[int, str]]]:
-    """Per image of ``ds``: its resolved file (through the image folder's resolved path, so two
-    spellings or a linked folder give one key) and its (image id, file name)."""
+def _file_keys(ds: ImageFileDataset, paths: list[Path]) -> list[str]:
+    """Per image of ``ds``: its file through the image folder's resolved path (two spellings of a
+    folder, or a linked folder, give one key)."""
     folder = ds.image_folder
-    prefix = str(folder.folder) if folder is not None else None
-    keys = []
-    for i, p in enumerate(paths):
-        text = str(p)
-        if folder is not None and prefix is not None and text.startswith(prefix):
-            text = folder.real + text[len(prefix):]
-        keys.append((text, (ds.image_id(i), os.path.basename(text))))
-    return keys
+    if folder is None:
+        return [os.path.realpath(p) for p in paths]
+    prefix = str(folder.folder)
+    return [folder.real + t[len(prefix):] if t.startswith(prefix) else os.path.realpath(t) for t in map(str, paths)]
+
+
+def _folders_overlap(a: ImageFileDataset, b: ImageFileDataset) -> bool:
+    """Whether the two data sets' image folders can hold one file (the same folder, or one inside the
+    other); names never leave their folder (see :mod:`~ttfnet_lightning.data.paths`)."""
+    if a.image_folder is None or b.image_folder is None:
+        return True
+    ra, rb = os.path.join(a.image_folder.real, ""), os.path.join(b.image_folder.real, "")
+    return ra.startswith(rb) or rb.startswith(ra)
+
+
+def _shared_pair(a: ImageFileDataset, b: ImageFileDataset, pa: list[Path], pb: list[Path], name_b: str) -> list[str]:
+    """The images of ``a`` also in ``b``: the same file, or the same image id and file name."""
+    shared: dict[int, str] = {}
+    if _folders_overlap(a, b):  # cheap otherwise: different folders hold different files
+        files_b = set(_file_keys(b, pb))
+        shared = {i: f for i, f in enumerate(_file_keys(a, pa)) if f in files_b}
+    ids_a = [a.image_id(i) for i in range(len(pa))]
+    ids_b = [b.image_id(i) for i in range(len(pb))]
+    common = set(ids_a).intersection(ids_b)
+    if common:
+        named_b = {(iid, pb[i].name) for i, iid in enumerate(ids_b) if iid in common}
+        for i, iid in enumerate(ids_a):
+            if iid in common and i not in shared and (iid, pa[i].name) in named_b:
+                shared[i] = f"{pa[i]} (image id {iid}, also in {name_b} as {pa[i].name})"
+    return [shared[i] for i in sorted(shared)]
 
 
 def shared_images(datasets: dict[str, ImageFileDataset], paths: dict[str, list[Path]] | None = None) -> list[str]:
@@ -291,17 +313,13 @@ def shared_images(datasets: dict[str, ImageFileDataset], paths: dict[str, list[P
     Returns:
         the warnings (count and up to 3 examples each), empty when no image is shared.
     """
-    keys = {
-        name: _image_keys(ds, paths[name] if paths is not None else [ds.image_path(i) for i in range(len(ds))])
-        for name, ds in datasets.items()
-    }
-    names = list(keys)
+    if paths is None:
+        paths = {name: [ds.image_path(i) for i in range(len(ds))] for name, ds in datasets.items()}
+    names = list(datasets)
     out = []
     for k, a in enumerate(names):
         for b in names[k + 1:]:
-            files, ids = {f for f, _ in keys[b]}, {i for _, i in keys[b]}
-            shared = [f if f in files else f"{f} (image id {i[0]}, also in {b} as {i[1]})"
-                      for f, i in keys[a] if f in files or i in ids]
+            shared = _shared_pair(datasets[a], datasets[b], paths[a], paths[b], b)
             if shared:
                 out.append(f"{a} and {b} share {len(shared)} image(s) (the same file, or the same image id and file "
                            f"name; an image in both inflates the validation metric), e.g. {', '.join(shared[:3])}")

@@ -34,70 +34,80 @@ def _is_number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def _is_int(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
 def _is_hashable(x: Any) -> bool:
     return isinstance(x, (int, float, str, bool)) or x is None
 
 
-def _duplicates(pairs: list[tuple[Any, Any]], what: str, of: str, why: str) -> list[str]:
-    """``pairs`` (id, detail) -> one problem per id listed more than once, naming its details."""
+def duplicate_ids(ids: list[Any], entries: list[Any], detail: str, *, what: str, of: str, why: str) -> list[str]:
+    """One problem per id listed more than once in ``ids`` (the ids of the dict ``entries``), naming
+    each copy's ``entry[detail]``, and each id that is not a number or string. Cheap when there is
+    none (one set of the ids)."""
+    try:
+        if len(set(ids)) == len(ids):
+            return []
+    except TypeError:  # an unhashable id: named below
+        pass
     seen: dict[Any, list[Any]] = {}
-    for key, detail in pairs:
-        seen.setdefault(key, []).append(detail)
-    return [
-        f"{what} {key} is listed {len(details)} times ({of} {', '.join(map(repr, details[:5]))}"
-        f"{', ...' if len(details) > 5 else ''}): ids must be unique ({why})"
-        for key, details in seen.items() if len(details) > 1
+    problems = []
+    for e in entries:
+        if isinstance(e, dict) and "id" in e:
+            if _is_hashable(e["id"]):
+                seen.setdefault(e["id"], []).append(e.get(detail))
+            else:
+                problems.append(f"{what} {e['id']!r} ({str(e)[:120]}): an id must be a number or string")
+    return problems + [
+        f"{what} {key} is listed {len(found)} times ({of} {', '.join(map(repr, found[:5]))}"
+        f"{', ...' if len(found) > 5 else ''}): ids must be unique ({why})"
+        for key, found in seen.items() if len(found) > 1
     ]
 
 
-def _image_problems(images: list[Any]) -> tuple[list[str], set[int]]:
+def _image_problems(images: list[Any]) -> tuple[list[str], set[Any]]:
     """Problems of the ``images`` entries (fields, sizes, unique integer ids) and the set of their ids."""
     problems: list[str] = []
-    pairs = []
+    ids = []
     for img in images:
         if not isinstance(img, dict) or any(k not in img for k in ("id", "file_name", "height", "width")):
             problems.append(f"image entry {str(img)[:120]} needs id, file_name, height, width")
             continue
-        if not _is_int(img["id"]):
+        if type(img["id"]) is not int:  # bool is no id
             problems.append(f"image entry {str(img)[:120]}: id must be an integer")
             continue
         if not (_is_number(img["height"]) and _is_number(img["width"]) and img["height"] > 0 and img["width"] > 0):
             problems.append(f"image id {img['id']} has invalid size {img['width']}x{img['height']}")
-        pairs.append((img["id"], img["file_name"]))
-    ids = {iid for iid, _ in pairs}
-    if len(ids) < len(pairs):
-        problems += _duplicates(pairs, "image id", "file names", "each image would get the others' boxes")
-    return problems, ids
+        ids.append(img["id"])
+    problems += duplicate_ids(ids, images, "file_name", what="image id", of="file names",
+                              why="each image would get the others' boxes")
+    return problems, set(ids)
 
 
-def _annotation_problems(anns: list[Any], image_ids: set[int], cat_ids: set[Any]) -> list[str]:
-    """Problems of the ``annotations`` entries: fields, bbox, known image and category, unique integer ids."""
+def _annotation_problems(anns: list[Any], image_ids: set[Any], cat_ids: set[Any]) -> list[str]:
+    """Problems of the ``annotations`` entries: fields, bbox, known image and category, unique ids."""
     problems: list[str] = []
-    pairs = []
+    ids = []
     for ann in anns:
         if not isinstance(ann, dict) or any(k not in ann for k in ("id", "image_id", "category_id", "bbox")):
             problems.append(f"annotation {str(ann)[:120]} needs id, image_id, category_id, bbox")
             continue
         aid = ann["id"]
-        if not _is_int(aid):
-            problems.append(f"annotation {str(ann)[:120]}: id must be an integer")
-        else:
-            pairs.append((aid, ann["image_id"]))
+        ids.append(aid)
         bbox = ann["bbox"]
         if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
             problems.append(f"annotation id {aid} has bbox {bbox!r}, expected 4 numbers [x, y, w, h]")
-        if not _is_hashable(ann["category_id"]) or ann["category_id"] not in cat_ids:
-            problems.append(
-                f"annotation id {aid} has category_id {ann['category_id']}, which is not in 'categories'"
-            )
-        if not _is_int(ann["image_id"]) or ann["image_id"] not in image_ids:
+        try:
+            known_cat = ann["category_id"] in cat_ids
+        except TypeError:  # an unhashable id (a list, an object)
+            known_cat = False
+        try:
+            known_image = ann["image_id"] in image_ids
+        except TypeError:
+            known_image = False
+        if not known_cat:
+            problems.append(f"annotation id {aid} has category_id {ann['category_id']}, which is not in 'categories'")
+        if not known_image:
             problems.append(f"annotation id {aid} refers to image_id {ann['image_id']}, which is not in 'images'")
-    if len({aid for aid, _ in pairs}) < len(pairs):
-        problems += _duplicates(pairs, "annotation id", "image ids", "the COCO evaluator keeps only one of them")
+    problems += duplicate_ids(ids, anns, "image_id", what="annotation id", of="image ids",
+                              why="the COCO evaluator keeps only one of them")
     return problems
 
 
@@ -107,7 +117,7 @@ def load_coco_json(path: Path) -> dict[str, Any]:
     Checks: the file exists and is JSON; it is an object with ``images``, ``annotations`` and
     ``categories`` lists; there is at least one image; images have a unique integer ``id``, a
     ``file_name``, ``height``, ``width``; categories have distinct ``id`` and a ``name``; every
-    annotation has a unique integer ``id``, an ``image_id`` of a listed image, a ``category_id``
+    annotation has a unique ``id`` (a number or string), an ``image_id`` of a listed image, a ``category_id``
     of a listed category and a ``bbox`` of 4 finite numbers. (File names are checked against the
     image folder by :class:`CocoDetection`.)
 
@@ -228,8 +238,9 @@ class CocoDetection(ImageFileDataset):
         if not self.image_dir.is_dir():
             raise DataError(f"COCO image folder not found: {self.image_dir} (annotations: {self.ann_file})")
         self.image_folder = ImageFolder(self.image_dir)
+        images = data["images"]
         raise_problems(
-            self.image_folder.problems((f"image id {img['id']}", img["file_name"]) for img in data["images"]),
+            self.image_folder.problems([img["file_name"] for img in images], lambda k: f"image id {images[k]['id']}"),
             where=f"COCO annotation file {self.ann_file} (image folder {self.image_dir})",
         )
         from pycocotools.coco import COCO

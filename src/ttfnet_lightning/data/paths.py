@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import re
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .errors import DataError
@@ -34,6 +34,8 @@ __all__ = ["ImageFolder", "lexical_problem", "raise_problems"]
 MAX_LISTED = 50  # problems named in one DataError (the rest are counted)
 _ABSOLUTE = re.compile(r"^(?:[/\\]|[A-Za-z]:)")  # /x, \x, \\server\x, C:\x, C:x
 _SEPARATORS = re.compile(r"[/\\]")
+# a plain file name: no separator, drive colon or NUL, and not only dots / spaces (all lexically safe)
+_PLAIN = re.compile(r"[^/\\:\x00]*[^/\\:\x00\s.][^/\\:\x00]*")
 
 
 def _fold(name: str) -> str:
@@ -61,6 +63,21 @@ def lexical_problem(name: object) -> str | None:
     if depth == 0:
         return "names the folder itself, not a file"
     return None
+
+
+_BAD_CHAR = re.compile(r"[/\\:\x00]")
+_BLANK = re.compile(r"\x01[\s.]*\x01")  # an empty / dots-only / blank name among \x01-joined names
+
+
+def _all_plain(names: Sequence[object]) -> bool:
+    """Whether every name is a plain file name (see ``_PLAIN``), judged on all names at once (two
+    regular-expression scans of the joined names: C speed). False may be wrong (a name holding
+    ``\x01``), never True: the caller then judges name by name."""
+    try:
+        joined = "\x01" + "\x01".join(names) + "\x01"  # type: ignore[arg-type]
+    except TypeError:  # a name that is no string
+        return False
+    return _BAD_CHAR.search(joined) is None and _BLANK.search(joined) is None
 
 
 def _is_flat(name: str) -> bool:
@@ -113,19 +130,30 @@ class ImageFolder:
             return None, f"resolves to {real}, outside the image folder {self.real} (through a symbolic link)"
         return os.path.relpath(real, self.real), None
 
-    def problems(self, entries: Iterable[tuple[str, object]]) -> list[str]:
-        """Every ``(entry, name)`` whose name leaves the folder (``"<entry>: file name '<name>'
-        <problem>"``), then every file that two or more entries name (each entry is one image: a
-        file listed twice is scored twice, each time with part of its boxes)."""
+    def problems(self, names: Sequence[object], label: Callable[[int], str]) -> list[str]:
+        """Every name that leaves the folder (``"<label(k)>: file name '<name>' <problem>"``), then
+        every file that two or more entries name (each entry is one image: a file listed twice is
+        scored twice, each time with part of its boxes). ``label(k)`` names entry k (e.g. its id)."""
         out: list[str] = []
-        by_key: dict[str, list[str]] = {}
-        for entry, name in entries:
-            key, problem = self.resolve(name)
-            if problem is not None:
-                out.append(f"{entry}: file name {name!r} {problem}")
-            else:
-                by_key.setdefault(key, []).append(entry)  # type: ignore[arg-type]
-        if len(by_key) < sum(map(len, by_key.values())):
+        links = self._linked_names()
+        keys: list[str | None] = []
+        if not links and _all_plain(names):
+            keys = list(names)  # type: ignore[arg-type]  # the fast path: plain names of a folder without links
+        else:
+            for k, name in enumerate(names):
+                if type(name) is str and _PLAIN.fullmatch(name) and (not links or _fold(name) not in links):
+                    keys.append(name)  # a plain entry of the folder (or a missing one)
+                    continue
+                key, problem = self.resolve(name)
+                keys.append(key)
+                if problem is not None:
+                    out.append(f"{label(k)}: file name {name!r} {problem}")
+        found = keys if not out else [key for key in keys if key is not None]
+        if len(set(found)) < len(found):
+            by_key: dict[str, list[str]] = {}
+            for k, key in enumerate(keys):
+                if key is not None:
+                    by_key.setdefault(key, []).append(label(k))
             for key, named in by_key.items():
                 if len(named) > 1:
                     out.append(f"file {key!r} is named by {len(named)} entries ({', '.join(named[:5])}"

@@ -137,14 +137,13 @@ def index_split(root: Path, split: str) -> tuple[list[str], list[VocRecord], Ima
     names = read_voc_split(root, split)
     split_file = root / "ImageSets" / "Main" / f"{split}.txt"
     annotations = ImageFolder(root / "Annotations")
-    entries = [(f"{split_file.name} entry {i + 1} ({n!r})", f"{n}.xml") for i, n in enumerate(names)]
-    problems = annotations.problems(entries)
+    problems = annotations.problems([f"{n}.xml" for n in names], lambda k: f"{split_file.name} entry {k + 1} ({names[k]!r})")
     safe = [n for n in names if annotations.resolve(f"{n}.xml")[1] is None]  # the others are never read
     parsed = _parse_split(root, safe)
     problems += [str(r) for r in parsed if isinstance(r, DataError)]
     records = [r for r in parsed if isinstance(r, VocRecord)]
     images = ImageFolder(root / "JPEGImages")
-    problems += images.problems((str(r.xml), r.filename) for r in records)
+    problems += images.problems([r.filename for r in records], lambda k: str(records[k].xml))
     raise_problems(problems, where=f"VOC split {split!r} under {root}")
     return names, records, images
 
