@@ -274,6 +274,13 @@ def test_splits_sharing_images_are_reported(tmp_path: Path, caplog):
     assert "share 3 image(s)" in msg and str((root / "train" / "a.jpg").resolve()) in msg
     assert data_check.shared_images({"train": sets["train"], "val": CocoDetection(root=root, split="val")}) != []
     assert data_check.shared_images({"train": sets["train"]}) == []
+    # VOC: both split files list one image
+    voc = _voc(tmp_path / "voc", "train", [("a", "a.jpg"), ("b", "b.jpg"), ("c", "c.jpg"), ("d", "d.jpg"), ("e", "e.jpg")])
+    _voc(voc, "val", [("x", "x.jpg"), ("c", "c.jpg")])
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        VocDataModule(root=voc, **_dm_kwargs(tmp_path, min_boxes_per_class=0)).setup("fit")
+    assert "train and val share 1 image(s)" in caplog.text and "c.jpg" in caplog.text
 
 
 # ------------------------------------------------------------------ image modes

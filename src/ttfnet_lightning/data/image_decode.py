@@ -202,7 +202,7 @@ def decode(path: Path | bytes, *, reduce_to: int | None = None, name: str | None
     missing = rows / max(1, rgb.height)
     what = (f"about {missing:.0%} of the image not decoded (the bottom {rows} of {rgb.height} rows are one uniform "
             "fill colour)" if rows else f"no full row of {rgb.height} missing (at most part of the last block row)")
-    return Decoded(rgb, f"{what}; strict decoder said: {strict_error}", missing)
+    return Decoded(rgb, f"{what} (the strict decoder: {strict_error})", missing)
 
 
 def decode_image(
