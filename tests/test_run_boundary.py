@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -74,6 +75,22 @@ def test_a_second_run_into_a_running_folder_is_refused_and_changes_nothing(tmp_p
         assert f"pid {holder.pid} on host {socket.gethostname()}" in msg and "started 20" in msg and "command: " in msg, msg
         assert snapshot(out) == before, "the refused run changed files of the running one"
         assert not (out / "checkpoints").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_the_command_line_refuses_before_hydra_writes_into_the_folder(tmp_path):
+    """`python -m ttfnet_lightning.train output_dir=<a running run's folder>`: exits non-zero naming
+    the running run, before Hydra writes its .hydra/ copies or log there."""
+    out = tmp_path / "run"
+    holder, _ = start_holder(out)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "ttfnet_lightning.train", *ONE_EPOCH, f"output_dir={out}"], capture_output=True,
+                              text=True, env=subprocess_env(), timeout=300)
+        assert proc.returncode != 0
+        assert f"in use by another training run (pid {holder.pid}" in proc.stderr, proc.stderr[-3000:]
+        assert sorted(p.name for p in out.iterdir()) == [".run.lock"], sorted(out.iterdir())
     finally:
         holder.kill()
         holder.wait()
@@ -339,3 +356,52 @@ def test_unsafe_checkpoints_are_refused_without_advice_to_load_them_unsafely(tmp
         load_model(bad)
     msg = str(info.value)
     assert "weights_only" not in msg and "can still be loaded" not in msg, msg
+
+
+# ------------------------------------------------------------------ 3. with real training processes (slow)
+REAL = [o for o in TINY_TRAIN if not o.startswith(("schedule.max_epochs", "data.datamodule.num_workers"))] + [
+    "schedule.max_epochs=6", "callbacks.checkpoint_every_n_steps=1", "data.datamodule.num_workers=2"]
+
+
+def start_training(out: Path, *extra: str) -> subprocess.Popen:
+    """A training process into ``out``, returned once it has trained a step (a periodic checkpoint)."""
+    proc = subprocess.Popen([sys.executable, "-m", "ttfnet_lightning.train", *REAL, f"output_dir={out}", *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=subprocess_env())
+    deadline = time.monotonic() + 300
+    while not list((out / "checkpoints").glob("latest-step*.ckpt")):
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        assert time.monotonic() < deadline, "no checkpoint within 300 s"
+        time.sleep(0.05)
+    return proc
+
+
+@pytest.mark.slow
+def test_two_trainings_into_one_folder(tmp_path):
+    """The second is refused at once, naming the first; the first finishes with its own results,
+    and its rerun reports it finished (before: one died in the CSV writer, the other's results
+    ended up beside the first one's config)."""
+    out = tmp_path / "run"
+    first = start_training(out)
+    second = subprocess.run([sys.executable, "-m", "ttfnet_lightning.train", *REAL, "kernel.beta=0.3", f"output_dir={out}"],
+                            capture_output=True, text=True, env=subprocess_env(), timeout=300)
+    assert second.returncode != 0 and f"in use by another training run (pid {first.pid}" in second.stderr, second.stderr[-3000:]
+    text, _ = first.communicate(timeout=600)
+    assert first.returncode == 0, text[-3000:]
+    assert "kernel.beta=0.3" not in (out / "results.json").read_text() and "beta: 0.54" in (out / "config_resolved.yaml").read_text()
+    again = subprocess.run([sys.executable, "-m", "ttfnet_lightning.train", *REAL, f"output_dir={out}"], capture_output=True, text=True,
+                           env=subprocess_env(), timeout=300)
+    assert again.returncode == 0 and "skipping" in again.stdout, again.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_a_hard_killed_training_with_workers_leaves_no_stuck_lock(tmp_path):
+    """SIGKILL to the training process alone: its data-loader workers outlive it for a moment, but
+    the folder is free at once."""
+    from ttfnet_lightning.run_lock import run_lock
+
+    out = tmp_path / "run"
+    proc = start_training(out)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    with run_lock(out) as lock:
+        assert lock is not None

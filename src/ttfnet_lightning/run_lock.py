@@ -13,7 +13,10 @@ descriptor right after the fork, so that only the holder itself keeps the folder
 
 Under DDP one lock is taken per run, by the launching process (global rank 0 as its launcher set
 it, :func:`~ttfnet_lightning.distributed.is_launch_rank_zero`); the other ranks of the same run
-take none (:func:`lock_output_dir`). Jobs of a Hydra sweep each lock their own folder.
+take none (:func:`lock_output_dir`). Jobs of a Hydra sweep each lock their own folder. From the
+command line with ``output_dir=...``, :class:`HydraRunLock` takes the lock before Hydra writes its
+own files (``.hydra/``, the job log) into the folder; the run itself then holds it on (a process
+that holds a folder's lock takes it again without waiting).
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
 from .distributed import is_launch_rank_zero
 
 try:
@@ -39,16 +45,17 @@ except ImportError:  # Windows: no flock
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LOCK_FILE", "RunLockedError", "run_lock", "lock_output_dir", "lock_holder"]
+__all__ = ["LOCK_FILE", "RunLockedError", "run_lock", "lock_output_dir", "lock_holder", "HydraRunLock"]
 
 LOCK_FILE = ".run.lock"
 
-# descriptors of the locks this process holds: a forked child closes them (see the module docstring)
-_held: set[int] = set()
+# the locks this process holds: lock file (resolved) -> descriptor; a forked child closes them (see
+# the module docstring)
+_held: dict[str, int] = {}
 
 
 def _close_held_in_child() -> None:
-    for fd in list(_held):
+    for fd in list(_held.values()):
         with contextlib.suppress(OSError):
             os.close(fd)  # closes the child's copy only: the parent keeps the lock
     _held.clear()
@@ -138,11 +145,15 @@ def run_lock(out: str | Path) -> Iterator[Path | None]:
         return
     out.mkdir(parents=True, exist_ok=True)
     path = out / LOCK_FILE
+    key = os.path.realpath(path)
+    if key in _held:  # this process holds it already (HydraRunLock): held on by the outer holder
+        yield path
+        return
     fd = _try_lock(path)
     if fd is None:
         yield None
         return
-    _held.add(fd)
+    _held[key] = fd
     try:
         record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                   "command": shlex.join([sys.executable, *sys.argv]), "output_dir": str(out.absolute())}
@@ -152,7 +163,7 @@ def run_lock(out: str | Path) -> Iterator[Path | None]:
     finally:
         with contextlib.suppress(OSError):
             path.unlink()  # while still locked: a process that opened it retries on the new file
-        _held.discard(fd)
+        _held.pop(key, None)
         os.close(fd)
 
 
@@ -165,3 +176,31 @@ def lock_output_dir(out: str | Path) -> Iterator[Path | None]:
         return
     with run_lock(out) as path:
         yield path
+
+
+class HydraRunLock(Callback):
+    """Hydra callback (``hydra.callbacks.run_lock`` in ``train.yaml``): a single run with
+    ``output_dir`` set locks that folder before Hydra writes into it, and keeps it locked until the
+    run ends; a refused run exits before Hydra's ``.hydra/`` files and log of the running one are
+    touched. (A run without ``output_dir`` gets a new, time-stamped folder; sweep jobs are locked by
+    the run itself.)"""
+
+    def __init__(self) -> None:
+        self._stack: contextlib.ExitStack | None = None
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        out = config.get("output_dir")
+        if not out or not is_launch_rank_zero():
+            return
+        stack = contextlib.ExitStack()
+        try:
+            stack.enter_context(run_lock(str(out)))
+        except RunLockedError as exc:
+            # Hydra turns a callback's exception into a warning and runs the job anyway: exit instead
+            raise SystemExit(f"{type(exc).__name__}: {exc}") from None
+        self._stack = stack
+
+    def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if self._stack is not None:
+            self._stack.close()
+            self._stack = None
