@@ -349,11 +349,16 @@ def test_every_checkpoint_is_loaded_with_weights_only(tmp_path, monkeypatch):
 
 def test_unsafe_checkpoints_are_refused_without_advice_to_load_them_unsafely(tmp_path):
     from ttfnet_lightning.checkpoints import load_model
+    from ttfnet_lightning.models.backbones import load_state_dict_strict
 
     bad = tmp_path / "pickled.ckpt"
     torch.save({"state_dict": {}, "payload": socket.socket}, bad)
     with pytest.raises(ValueError, match=rf"checkpoint {bad} holds Python objects other than tensors .*socket.socket") as info:
         load_model(bad)
+    msg = str(info.value)
+    assert "weights_only" not in msg and "can still be loaded" not in msg, msg
+    with pytest.raises(RuntimeError, match=rf"could not read backbone weights from {bad}") as info:  # backbone.weights=...
+        load_state_dict_strict(torch.nn.Linear(1, 1), bad)
     msg = str(info.value)
     assert "weights_only" not in msg and "can still be loaded" not in msg, msg
 

@@ -145,12 +145,16 @@ def read_checkpoint(path: str | Path, *, verify: bool = False) -> dict[str, Any]
 
     Raises:
         FileNotFoundError: no such file.
-        CheckpointError: the file is empty, not a readable PyTorch file (truncated, corrupted),
+        CheckpointError: a URL or a directory; the file is empty, not a readable PyTorch file (truncated, corrupted),
             damaged (``verify``), holds objects a safe load refuses, or is something else (a plain
             state dict such as torchvision's weights, another program's or model's checkpoint),
             each named with the file.
     """
+    if "://" in str(path):
+        raise CheckpointError(f"checkpoint {path}: only a local file can be read and checked; copy it to this machine first")
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a directory; give a checkpoint file (e.g. {path / 'checkpoints' / 'last.ckpt'})")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.stat().st_size == 0:

@@ -236,7 +236,7 @@ class RunRecord(pl.Callback):
 
 
 # --------------------------------------------------------------------------------- a checkpoint's run
-def checkpoint_run(path: Path, *, verify: bool = True) -> dict[str, Any]:
+def checkpoint_run(path: str | Path, *, verify: bool = True) -> dict[str, Any]:
     """What a checkpoint says about its run: ``config`` and ``data`` (the ones it carries, else those
     stored beside it in its run folder, else None), ``hparams`` (the module's argument groups) and
     ``where`` (for messages). Reads the file safely and, with ``verify``, checks it whole.
@@ -244,6 +244,7 @@ def checkpoint_run(path: Path, *, verify: bool = True) -> dict[str, Any]:
     Raises:
         FileNotFoundError, CheckpointError: see :func:`~ttfnet_lightning.checkpoints.read_checkpoint`."""
     ckpt = read_checkpoint(path, verify=verify)
+    path = Path(path)
     run = ckpt.get(RUN_KEY) if isinstance(ckpt.get(RUN_KEY), dict) else {}
     folder = path.parent.parent if path.parent.name == "checkpoints" else path.parent
     config, data = run.get("config"), run.get("data_fingerprint")

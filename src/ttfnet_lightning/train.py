@@ -207,7 +207,7 @@ def _resume_point(cfg: DictConfig, out: Path, resolved: dict[str, Any], data: di
         FileNotFoundError, CheckpointError: ``ckpt_path`` is missing or not a usable checkpoint."""
     explicit = cfg.get("ckpt_path")
     skipped: list[tuple[Path, str]] = []
-    ckpt = Path(explicit) if explicit else resume_checkpoint(out, skipped)
+    ckpt = explicit if explicit else resume_checkpoint(out, skipped)
     if rank_zero:
         for path, why in skipped:
             print(f"not resuming from {path}: {why}", file=sys.stderr, flush=True)
@@ -217,7 +217,7 @@ def _resume_point(cfg: DictConfig, out: Path, resolved: dict[str, Any], data: di
         return None, None
     run = checkpoint_run(ckpt, verify=bool(explicit))  # a found one was checked whole already
     check_checkpoint_run(run, resolved, data)
-    return ckpt, run
+    return Path(ckpt), run
 
 
 def _skip_finished(cfg: DictConfig, out: Path, done: dict[str, Any] | None, rank_zero: bool) -> bool:

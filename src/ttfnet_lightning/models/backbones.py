@@ -50,8 +50,9 @@ def _read_state_dict(path: str | Path) -> dict[str, Tensor]:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except ImportError as exc:
         raise WeightsError(f"reading {path} needs the safetensors package (pip install safetensors)") from exc
-    except Exception as exc:  # corrupt or non-tensor pickle
-        raise WeightsError(f"could not read backbone weights from {path}: {exc}") from exc
+    except Exception as exc:  # corrupt or non-tensor pickle (torch's advice to load it unsafely is not passed on)
+        why = "a corrupt file, or Python objects other than tensors (never loaded)" if "Weights only" in str(exc) else exc
+        raise WeightsError(f"could not read backbone weights from {path}: {type(exc).__name__}: {why}") from exc
     # accept a bare state dict or the usual checkpoint wrappers
     for key in ("state_dict", "model"):
         if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
