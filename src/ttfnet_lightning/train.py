@@ -109,8 +109,7 @@ def build_module(cfg: DictConfig, dm: pl.LightningDataModule) -> TTFNetModule:
     )
 
 
-def build_callbacks(cfg: DictConfig, out: Path, record: RunRecord | None = None) -> list[pl.Callback]:
-    """The run's callbacks; ``record`` (the run's config and data) goes into every checkpoint."""
+def build_callbacks(cfg: DictConfig, out: Path) -> list[pl.Callback]:
     from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
     ckpt_dir = out / "checkpoints"
@@ -140,7 +139,6 @@ def build_callbacks(cfg: DictConfig, out: Path, record: RunRecord | None = None)
         # under DDP, SIGTERM stops every process after the same step; under submitit, a preemption
         # stops training at a step's end before the job is requeued (else: Lightning's handling)
         StopOnSignal(),
-        *([record] if record is not None else []),
     ]
     every = cfg.callbacks.get("checkpoint_every_n_steps")
     if every:
@@ -291,7 +289,7 @@ def _train(cfg: DictConfig, out: Path) -> float | None:
         log_hyperparams(lg, cfg, resolved)
     if rank_zero:
         write_run_record(out, resolved, data)
-    callbacks = build_callbacks(cfg, out, RunRecord(resolved, data))
+    callbacks = [*build_callbacks(cfg, out), RunRecord(resolved, data)]  # every checkpoint carries the run's config and data
     if cfg.get("exact_resume", False):
         order = DataOrder(int(cfg.seed))
         order.wrap(dm)
