@@ -13,6 +13,15 @@ The overrides are those of ``ttfnet_lightning.train`` (composed with the package
 * ``workers=8``: threads reading the image files;
 * ``overwrite=false``: replace an existing prepared folder.
 
+``output`` must be a new folder, an empty one, or (with ``overwrite=true``) a stream folder written
+by this command: one holding its marker file (``.ttfnet-stream``, written first) or a stream
+``metadata.json``, and nothing else than what it writes (see
+:mod:`~ttfnet_lightning.data.stream_folder`); anything else is refused, whatever ``overwrite``
+says, and so is an output that is, lies inside or contains the source data (symbolic links
+resolved). ``overwrite`` never deletes anything else. Beside the chunks, ``checksums.json`` records
+the sha256 and size of every chunk and index (checked when the stream is set up, see
+:mod:`~ttfnet_lightning.data.stream_verify`).
+
 The images are the data module's own, after its pre-flight check (always run here, cached like
 ``ttfnet_lightning.data.check``): the folder loader's policy decides, i.e. with ``skip_bad_images``
 (the default) missing/undecodable images are left out, counted and named in the log and in
@@ -38,7 +47,9 @@ import numpy as np
 
 from .coco import CocoDetection
 from .errors import DataError
-from .stream import FORMAT_VERSION, METADATA, SPLITS, STREAM_FORMAT, is_url, require_litdata
+from .stream import FORMAT_VERSION, METADATA, STREAM_FORMAT, is_url, require_litdata
+from .stream_folder import check_output, clear_stream_folder, write_marker
+from .stream_verify import split_checksums, write_checksums
 
 log = logging.getLogger(__name__)
 
@@ -108,24 +119,22 @@ def prepare_coco(dm: Any, output: str | Path, *, chunk_bytes: str | int = "64MB"
     (also written, last, as ``output/metadata.json``).
 
     Raises:
-        DataError: ``output`` is a URL, or already holds a prepared folder and not ``overwrite``.
+        DataError: ``output`` is a URL, is/lies inside/contains the source data, is not a new or empty
+            folder nor a stream folder written by ``prepare``, or is one and not ``overwrite``
+            (:func:`~ttfnet_lightning.data.stream_folder.check_output`).
     """
     if is_url(output):
         raise DataError(f"output={output}: prepare writes a local folder; copy it to the object store afterwards "
                         f"(e.g. aws s3 sync DIR {output}) and stream from there")
-    out = Path(output)
-    ours = [out / METADATA, out / "annotations", *(out / s for s in SPLITS)]
-    if any(p.exists() for p in ours):
-        if not overwrite:
-            raise DataError(f"{out} already holds a prepared stream folder (or part of one); overwrite=true replaces it")
-        for p in ours:
-            if p.is_dir():
-                shutil.rmtree(p)
-            elif p.exists():
-                p.unlink()
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
     sets = {"train": dm.train_dataset, "val": dm.val_dataset}
+    out, clear = check_output(output, sources=_sources(dm), overwrite=overwrite)
+    if clear:
+        clear_stream_folder(out)
+    try:
+        write_marker(out, source=str(getattr(dm, "root", "")))
+    except OSError as e:
+        raise DataError(f"output={output}: cannot create the folder {out}: {type(e).__name__}: {e}") from None
+    t0 = time.perf_counter()
     splits: dict[str, Any] = {}
     for name, ds in sets.items():
         info = write_split(ds, out / name, chunk_bytes=chunk_bytes, workers=workers)
@@ -145,6 +154,7 @@ def prepare_coco(dm: Any, output: str | Path, *, chunk_bytes: str | int = "64MB"
     val_ann = Path("annotations") / dm.val_dataset.ann_file.name
     (out / "annotations").mkdir(exist_ok=True)
     shutil.copyfile(dm.val_dataset.ann_file, out / val_ann)
+    write_checksums(out, {name: split_checksums(out / name, name) for name in sets})  # before metadata.json
     litdata = require_litdata()
     meta = {
         "format": STREAM_FORMAT,
@@ -163,6 +173,14 @@ def prepare_coco(dm: Any, output: str | Path, *, chunk_bytes: str | int = "64MB"
     tmp.write_text(json.dumps(meta, indent=1))
     tmp.replace(out / METADATA)  # written last: its presence marks a finished prepare
     return meta
+
+
+def _sources(dm: Any) -> list[Path]:
+    """The data ``dm`` reads: its root, each split's image folder and annotation file."""
+    found = [Path(dm.root)] if getattr(dm, "root", None) else []
+    for ds in (dm.train_dataset, dm.val_dataset):
+        found += [Path(p) for p in (getattr(ds, "root", None), getattr(ds, "image_dir", None), getattr(ds, "ann_file", None)) if p]
+    return found
 
 
 def _bool(value: str) -> bool:
@@ -204,6 +222,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not target.endswith("CocoDataModule"):
         print(f"prepare writes COCO data sets (data=coco), not data '{cfg.data.get('name')}' ({target})", file=sys.stderr)
         return 2
+    try:  # before the (slow) data set build and pre-flight check; prepare_coco checks again with every source path
+        if not is_url(own["output"]):
+            check_output(own["output"], sources=[cfg.data.datamodule.get("root") or "."], overwrite=_bool(own["overwrite"]))
+    except DataError as e:
+        print(f"prepare: {e}", file=sys.stderr)
+        return 1
     try:
         dm = instantiate(cfg.data.datamodule, preflight=False, _convert_="all")
         dm.setup("fit")

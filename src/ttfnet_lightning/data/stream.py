@@ -15,7 +15,12 @@ A prepared folder (written by :mod:`ttfnet_lightning.data.prepare`, once):
 * ``annotations/``: a copy of the validation annotation file (for COCOeval in ``evaluate``);
 * ``metadata.json`` (written last: a folder without it is an unfinished prepare): class names,
   category ids, per split the number of images and boxes, the image ids in stored order, the
-  images the pre-flight check excluded (with why), the source annotation files.
+  images the pre-flight check excluded (with why), the source annotation files;
+* ``checksums.json``: the size and sha256 of each split's ``index.json`` and chunk files, checked
+  at setup (:mod:`~ttfnet_lightning.data.stream_verify`; folders prepared without it load with
+  sizes checked only and a logged note);
+* ``.ttfnet-stream``: the marker ``prepare`` writes first (what ``overwrite=true`` may replace:
+  :mod:`~ttfnet_lightning.data.stream_folder`).
 
 :class:`CocoStreamDataModule` streams them with litdata's ``StreamingDataset`` (subclassed in
 :mod:`~ttfnet_lightning.data.stream_dataset`): each item decoded with the folder loader's decode
@@ -49,6 +54,7 @@ from .collate import collate_detection
 from .datamodules import DetectionDataModule
 from .errors import DataError
 from .fingerprint import combine_digests, file_digest
+from .stream_verify import CHECKSUMS, INDEX, read_checksums, verify_index, verify_local_split
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +170,14 @@ class CocoStreamDataModule(DetectionDataModule):
         skip_bad_images, max_bad_images: an item that does not decode (the prepare already excluded
             the images the pre-flight check found bad, so this means a damaged chunk) is dropped
             from its batch and counted (at most ``max_bad_images``), or raises.
+        verify_checksums: at setup, check each local chunk's content against the sha256 ``prepare``
+            recorded (digests cached per machine, see :mod:`~ttfnet_lightning.data.stream_verify`);
+            False: presence and sizes only. A URL stream's chunks are checked after their download.
+
+    Raises (at setup):
+        DataError: a chunk listed in a split's index is missing, of another size than recorded or
+            (``verify_checksums``) of other content; the index differs from the one ``prepare``
+            wrote. The message names the split and every such chunk file.
     """
 
     def __init__(
@@ -181,6 +195,7 @@ class CocoStreamDataModule(DetectionDataModule):
         seed: int = 0,
         skip_bad_images: bool = True,
         max_bad_images: int = 10,
+        verify_checksums: bool = True,
     ) -> None:
         super().__init__(input_size=input_size, batch_size=batch_size, num_workers=num_workers, augment=augment)
         require_litdata()
@@ -190,6 +205,7 @@ class CocoStreamDataModule(DetectionDataModule):
         self.storage_options = dict(storage_options or {})
         self.shuffle, self.seed = bool(shuffle), int(seed)
         self.skip_bad_images, self.max_bad_images = bool(skip_bad_images), int(max_bad_images)
+        self.verify_checksums = bool(verify_checksums)
         if is_url(self.input_dir):
             key = hashlib.sha1(self.input_dir.encode()).hexdigest()[:16]
             self._files = (Path(self.cache_dir) / "ttfnet-meta" if self.cache_dir else stream_cache_dir()) / key
@@ -201,6 +217,8 @@ class CocoStreamDataModule(DetectionDataModule):
         self.label_to_cat_id = [int(c) for c in self.meta["cat_ids"]]
         ann = self.meta.get("val_annotations")
         self.val_ann_file = str(fetch(self.input_dir, ann, self._files, self.storage_options)) if ann else None
+        self._checksums: dict[str, Any] | None = None
+        self._checksums_read = False
 
     @classmethod
     def data_fingerprint(cls, **options: Any) -> dict[str, str | None]:
@@ -216,9 +234,37 @@ class CocoStreamDataModule(DetectionDataModule):
     def split_dir(self, split: str) -> str:
         return join(self.input_dir, split)
 
+    def _split_checksums(self, split: str) -> dict[str, Any] | None:
+        """The split's recorded checksums (``checksums.json``; None for a stream prepared without)."""
+        if not self._checksums_read:
+            path: Path | None
+            try:
+                path = fetch(self.input_dir, CHECKSUMS, self._files, self.storage_options)
+            except DataError:  # a stream prepared before checksums existed (read_checksums logs it)
+                path = None
+            self._checksums, self._checksums_read = read_checksums(path, self.input_dir), True
+        if self._checksums is None:
+            return None
+        if not isinstance(self._checksums.get(split), dict):
+            raise DataError(f"{join(self.input_dir, CHECKSUMS)} records no checksums of split '{split}'; prepare the stream again")
+        return self._checksums[split]
+
+    def verify_split(self, split: str) -> dict[str, Any] | None:
+        """Check the split's chunks (see ``verify_checksums``); returns its recorded chunk checksums."""
+        sums = self._split_checksums(split)
+        num_images = len(self.meta["splits"][split]["image_ids"])
+        if is_url(self.input_dir):
+            index = fetch(self.input_dir, f"{split}/{INDEX}", self._files, self.storage_options)
+            verify_index(index, split, sums, num_images)
+        else:
+            verify_local_split(Path(self.input_dir) / split, split, sums=sums, num_images=num_images,
+                               checksums=self.verify_checksums, cache_dir=stream_cache_dir() / "verified")
+        return None if sums is None else dict(sums.get("chunks") or {})
+
     def _dataset(self, split: str, *, train: bool) -> Dataset:
         from .stream_dataset import StreamingCocoDetection
 
+        chunk_checksums = self.verify_split(split)
         return StreamingCocoDetection(
             self.split_dir(split),
             image_ids=self.meta["splits"][split]["image_ids"],
@@ -232,6 +278,7 @@ class CocoStreamDataModule(DetectionDataModule):
             storage_options=self.storage_options,
             skip_bad_images=self.skip_bad_images,
             max_bad_images=self.max_bad_images,
+            chunk_checksums=chunk_checksums if self.verify_checksums else None,
         )
 
     def setup(self, stage: str | None = None) -> None:
