@@ -2,20 +2,23 @@
 splits sharing images) add to a coco-mini data module setup: ``CocoDataModule(...)`` +
 ``setup("fit")`` with the pre-flight check cached, as every training run starts.
 
-Two measurements: (1) each check alone, called on the same inputs as in the setup, median of many
-calls, beside the setup's median; (2) the whole setup with those checks switched off (patched to
-no-ops) and on, interleaved (noisier: it shows the same order of magnitude). Also the per-read
-check (a file resolved again just before it is read) beside the decode it precedes. Under a minute.
+Measured: each check timed inside real setups (wrapped with a timer: cold, in context; the id
+checks are inline in the JSON check's entry loops and in the index it builds anyway, so they are
+timed alone, a loop of their own: an upper bound), the same checks alone in a warm loop, and the whole setup with the checks
+on and patched out, interleaved (an A/B whose spread is wider than the checks themselves). Also
+the per-read check (a file resolved again just before it is read) beside the decode it precedes.
+Takes about 20 s.
 
 Goal: the checks add under 1 % to the setup.
 
-    python benchmarks/bench_data_checks.py [--root ../shared/data/coco-mini] [--repeats 40] [--json out.json]
+    python benchmarks/bench_data_checks.py [--root ../shared/data/coco-mini] [--repeats 100] [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import statistics
 import sys
@@ -30,68 +33,110 @@ from _common import machine  # noqa: E402
 
 
 def median_ms(fn: Callable[[], object], repeats: int) -> float:
-    """Median wall-clock milliseconds of ``fn()`` over ``repeats`` calls (after one warm-up call)."""
+    """Median wall-clock milliseconds of ``fn()`` over ``repeats`` calls (after one warm-up call;
+    garbage collection off while timing, as timeit does)."""
     fn()
     times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
+    gc.disable()
+    try:
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    finally:
+        gc.enable()
     return 1e3 * statistics.median(times)
+
+
+NAMES = {
+    "folder": "image folder (paths.ImageFolder; resolved only when needed)",
+    "names": "file names stay in the image folder, each named once (ImageFolder.problems)",
+    "ids": "unique image / annotation ids (inline; timed alone: an upper bound)",
+    "shared": "splits sharing images (check.shared_images, pre-flight check)",
+}
 
 
 @contextlib.contextmanager
 def checks_off() -> Iterator[None]:
     """The boundary checks patched to no-ops (what the setup costs without them)."""
-    from ttfnet_lightning.data import check, coco, paths
+    from ttfnet_lightning.data import check, paths
 
-    saved = (paths.ImageFolder.problems, coco.duplicate_ids, check.shared_images)
+    def light_init(self: Any, folder: Any) -> None:  # the attributes, nothing listed
+        self.folder = Path(folder)
+        self._links = None
+        self.plain_only = None
+
+    saved = (paths.ImageFolder.__init__, paths.ImageFolder.problems, check.shared_images)
+    paths.ImageFolder.__init__ = light_init  # type: ignore[method-assign]
     paths.ImageFolder.problems = lambda self, names, label: []  # type: ignore[method-assign]
-    coco.duplicate_ids = lambda *a, **k: []  # type: ignore[assignment]
     check.shared_images = lambda *a, **k: []  # type: ignore[assignment]
     try:
         yield
     finally:
-        paths.ImageFolder.problems, coco.duplicate_ids, check.shared_images = saved  # type: ignore[method-assign]
+        paths.ImageFolder.__init__, paths.ImageFolder.problems, check.shared_images = saved  # type: ignore[method-assign]
+
+
+@contextlib.contextmanager
+def timed_checks(acc: dict[str, list[float]]) -> Iterator[None]:
+    """The boundary checks wrapped with timers: the ms each spends inside a real setup (cold, in
+    context) are added to ``acc[name]``."""
+    from ttfnet_lightning.data import check, paths
+
+    def timer(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapped(*a: Any, **k: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                acc.setdefault(name, []).append(1e3 * (time.perf_counter() - t0))
+        return wrapped
+
+    saved = (paths.ImageFolder.__init__, paths.ImageFolder.problems, check.shared_images)
+    paths.ImageFolder.__init__ = timer("folder", saved[0])  # type: ignore[method-assign]
+    paths.ImageFolder.problems = timer("names", saved[1])  # type: ignore[method-assign]
+    check.shared_images = timer("shared", saved[2])  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        paths.ImageFolder.__init__, paths.ImageFolder.problems, check.shared_images = saved  # type: ignore[method-assign]
 
 
 def component_times(root: Path, dm: Any, splits: dict[str, str], repeats: int) -> dict[str, float]:
-    """Median ms of each check, called alone on the inputs the setup gives it (both splits)."""
+    """Median ms of each check called alone, in a warm loop, on the inputs the setup gives it (both
+    splits): keys of ``NAMES``."""
     from ttfnet_lightning.data.check import shared_images
-    from ttfnet_lightning.data.coco import duplicate_ids
     from ttfnet_lightning.data.paths import ImageFolder
 
     data = {s: json.loads((root / "annotations" / f"instances_{s}.json").read_text()) for s in splits.values()}
+    folders: list[ImageFolder] = []
 
-    def file_names() -> None:
-        for s, d in data.items():
+    def new_folders() -> None:
+        folders.extend(ImageFolder(root / s) for s in data)
+
+    def file_names() -> None:  # on fresh folders (each lists its entries once), made outside the timing
+        for d in reversed(data.values()):  # the last folder stocked is the last split's
             images = d["images"]
-            ImageFolder(root / s).problems([img["file_name"] for img in images], lambda k, images=images: f"image id {images[k]['id']}")
+            folders.pop().problems([img["file_name"] for img in images], lambda k, images=images: f"image id {images[k]['id']}")
 
-    def collect_ids() -> None:  # the ids gathered in load_coco_json's entry loops (upper bound: a loop of its own)
-        for d in data.values():
-            ids, aids = [], []
+    indexed = {"train": dm.train_dataset.coco, "val": dm.val_dataset.coco}
+
+    def unique_ids() -> None:  # what the checks add to the entry loops: an integer test and a count per
+        for d, coco in zip(data.values(), indexed.values()):  # image, one comparison per index
+            valid = 0
             for img in d["images"]:
-                if type(img["id"]) is int:
-                    ids.append(img["id"])
-            for ann in d["annotations"]:
-                aids.append(ann["id"])
-
-    lists = {s: ([i["id"] for i in d["images"]], [a["id"] for a in d["annotations"]]) for s, d in data.items()}
-
-    def unique_ids() -> None:
-        for (ids, aids), d in zip(lists.values(), data.values()):
-            duplicate_ids(ids, d["images"], "file_name", what="image id", of="file names", why="")
-            duplicate_ids(aids, d["annotations"], "image_id", what="annotation id", of="image ids", why="")
+                if type(img["id"]) is not int:
+                    continue
+                valid += 1
+            assert len(coco.anns) == len(d["annotations"]) and valid >= len(coco.imgs)
 
     sets = {"train": dm.train_dataset, "val": dm.val_dataset}
     paths = {k: [ds.image_path(i) for i in range(len(ds))] for k, ds in sets.items()}
+    folder_ms = median_ms(new_folders, repeats)  # also stocks the fresh folders file_names() uses
     return {
-        "file names stay in the image folder, each named once (paths.ImageFolder.problems)": median_ms(file_names, repeats),
-        "unique image / annotation ids: collecting the ids (entry loops)": median_ms(collect_ids, repeats),
-        "unique image / annotation ids: the check (coco.duplicate_ids)": median_ms(unique_ids, repeats),
-        "splits sharing images (check.shared_images, in the pre-flight check)": median_ms(
-            lambda: shared_images(sets, paths), repeats),
+        "folder": folder_ms,
+        "names": median_ms(file_names, min(repeats, len(folders) // len(data) - 1)),
+        "ids": median_ms(unique_ids, repeats),
+        "shared": median_ms(lambda: shared_images(sets, paths), repeats),
     }
 
 
@@ -109,7 +154,7 @@ def read_check(dm: Any, limit: int) -> tuple[float, float]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--root", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "coco-mini")
-    p.add_argument("--repeats", type=int, default=40, help="setups timed per variant")
+    p.add_argument("--repeats", type=int, default=100, help="setups timed per variant")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
     if not (args.root / "annotations").is_dir():
@@ -129,38 +174,61 @@ def main() -> None:
         return dm
 
     dm = setup()  # fills the pre-flight cache: every later setup is the cached one a rerun gets
-    on, off = [], []
-    for _ in range(args.repeats):  # interleaved, so drift on a shared machine hits both alike
-        for times, ctx in ((on, contextlib.nullcontext()), (off, checks_off())):
-            with ctx:
-                t0 = time.perf_counter()
-                setup()
-                times.append(1e3 * (time.perf_counter() - t0))
+    on: list[float] = []
+    off: list[float] = []
+    inside: dict[str, list[float]] = {}
+    gc.collect()
+    gc.disable()  # as timeit does: no collection lands inside one variant's timing
+    try:
+        for r in range(args.repeats):  # interleaved (order alternating), so drift on a shared machine hits both alike
+            variants = [(on, lambda: timed_checks(inside)), (off, checks_off)]
+            for times, ctx in variants if r % 2 == 0 else variants[::-1]:
+                with ctx():
+                    t0 = time.perf_counter()
+                    setup()
+                    times.append(1e3 * (time.perf_counter() - t0))
+    finally:
+        gc.enable()
     setup_on, setup_off = statistics.median(on), statistics.median(off)
-    parts = component_times(args.root, dm, splits, repeats=max(200, 5 * args.repeats))
-    added = sum(parts.values())
+    in_setup = {name: sum(ms) / args.repeats for name, ms in inside.items()}
+    alone = component_times(args.root, dm, splits, repeats=max(200, 2 * args.repeats))
+    in_setup["ids"] = alone["ids"]  # inline in the entry loops: only measurable alone (an upper bound)
+    added = sum(in_setup.values())
     verify_ms, decode_ms = read_check(dm, limit=40)
-
-    print(f"machine: {machine()}")
-    print(f"coco-mini setup (CocoDataModule + setup('fit'), pre-flight cached): {len(dm.train_dataset)} train / "
-          f"{len(dm.val_dataset)} val images, median of {args.repeats}\n")
-    print(f"| {'check (both splits)':<84} | ms per setup | % of setup |")
-    print(f"|{'-' * 86}|-------------:|-----------:|")
-    for name, ms in parts.items():
-        print(f"| {name:<84} | {ms:12.3f} | {100 * ms / setup_on:9.2f}% |")
-    print(f"| {'all checks (sum)':<84} | {added:12.3f} | {100 * added / setup_on:9.2f}% |")
-    print(f"\nsetup with the checks: {setup_on:.2f} ms; with them patched out: {setup_off:.2f} ms "
-          f"(ratio {setup_on / setup_off:.3f}; difference within this machine's noise when under ~1 %)")
-    print(f"per read: the file resolved again {1e3 * verify_ms:.1f} us vs its decode {decode_ms:.2f} ms "
-          f"({100 * verify_ms / decode_ms:.2f} %)")
+    report(machine(), dm, args.repeats, alone, in_setup, (setup_on, setup_off, on, off), (verify_ms, decode_ms))
     share = added / setup_on
     print(f"\ngoal: the checks add under 1 % to the setup: {100 * share:.2f} % -> {'yes' if share < 0.01 else 'no'}")
     if args.json:
         args.json.write_text(json.dumps({
-            "machine": machine(), "setup_ms": setup_on, "setup_without_checks_ms": setup_off, "checks_ms": parts,
+            "machine": machine(), "setup_ms": setup_on, "setup_without_checks_ms": setup_off,
+            "checks_ms_in_setup": {NAMES[k]: v for k, v in in_setup.items()},
+            "checks_ms_alone": {NAMES[k]: v for k, v in alone.items()},
             "read_verify_us": 1e3 * verify_ms, "decode_ms": decode_ms,
             "goals": {"boundary checks / coco-mini setup (goal <= 0.01)": share},
         }, indent=2))
+
+
+def report(mach: str, dm: Any, repeats: int, alone: dict[str, float], in_setup: dict[str, float],
+           setups: tuple[float, float, list[float], list[float]], read: tuple[float, float]) -> None:
+    """Print the table and the A/B and per-read lines."""
+    setup_on, setup_off, on, off = setups
+    print(f"machine: {mach}")
+    print(f"coco-mini setup (CocoDataModule + setup('fit'), pre-flight cached): {len(dm.train_dataset)} train / "
+          f"{len(dm.val_dataset)} val images; {repeats} setups per variant, median {setup_on:.2f} ms\n")
+    print(f"| {'check (both splits)':<76} | alone, ms | in setup, ms | % of setup |")
+    print(f"|{'-' * 78}|----------:|-------------:|-----------:|")
+    for key, name in NAMES.items():
+        print(f"| {name:<76} | {alone[key]:9.3f} | {in_setup.get(key, 0.0):12.3f} | "
+              f"{100 * in_setup.get(key, 0.0) / setup_on:9.2f}% |")
+    total = sum(in_setup.values())
+    print(f"| {'all checks':<76} | {sum(alone.values()):9.3f} | {total:12.3f} | {100 * total / setup_on:9.2f}% |")
+    q = statistics.quantiles
+    print(f"\nA/B, whole setups: with the checks {setup_on:.2f} ms (quartiles {q(on, n=4)[0]:.1f}-{q(on, n=4)[2]:.1f}), "
+          f"patched out {setup_off:.2f} ms ({q(off, n=4)[0]:.1f}-{q(off, n=4)[2]:.1f}): ratio {setup_on / setup_off:.3f} "
+          "(the spread of one setup is wider than the checks: the timed-in-setup column is the figure)")
+    verify_ms, decode_ms = read
+    print(f"per read: the file resolved again (ImageFolder.verify) {1e3 * verify_ms:.1f} us vs its decode "
+          f"{decode_ms:.2f} ms ({100 * verify_ms / decode_ms:.2f} %)")
 
 
 if __name__ == "__main__":

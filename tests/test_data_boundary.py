@@ -220,6 +220,9 @@ def test_coco_duplicate_ids_and_files_are_refused(tmp_path: Path):
     msg = str(err.value)
     assert "image id 1 is listed 2 times (file names 'a.jpg', 'b.jpg')" in msg
     assert "annotation id 7 is listed 2 times (image ids 1, 2)" in msg
+    root = _coco(tmp_path / "coco1", "val", ["a.jpg", "b.jpg", "c.jpg"], ann_ids=[5, 6, 5])  # only that problem
+    with pytest.raises(DataError, match=r"annotation id 5 is listed 2 times \(image ids 100, 102\)"):
+        CocoDetection(root=root, split="val")
     root = _coco(tmp_path / "coco2", "val", ["a.jpg", "b.jpg", "./a.jpg"], ids=[1, 2, 3])
     with pytest.raises(DataError, match=r"file 'a\.jpg' is named by 2 entries \(image id 1, image id 3\)"):
         CocoDetection(root=root, split="val")
@@ -234,6 +237,10 @@ def test_coco_ids_must_be_integers(tmp_path: Path):
     with pytest.raises(DataError) as err:
         CocoDetection(root=root, split="val")
     assert "id must be an integer" in str(err.value) and "annotation id {'x': 1}" in str(err.value)
+    data["images"][0]["id"] = 100  # the annotation id alone: found when indexed, named as well
+    (root / "annotations" / "instances_val.json").write_text(json.dumps(data))
+    with pytest.raises(DataError, match=r"annotation id \{'x': 1\} .*: an id must be a number or string"):
+        CocoDetection(root=root, split="val")
 
 
 def test_voc_duplicate_entries_and_filenames_are_refused(tmp_path: Path):

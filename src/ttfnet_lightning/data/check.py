@@ -267,9 +267,17 @@ def _apply_policy(name: str, ds: ImageFileDataset, bad: dict[int, str], report: 
         )
 
 
-def _file_keys(ds: ImageFileDataset, paths: list[Path]) -> list[str]:
-    """Per image of ``ds``: its file through the image folder's resolved path (two spellings of a
-    folder, or a linked folder, give one key)."""
+def _plain(ds: ImageFileDataset) -> bool:
+    """Whether every file of ``ds`` sits directly in its image folder (plain names, no links)."""
+    return ds.image_folder is not None and bool(ds.image_folder.plain_only)
+
+
+def _file_keys(ds: ImageFileDataset, paths: list[Path], plain: bool) -> list[str]:
+    """Per image of ``ds``: a key of its file. ``plain`` (both data sets' files sit directly in one
+    folder): the file name; otherwise the file through the image folder's resolved path (two
+    spellings of a folder, or a linked folder, give one key)."""
+    if plain:
+        return [str(p).rpartition(os.sep)[2] for p in paths]
     folder = ds.image_folder
     if folder is None:
         return [os.path.realpath(p) for p in paths]
@@ -278,22 +286,34 @@ def _file_keys(ds: ImageFileDataset, paths: list[Path]) -> list[str]:
 
 
 def _folders_overlap(a: ImageFileDataset, b: ImageFileDataset) -> bool:
-    """Whether the two data sets' image folders can hold one file (the same folder, or one inside the
-    other); names never leave their folder (see :mod:`~ttfnet_lightning.data.paths`)."""
+    """Whether the two data sets' image folders can hold one file: the same folder (by device and
+    inode when every file sits directly in its folder: two system calls), or one inside the other
+    (by resolved path); names never leave their folder (see :mod:`~ttfnet_lightning.data.paths`)."""
     if a.image_folder is None or b.image_folder is None:
         return True
+    if _plain(a) and _plain(b):
+        try:
+            return a.image_folder.identity == b.image_folder.identity
+        except OSError:  # a folder gone since the index was built: compare paths
+            pass
     ra, rb = os.path.join(a.image_folder.real, ""), os.path.join(b.image_folder.real, "")
     return ra.startswith(rb) or rb.startswith(ra)
+
+
+def _image_ids(ds: ImageFileDataset, n: int) -> list[Any]:
+    """The image ids of ``ds`` in index order (its ``image_ids`` list when it keeps one)."""
+    ids = getattr(ds, "image_ids", None)
+    return ids if isinstance(ids, list) and len(ids) == n else [ds.image_id(i) for i in range(n)]
 
 
 def _shared_pair(a: ImageFileDataset, b: ImageFileDataset, pa: list[Path], pb: list[Path], name_b: str) -> list[str]:
     """The images of ``a`` also in ``b``: the same file, or the same image id and file name."""
     shared: dict[int, str] = {}
     if _folders_overlap(a, b):  # cheap otherwise: different folders hold different files
-        files_b = set(_file_keys(b, pb))
-        shared = {i: f for i, f in enumerate(_file_keys(a, pa)) if f in files_b}
-    ids_a = [a.image_id(i) for i in range(len(pa))]
-    ids_b = [b.image_id(i) for i in range(len(pb))]
+        plain = _plain(a) and _plain(b)
+        files_b = set(_file_keys(b, pb, plain))
+        shared = {i: str(pa[i]) for i, f in enumerate(_file_keys(a, pa, plain)) if f in files_b}
+    ids_a, ids_b = _image_ids(a, len(pa)), _image_ids(b, len(pb))
     common = set(ids_a).intersection(ids_b)
     if common:
         named_b = {(iid, pb[i].name) for i, iid in enumerate(ids_b) if iid in common}

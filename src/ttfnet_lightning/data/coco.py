@@ -28,7 +28,7 @@ from .sample import ImageFileDataset, box_area, detection_sample, load_rgb_image
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CocoDetection", "load_coco_json", "load_rgb_image"]
+__all__ = ["CocoDetection", "index_coco", "load_coco_json", "load_rgb_image"]
 
 def _is_number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
@@ -38,15 +38,13 @@ def _is_hashable(x: Any) -> bool:
     return isinstance(x, (int, float, str, bool)) or x is None
 
 
-def duplicate_ids(ids: list[Any], entries: list[Any], detail: str, *, what: str, of: str, why: str) -> list[str]:
-    """One problem per id listed more than once in ``ids`` (the ids of the dict ``entries``), naming
-    each copy's ``entry[detail]``, and each id that is not a number or string. Cheap when there is
-    none (one set of the ids)."""
-    try:
-        if len(set(ids)) == len(ids):
-            return []
-    except TypeError:  # an unhashable id: named below
-        pass
+ANN_WHY = "the COCO evaluator keeps only one of them"
+
+
+def duplicate_ids(entries: list[Any], detail: str, *, what: str, of: str, why: str) -> list[str]:
+    """One problem per ``id`` that two or more dict ``entries`` share, naming each copy's
+    ``entry[detail]``, and one per id that is not a number or string. Called once a duplicate is
+    known (a set of the ids smaller than the entries), so it is never on the path of a clean file."""
     seen: dict[Any, list[Any]] = {}
     problems = []
     for e in entries:
@@ -62,10 +60,11 @@ def duplicate_ids(ids: list[Any], entries: list[Any], detail: str, *, what: str,
     ]
 
 
-def _image_problems(images: list[Any]) -> tuple[list[str], set[Any]]:
+def _image_problems(images: list[Any]) -> tuple[list[str], set[int]]:
     """Problems of the ``images`` entries (fields, sizes, unique integer ids) and the set of their ids."""
     problems: list[str] = []
-    ids = []
+    ids: set[int] = set()
+    valid = 0
     for img in images:
         if not isinstance(img, dict) or any(k not in img for k in ("id", "file_name", "height", "width")):
             problems.append(f"image entry {str(img)[:120]} needs id, file_name, height, width")
@@ -75,22 +74,23 @@ def _image_problems(images: list[Any]) -> tuple[list[str], set[Any]]:
             continue
         if not (_is_number(img["height"]) and _is_number(img["width"]) and img["height"] > 0 and img["width"] > 0):
             problems.append(f"image id {img['id']} has invalid size {img['width']}x{img['height']}")
-        ids.append(img["id"])
-    problems += duplicate_ids(ids, images, "file_name", what="image id", of="file names",
-                              why="each image would get the others' boxes")
-    return problems, set(ids)
+        ids.add(img["id"])
+        valid += 1
+    if len(ids) < valid:
+        problems += duplicate_ids(images, "file_name", what="image id", of="file names",
+                                  why="each image would get the others' boxes")
+    return problems, ids
 
 
-def _annotation_problems(anns: list[Any], image_ids: set[Any], cat_ids: set[Any]) -> list[str]:
-    """Problems of the ``annotations`` entries: fields, bbox, known image and category, unique ids."""
+def _annotation_problems(anns: list[Any], image_ids: set[int], cat_ids: set[Any]) -> list[str]:
+    """Problems of the ``annotations`` entries: fields, bbox, known image and category (unique ids:
+    see :func:`index_coco`)."""
     problems: list[str] = []
-    ids = []
     for ann in anns:
         if not isinstance(ann, dict) or any(k not in ann for k in ("id", "image_id", "category_id", "bbox")):
             problems.append(f"annotation {str(ann)[:120]} needs id, image_id, category_id, bbox")
             continue
         aid = ann["id"]
-        ids.append(aid)
         bbox = ann["bbox"]
         if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
             problems.append(f"annotation id {aid} has bbox {bbox!r}, expected 4 numbers [x, y, w, h]")
@@ -106,9 +106,27 @@ def _annotation_problems(anns: list[Any], image_ids: set[Any], cat_ids: set[Any]
             problems.append(f"annotation id {aid} has category_id {ann['category_id']}, which is not in 'categories'")
         if not known_image:
             problems.append(f"annotation id {aid} refers to image_id {ann['image_id']}, which is not in 'images'")
-    problems += duplicate_ids(ids, anns, "image_id", what="annotation id", of="image ids",
-                              why="the COCO evaluator keeps only one of them")
     return problems
+
+
+def index_coco(data: dict[str, Any]) -> tuple[Any, list[str]]:
+    """pycocotools' index (``COCO``) of a validated instances file (:func:`load_coco_json`), and the
+    problems of its annotation ids: every id listed twice (the official evaluator keeps one of
+    them) or not a number / string. Found for free: the index holds fewer annotations than the file."""
+    from pycocotools.coco import COCO
+
+    coco = COCO()
+    coco.dataset = data
+    anns = data["annotations"]
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+            coco.createIndex()
+    except TypeError:  # an unhashable annotation id
+        pass
+    else:
+        if len(coco.anns) == len(anns):
+            return coco, []
+    return coco, duplicate_ids(anns, "image_id", what="annotation id", of="image ids", why=ANN_WHY)
 
 
 def load_coco_json(path: Path) -> dict[str, Any]:
@@ -117,7 +135,8 @@ def load_coco_json(path: Path) -> dict[str, Any]:
     Checks: the file exists and is JSON; it is an object with ``images``, ``annotations`` and
     ``categories`` lists; there is at least one image; images have a unique integer ``id``, a
     ``file_name``, ``height``, ``width``; categories have distinct ``id`` and a ``name``; every
-    annotation has a unique ``id`` (a number or string), an ``image_id`` of a listed image, a ``category_id``
+    annotation has a unique ``id`` (a number or string; in a file without other problems found
+    when indexed, by :func:`index_coco`, where it costs nothing), an ``image_id`` of a listed image, a ``category_id``
     of a listed category and a ``bbox`` of 4 finite numbers. (File names are checked against the
     image folder by :class:`CocoDetection`.)
 
@@ -161,6 +180,8 @@ def load_coco_json(path: Path) -> dict[str, Any]:
             problems.append(f"category id {cat['id']} is listed twice")
         cat_ids.add(cat["id"])
     problems += _annotation_problems(data["annotations"], image_ids, cat_ids)
+    if problems:  # the list names every problem; a clean file's duplicate annotation ids show when indexed
+        problems += duplicate_ids(data["annotations"], "image_id", what="annotation id", of="image ids", why=ANN_WHY)
     raise_problems(problems, where=f"COCO annotation file {path}")
     return data
 
@@ -239,16 +260,9 @@ class CocoDetection(ImageFileDataset):
             raise DataError(f"COCO image folder not found: {self.image_dir} (annotations: {self.ann_file})")
         self.image_folder = ImageFolder(self.image_dir)
         images = data["images"]
-        raise_problems(
-            self.image_folder.problems([img["file_name"] for img in images], lambda k: f"image id {images[k]['id']}"),
-            where=f"COCO annotation file {self.ann_file} (image folder {self.image_dir})",
-        )
-        from pycocotools.coco import COCO
-
-        coco = COCO()
-        coco.dataset = data
-        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
-            coco.createIndex()
+        problems = self.image_folder.problems([img["file_name"] for img in images], lambda k: f"image id {images[k]['id']}")
+        coco, id_problems = index_coco(data)
+        raise_problems(problems + id_problems, where=f"COCO annotation file {self.ann_file} (image folder {self.image_dir})")
         self.coco = coco
 
         self.cat_ids: list[int] = sorted(coco.cats)

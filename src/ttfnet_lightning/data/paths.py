@@ -13,14 +13,16 @@ chose (the image folder, ``Annotations/``). It is refused when it
 
 Cost (see ``benchmarks/bench_data_checks.py``): the folder is listed once (``os.scandir``, no
 ``stat`` per file); a plain name (no separator) that is not a link in that listing is inside by
-construction and needs no further system call; only links and names with sub-folders are resolved
-(``os.path.realpath``, ~20 us each). Matching against the listing ignores case and Unicode
+construction and needs no further system call (all names of a folder without links are judged at
+once, in two regular-expression scans); only links and names with sub-folders are resolved
+(``os.path.realpath``, ~20 us each), and the folder itself only when one is. Matching against the listing ignores case and Unicode
 normalization, so a case-insensitive file system cannot slip a link past it (a false match costs
 one ``realpath``, never a wrong answer).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import unicodedata
@@ -93,9 +95,25 @@ class ImageFolder:
 
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
-        self.real = os.path.realpath(self.folder)
-        self._prefix = os.path.join(self.real, "")  # real path + separator
         self._links: set[str] | None = None
+        # set by problems(): every name judged was a plain entry (no sub-folder, no link), so each
+        # file of the index sits directly in this folder
+        self.plain_only: bool | None = None
+
+    @functools.cached_property
+    def real(self) -> str:
+        """The folder's resolved path (resolved when first needed: never for plain names)."""
+        return os.path.realpath(self.folder)
+
+    @functools.cached_property
+    def _prefix(self) -> str:
+        return os.path.join(self.real, "")  # real path + separator
+
+    @functools.cached_property
+    def identity(self) -> tuple[int, int]:
+        """(device, inode) of the folder (links followed): equal for two spellings of one folder."""
+        st = os.stat(self.folder)
+        return st.st_dev, st.st_ino
 
     def _linked_names(self) -> set[str]:
         """Folded names of the folder's top-level entries that are symbolic links (listed once)."""
@@ -137,8 +155,9 @@ class ImageFolder:
         out: list[str] = []
         links = self._linked_names()
         keys: list[str | None] = []
-        if not links and _all_plain(names):
-            keys = list(names)  # type: ignore[arg-type]  # the fast path: plain names of a folder without links
+        self.plain_only = not links and _all_plain(names)
+        if self.plain_only:
+            keys = names  # type: ignore[assignment]  # the fast path: plain names of a folder without links
         else:
             for k, name in enumerate(names):
                 if type(name) is str and _PLAIN.fullmatch(name) and (not links or _fold(name) not in links):
