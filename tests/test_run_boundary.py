@@ -262,6 +262,36 @@ def test_runs_stored_before_data_fingerprints_stay_skippable(tmp_path, capsys, c
     assert "stored before data fingerprints" in caplog.text
 
 
+def test_data_fingerprints_follow_the_annotations_not_the_location(tmp_path):
+    """VOC: the split list and every listed XML; a prepared stream: its metadata and chunk index;
+    a copy elsewhere has the same fingerprint."""
+    from ttfnet_lightning.data.datamodules import VocDataModule
+    from ttfnet_lightning.data.stream import CocoStreamDataModule
+
+    voc = tmp_path / "voc"
+    (voc / "ImageSets" / "Main").mkdir(parents=True)
+    (voc / "Annotations").mkdir()
+    for split, names in (("train", ["a", "b"]), ("val", ["c"])):
+        (voc / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(names) + "\n")
+        for n in names:
+            (voc / "Annotations" / f"{n}.xml").write_text(f"<annotation><filename>{n}.jpg</filename></annotation>")
+    before = VocDataModule.data_fingerprint(root=voc)
+    shutil.copytree(voc, tmp_path / "voc2")
+    assert VocDataModule.data_fingerprint(root=tmp_path / "voc2") == before
+    (voc / "Annotations" / "b.xml").write_text("<annotation><filename>other.jpg</filename></annotation>")
+    after = VocDataModule.data_fingerprint(root=voc)
+    assert [k for k in before if before[k] != after[k]] == ["train ImageSets/Main/train.txt + Annotations/*.xml"]
+
+    stream = tmp_path / "stream"
+    for rel in ("metadata.json", "train/index.json", "val/index.json"):
+        (stream / rel).parent.mkdir(parents=True, exist_ok=True)
+        (stream / rel).write_text(f"{{\"{rel}\": 1}}")
+    before = CocoStreamDataModule.data_fingerprint(input_dir=str(stream))
+    (stream / "val" / "index.json").write_text('{"chunks": []}')
+    after = CocoStreamDataModule.data_fingerprint(input_dir=str(stream))
+    assert [k for k in before if before[k] != after[k]] == ["val metadata.json + val/index.json"]
+
+
 # --------------------------------------------------------------------- 4. a damaged checkpoint is passed over
 @pytest.mark.parametrize("damage", ["truncated", "zeroed"])
 def test_resume_passes_over_a_damaged_newest_checkpoint(tmp_path, capsys, damage):

@@ -45,7 +45,7 @@ except ImportError:  # Windows: no flock
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LOCK_FILE", "RunLockedError", "run_lock", "lock_output_dir", "lock_holder", "HydraRunLock"]
+__all__ = ["LOCK_FILE", "RunLockedError", "run_lock", "lock_output_dir", "HydraRunLock"]
 
 LOCK_FILE = ".run.lock"
 
@@ -80,15 +80,6 @@ def _read_holder(fd: int) -> dict[str, Any]:
             pass
         time.sleep(0.05)
     return {}
-
-
-def lock_holder(out: str | Path) -> dict[str, Any]:
-    """The record (pid, host, started, command) of the run holding ``out``'s lock file now; {} when
-    there is none or it cannot be read. For messages only: the OS lock decides."""
-    try:
-        return dict(json.loads((Path(out) / LOCK_FILE).read_text(encoding="utf-8")))
-    except (OSError, ValueError, TypeError):
-        return {}
 
 
 def _describe(holder: dict[str, Any]) -> str:

@@ -134,11 +134,18 @@ def _schema_defaults() -> dict[str, Any]:
     return flatten_dict(OmegaConf.to_container(OmegaConf.structured(TrainConfig), resolve=False))
 
 
-def _config_diff(stored_cfg: dict[str, Any], resolved: dict[str, Any]) -> list[str]:
-    """``key: stored ..., now ...`` lines of the settings that differ, resume-free keys and settings
-    added to the schema later (at their default) aside."""
+# ... and those that may change when a checkpoint is resumed explicitly (``ckpt_path=...``): how long
+# it trains on and how often it logs (`ckpt_path=... schedule.max_epochs=24` continues a run for more
+# epochs, into another output dir); a rerun into a finished run's folder must not report its results
+# for a longer schedule, so there they are compared
+_CONTINUE_FREE_KEYS = ("schedule.max_epochs", "trainer.max_epochs", "trainer.max_steps", "trainer.max_time", "trainer.log_every_n_steps")
+
+
+def _config_diff(stored_cfg: dict[str, Any], resolved: dict[str, Any], also_free: tuple[str, ...] = ()) -> list[str]:
+    """``key: stored ..., now ...`` lines of the settings that differ, resume-free keys (and
+    ``also_free``) and settings added to the schema later (at their default) aside."""
     stored, now = flatten_dict(stored_cfg), flatten_dict(resolved)
-    free = lambda k: any(k == f or k.startswith(f + ".") for f in _RESUME_FREE_KEYS)  # noqa: E731
+    free = lambda k: any(k == f or k.startswith(f + ".") for f in (*_RESUME_FREE_KEYS, *also_free))  # noqa: E731
     # a setting added to the schema after the run was stored, at its default, changes nothing
     defaults = _schema_defaults()
     new_at_default = lambda k: k not in stored and k in defaults and now.get(k) == defaults[k]  # noqa: E731
@@ -147,8 +154,8 @@ def _config_diff(stored_cfg: dict[str, Any], resolved: dict[str, Any]) -> list[s
     return [f"  {k}: stored {stored.get(k, '<absent>')!r}, now {now.get(k, '<absent>')!r}" for k in diff]
 
 
-def _refuse_if_different(where: str, stored_cfg: dict[str, Any], resolved: dict[str, Any]) -> None:
-    lines = _config_diff(stored_cfg, resolved)
+def _refuse_if_different(where: str, stored_cfg: dict[str, Any], resolved: dict[str, Any], also_free: tuple[str, ...] = ()) -> None:
+    lines = _config_diff(stored_cfg, resolved, also_free)
     if lines:
         raise RunMismatchError(
             f"{where} holds a run with a different configuration, which this run would resume or skip:\n"
@@ -257,12 +264,13 @@ def checkpoint_run(path: str | Path, *, verify: bool = True) -> dict[str, Any]:
 
 def check_checkpoint_run(run: dict[str, Any], resolved: dict[str, Any], data: dict[str, Any] | None) -> None:
     """Refuse to resume from a checkpoint (:func:`checkpoint_run`) whose run had another
-    configuration or other data than the current one (the same checks as a rerun into its folder).
+    configuration or other data than the current one (the checks of a rerun into its folder; the
+    length of the schedule and the logging interval may change: ``_CONTINUE_FREE_KEYS``).
 
     Raises:
         RunMismatchError: see :func:`check_same_config` and :func:`check_same_data`."""
     if run["config"] is not None:
-        _refuse_if_different(run["where"], run["config"], resolved)
+        _refuse_if_different(run["where"], run["config"], resolved, _CONTINUE_FREE_KEYS)
     else:
         log.info("%s carries no config and has no config_resolved.yaml beside it: only its model settings are checked", run["where"])
     check_same_data(run["where"], run["data"], data)

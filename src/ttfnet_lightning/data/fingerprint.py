@@ -93,9 +93,15 @@ def combine_digests(parts: Sequence[tuple[str, str | None]]) -> str:
 
 
 def with_defaults(cls: type, options: Mapping[str, Any]) -> dict[str, Any]:
-    """``options`` restricted to ``cls.__init__``'s keyword arguments, with its defaults filled in."""
+    """``options`` restricted to ``cls.__init__``'s keyword arguments, with its defaults filled in.
+
+    Raises:
+        TypeError: a required argument is missing (named)."""
     params = inspect.signature(cls.__init__).parameters
     known = {k: p.default for k, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    missing = sorted(k for k, d in known.items() if d is inspect.Parameter.empty and k not in options)
+    if missing:
+        raise TypeError(f"{cls.__name__}.data_fingerprint: missing option(s) {missing}")
     return {k: options.get(k, d) for k, d in known.items()}
 
 
