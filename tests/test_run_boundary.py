@@ -343,6 +343,12 @@ def test_run_records_are_written_atomically_and_durably(tmp_path, monkeypatch):
         assert ("fsync", str(target.parent)) in events[i + 1:], f"{target.parent} not synced after the rename"
 
 
+def test_an_export_path_that_is_a_directory_fails_before_training(tmp_path):
+    with pytest.raises(IsADirectoryError, match="export_backbone="):
+        train(compose("train", [*ONE_EPOCH, f"output_dir={tmp_path / 'run'}", f"export_backbone={tmp_path}"]))
+    assert not (tmp_path / "run" / "checkpoints").exists() and not list(tmp_path.glob("*.tmp"))
+
+
 def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):
     from ttfnet_lightning.atomic import atomic_write
 

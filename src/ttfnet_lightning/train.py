@@ -271,6 +271,8 @@ def _train(cfg: DictConfig, out: Path) -> float | None:
     if _skip_finished(cfg, out, done, rank_zero):
         return done.get("metrics", {}).get(str(cfg.optimized_metric))
     ckpt_path, ckpt_run = _resume_point(cfg, out, resolved, data, rank_zero)
+    if cfg.get("export_backbone") and Path(cfg.export_backbone).is_dir():  # found now, not after training
+        raise IsADirectoryError(f"export_backbone={cfg.export_backbone} is a directory: give the file to write (e.g. .../r18.pth)")
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     if not ckpt_path and rank_zero:
