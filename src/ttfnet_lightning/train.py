@@ -343,6 +343,15 @@ def _train(cfg: DictConfig, out: Path) -> float | None:
         if trainer.interrupted:
             raise KeyboardInterrupt(f"training interrupted: {out} is not finished")
         return value
+    _finish(cfg, out, trainer, model, metrics, {"wall_seconds_last_session": time.time() - started, "data_fingerprint": data})
+    return value
+
+
+def _finish(cfg: DictConfig, out: Path, trainer: pl.Trainer, model: TTFNetModule, metrics: dict[str, float],
+            extra: dict[str, Any]) -> None:
+    """Rank 0 after training: print the final metrics and checkpoints; an interrupted run raises
+    KeyboardInterrupt, a finished one gets its ``results.json`` (with ``extra``), its speed
+    (``measure_fps``) and its exported backbone (``export_backbone``)."""
     _print_metrics(metrics, f"final metrics ({out})")
     ckpt = trainer.checkpoint_callback
     if ckpt is not None and ckpt.best_model_path and Path(ckpt.best_model_path).is_file():
@@ -358,10 +367,9 @@ def _train(cfg: DictConfig, out: Path) -> float | None:
         "status": "finished",
         "metrics": metrics,
         "global_step": int(trainer.global_step),
-        "wall_seconds_last_session": time.time() - started,
         "overrides": job_overrides(cfg),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "data_fingerprint": data,
+        **extra,
     }
     if cfg.get("measure_fps"):
         from .evaluate import model_speed
@@ -373,7 +381,6 @@ def _train(cfg: DictConfig, out: Path) -> float | None:
     if cfg.get("export_backbone"):
         print(f"  backbone weights: {export_backbone_weights(model, cfg.export_backbone)}")
     write_results(out, results)
-    return value
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
