@@ -292,6 +292,30 @@ def test_data_fingerprints_follow_the_annotations_not_the_location(tmp_path):
     assert [k for k in before if before[k] != after[k]] == ["val metadata.json + val/index.json"]
 
 
+def test_the_voc_fingerprint_never_reads_outside_the_annotation_folder(tmp_path, monkeypatch):
+    """A split list naming ``../..`` or an absolute path: the fingerprint reads no file outside
+    ``Annotations/`` (the data set refuses such names by name when it is built)."""
+    from ttfnet_lightning.data import fingerprint
+    from ttfnet_lightning.data.datamodules import VocDataModule
+
+    secret = tmp_path / "secret.xml"
+    secret.write_text("<annotation/>")
+    voc = tmp_path / "voc"
+    (voc / "ImageSets" / "Main").mkdir(parents=True)
+    (voc / "Annotations").mkdir()
+    (voc / "Annotations" / "a.xml").write_text("<annotation/>")
+    (voc / "Annotations" / "link.xml").symlink_to(secret)
+    (voc / "ImageSets" / "Main" / "train.txt").write_text(f"a\n../../secret\n{tmp_path / 'secret'}\nlink\n")
+    (voc / "ImageSets" / "Main" / "val.txt").write_text("a\n")
+    read: list[Path] = []
+    real_digest = fingerprint.file_digest
+    monkeypatch.setattr(fingerprint, "file_digest", lambda p, **kw: read.append(Path(p)) or real_digest(p, **kw))
+    VocDataModule.data_fingerprint(root=voc)
+    assert read, "the fingerprint read nothing"
+    outside = [p for p in read if not os.path.realpath(p).startswith(os.path.realpath(voc) + os.sep)]
+    assert outside == []
+
+
 # --------------------------------------------------------------------- 4. a damaged checkpoint is passed over
 @pytest.mark.parametrize("damage", ["truncated", "zeroed"])
 def test_resume_passes_over_a_damaged_newest_checkpoint(tmp_path, capsys, damage):

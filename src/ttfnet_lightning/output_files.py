@@ -20,6 +20,8 @@ import secrets
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+from .atomic import atomic_write, fsync_dir
+
 __all__ = ["OutputPathError", "check_output_file", "temporary_path", "publish", "write_text_atomic", "write_with_sidecar", "same_file"]
 
 
@@ -101,14 +103,13 @@ def publish(tmp: Path, path: str | Path) -> None:
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    fsync_dir(Path(path).parent)  # the rename itself survives a crash (as :func:`atomic_write` does)
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
-    """``path.write_text(text)`` through a temporary file and :func:`publish` (no partial file, no
-    temporary left behind on any failure)."""
-    with temporary_path(path) as tmp:
-        tmp.write_text(text)
-        publish(tmp, path)
+    """``path.write_text(text)`` atomically and durably: the package's one writer of whole files,
+    :func:`ttfnet_lightning.atomic.atomic_write` (no partial file, no temporary left on any failure)."""
+    atomic_write(path, text)
 
 
 def write_with_sidecar(path: Path, write: Callable[[Path], None], *, sidecar: Path, sidecar_text: Callable[[], str],

@@ -25,6 +25,7 @@ from typing import Any
 from hydra.utils import get_class
 
 from ..atomic import atomic_write
+from .paths import ImageFolder
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +114,14 @@ def voc_split_digest(root: Path, split: str, *, cache_dir: str | Path | None = N
     if listed is None:
         return None
     names = [line.split()[0] for line in split_file.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
-    return combine_digests([(f"ImageSets/Main/{split}.txt", listed)]
-                           + [(f"Annotations/{n}.xml", file_digest(root / "Annotations" / f"{n}.xml", cache_dir=cache_dir)) for n in names])
+    annotations = ImageFolder(root / "Annotations")
+    parts: list[tuple[str, str | None]] = [(f"ImageSets/Main/{split}.txt", listed)]
+    for n in names:
+        # a name that leaves Annotations/ is never read (the data set refuses it by name when built)
+        _, problem = annotations.resolve(f"{n}.xml")
+        digest = None if problem else file_digest(root / "Annotations" / f"{n}.xml", cache_dir=cache_dir)
+        parts.append((f"Annotations/{n}.xml", digest))
+    return combine_digests(parts)
 
 
 def _datamodule_class(options: Mapping[str, Any]) -> type | None:
