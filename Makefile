@@ -23,6 +23,7 @@ install: $(STAMP)  ## create .venv and install the package editable with [dev]
 
 lint: $(STAMP)  ## ruff (rules in pyproject.toml) on src/, tests/ and benchmarks/
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/lint-imports  # the layer rules and no import circles (pyproject.toml [tool.importlinter])
 
 test: $(STAMP)  ## run the fast test suite (installs first if needed)
 	$(BIN)/python -m pytest -m "not slow" -q

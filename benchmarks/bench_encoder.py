@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from reference_targets import reference_encode  # noqa: E402
 
 from _common import machine, timeit  # noqa: E402
-from ttfnet_lightning.targets import encode_targets  # noqa: E402
+from ttfnet_lightning.core.targets import encode_targets  # noqa: E402
 
 GOALS = {50: 1.5, 7: 1.1}  # boxes per image -> bound on encoder / memory floor
 

@@ -33,9 +33,9 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine  # noqa: E402
-from ttfnet_lightning.export import DetectionExport, _exportable_net, export_onnx  # noqa: E402
-from ttfnet_lightning.lit_module import TTFNetModule  # noqa: E402
-from ttfnet_lightning.onnx_runtime import OnnxDetector, compare_detections  # noqa: E402
+from ttfnet_lightning.deploy.export import DetectionExport, _exportable_net, export_onnx  # noqa: E402
+from ttfnet_lightning.deploy.onnx_runtime import OnnxDetector, compare_detections  # noqa: E402
+from ttfnet_lightning.training.lit_module import TTFNetModule  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -66,7 +66,7 @@ def build(size: int, classes: int, *, deformable: bool = True, backbone: str = "
 def images(size: int, n: int) -> tuple[torch.Tensor, str]:
     root = REPO.parent / "shared" / "data" / "coco-mini" / "val2017"
     if root.is_dir():
-        from ttfnet_lightning.predict import ImageFolder, list_images
+        from ttfnet_lightning.deploy.predict import ImageFolder, list_images
 
         files = list_images(root)[:n]
         folder = ImageFolder(files, (size, size))

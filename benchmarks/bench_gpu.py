@@ -28,9 +28,9 @@ SCHEDULES = {"1x (12 epochs)": 12, "2x (24 epochs)": 24, "10x (120 epochs)": 120
 
 
 def train_rate(backbone: str, *, batch: int, steps: int, size: int, compile_: bool) -> float:
-    from ttfnet_lightning.losses import TTFNetLoss
-    from ttfnet_lightning.models import TTFNet
-    from ttfnet_lightning.targets import encode_targets
+    from ttfnet_lightning.core.losses import TTFNetLoss
+    from ttfnet_lightning.core.models import TTFNet
+    from ttfnet_lightning.core.targets import encode_targets
 
     dev = torch.device("cuda")
     net = TTFNet(num_classes=80, backbone=backbone).to(dev).to(memory_format=torch.channels_last).train()
@@ -63,9 +63,9 @@ def train_rate(backbone: str, *, batch: int, steps: int, size: int, compile_: bo
 
 
 def infer_rate(backbone: str, *, batch: int, size: int, precision: str) -> float:
-    from ttfnet_lightning.decode import decode_detections
-    from ttfnet_lightning.inference import optimize_for_inference
-    from ttfnet_lightning.models import TTFNet
+    from ttfnet_lightning.core.decode import decode_detections
+    from ttfnet_lightning.core.inference import optimize_for_inference
+    from ttfnet_lightning.core.models import TTFNet
 
     net = optimize_for_inference(TTFNet(num_classes=80, backbone=backbone).cuda().eval(), precision=precision)
     x = torch.randn(batch, 3, size, size, device="cuda")

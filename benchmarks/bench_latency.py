@@ -32,9 +32,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, timeit  # noqa: E402
-from ttfnet_lightning.decode import decode_detections  # noqa: E402
-from ttfnet_lightning.inference import fold_batchnorm, optimize_for_inference  # noqa: E402
-from ttfnet_lightning.models import TTFNet  # noqa: E402
+from ttfnet_lightning.core.decode import decode_detections  # noqa: E402
+from ttfnet_lightning.core.inference import fold_batchnorm, optimize_for_inference  # noqa: E402
+from ttfnet_lightning.core.models import TTFNet  # noqa: E402
 
 BACKBONE_TREATED = "ResNet-18 classifier@512, BN folded + channels_last"
 

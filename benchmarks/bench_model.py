@@ -40,9 +40,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine  # noqa: E402
-from ttfnet_lightning.losses import TTFNetLoss  # noqa: E402
-from ttfnet_lightning.models import TTFNet, deform  # noqa: E402
-from ttfnet_lightning.targets import encode_targets  # noqa: E402
+from ttfnet_lightning.core.losses import TTFNetLoss  # noqa: E402
+from ttfnet_lightning.core.models import TTFNet, deform  # noqa: E402
+from ttfnet_lightning.core.targets import encode_targets  # noqa: E402
 
 # variant -> (deformable, deform_impl, recomputing backward of the native deformable conv)
 VARIANTS = {

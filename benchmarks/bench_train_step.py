@@ -29,9 +29,9 @@ def profile(overrides: list[str], *, steps: int, skip: int) -> dict[str, dict[st
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    import ttfnet_lightning.train as train_mod
-    from ttfnet_lightning.profiling import StepTimer
-    from ttfnet_lightning.tables import conf_dir
+    import ttfnet_lightning.training.run as train_mod
+    from ttfnet_lightning.conf import conf_dir
+    from ttfnet_lightning.training.profiling import StepTimer
 
     timer = StepTimer(skip=skip, log_metrics=False)
     with tempfile.TemporaryDirectory() as out:

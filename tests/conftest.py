@@ -48,7 +48,7 @@ def raccoon() -> Path:
     return root
 
 
-from ttfnet_lightning.tables import conf_dir  # noqa: E402  (importing the package registers the config schema)
+from ttfnet_lightning.conf import conf_dir  # noqa: E402  (importing the package registers the config schema)
 
 CONF_DIR = conf_dir()  # the installed package's configs
 

@@ -1,6 +1,6 @@
 """A deliberately plain reference for TTFNet target encoding: per image, per box, per pixel.
 
-Written from shared/paper/reference-facts.md, independent of ``ttfnet_lightning.targets``:
+Written from shared/paper/reference-facts.md, independent of ``ttfnet_lightning.core.targets``:
 slow and obvious on purpose. Box geometry uses float32 tensor arithmetic like the released code,
 so integer truncations agree; kernel values use Python floats (float64).
 """

@@ -13,15 +13,15 @@ streaming format (litdata, the ``stream`` extra): :mod:`~ttfnet_lightning.data.p
 :class:`CocoStreamDataModule` (:mod:`~ttfnet_lightning.data.stream`) reads it.
 """
 
-from .coco import CocoDetection
-from .collate import collate_detection
-from .datamodules import CocoDataModule, DetectionDataModule, ImageFileDataModule, ShapesDataModule, VocDataModule
-from .errors import DataError
-from .sample import BadImage, ImageFileDataset
-from .shapes import DEFAULT_SHAPE_CLASSES, SHAPE_KINDS, ShapesDataset, render_shapes
-from .stream import CocoStreamDataModule  # litdata is imported only when a stream is built
-from .transforms import build_transforms
-from .voc import VocDetection
+from ttfnet_lightning.data.coco import CocoDetection
+from ttfnet_lightning.data.collate import collate_detection
+from ttfnet_lightning.data.datamodules import CocoDataModule, DetectionDataModule, ImageFileDataModule, ShapesDataModule, VocDataModule
+from ttfnet_lightning.data.errors import DataError
+from ttfnet_lightning.data.sample import BadImage, ImageFileDataset
+from ttfnet_lightning.data.shapes import DEFAULT_SHAPE_CLASSES, SHAPE_KINDS, ShapesDataset, render_shapes
+from ttfnet_lightning.data.stream import CocoStreamDataModule  # litdata is imported only when a stream is built
+from ttfnet_lightning.data.transforms import build_transforms
+from ttfnet_lightning.data.voc import VocDetection
 
 __all__ = [
     "DataError",

@@ -4,7 +4,7 @@ before the first training step.
     python -m ttfnet_lightning.data.check data=voc data.datamodule.root=/data/voc
     python -m ttfnet_lightning.data.check data=coco data.datamodule.root=/data/coco data.datamodule.check_cache_dir=/tmp/c
 
-(the same overrides as ``ttfnet_lightning.train``, composed with the package's ``conf/train.yaml``).
+(the same overrides as ``ttfnet_lightning.training.run``, composed with the package's ``conf/train.yaml``).
 Exit status 0: no fatal problem (warnings, e.g. truncated images, are listed); 1: fatal problems
 (listed); 2: the data set could not even be built (annotation problems: the error lists them).
 
@@ -53,9 +53,12 @@ from typing import Any
 
 from PIL import Image
 
-from .errors import DataError
-from .image_decode import Decoded, decode
-from .sample import ImageFileDataset
+from ttfnet_lightning.conf import conf_dir
+from ttfnet_lightning.data.coco import CocoDetection
+from ttfnet_lightning.data.errors import DataError
+from ttfnet_lightning.data.image_decode import Decoded, decode
+from ttfnet_lightning.data.sample import ImageFileDataset
+from ttfnet_lightning.data.voc import VocDetection
 
 log = logging.getLogger(__name__)
 
@@ -350,8 +353,6 @@ def shared_images(datasets: dict[str, ImageFileDataset], paths: dict[str, list[P
 def _other_split_errors(dm_cfg: Any, first: str) -> list[str]:
     """When the data module cannot be built, the annotation errors of its other split(s) too, so one
     run lists every problem (each split's data set built alone; classes are not checked here)."""
-    from .coco import CocoDetection
-    from .voc import VocDetection
 
     target = str(dm_cfg.get("_target_", ""))
     kinds = {"CocoDataModule": (CocoDetection, {}), "VocDataModule": (VocDetection, {"min_boxes_per_class": 0})}
@@ -376,7 +377,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
-    from ..tables import conf_dir
 
     overrides = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from torchvision import tv_tensors
 
-from .errors import DataError
-from .paths import ImageFolder, raise_problems
-from .sample import ImageFileDataset, box_area, detection_sample, load_rgb_image
+from ttfnet_lightning.data.errors import DataError
+from ttfnet_lightning.data.paths import ImageFolder, raise_problems
+from ttfnet_lightning.data.sample import ImageFileDataset, box_area, detection_sample, load_rgb_image
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +186,25 @@ def load_coco_json(path: Path) -> dict[str, Any]:
     return data
 
 
+def coco_boxes(
+    anns: list[dict[str, Any]], h: int, w: int, cat_id_to_label: dict[Any, int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """One image's annotations -> ``(boxes (N, 4) xyxy float32 clipped to the image, labels (N,), iscrowd (N,),
+    area (N,), number of degenerate boxes dropped)``; a box with no area left after clipping is dropped;
+    ``area`` is the annotation's when it gives a positive number, else the box area."""
+    if not anns:
+        return np.zeros((0, 4), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32), 0
+    xywh = np.array([a["bbox"] for a in anns], dtype=np.float64).reshape(-1, 4)
+    xyxy = np.clip(np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1), 0, [w, h, w, h])
+    ok = (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])
+    labels = np.array([cat_id_to_label[a["category_id"]] for a in anns], dtype=np.int64)[ok]
+    crowd = np.array([int(bool(a.get("iscrowd", 0))) for a in anns], dtype=np.int64)[ok]
+    boxes = xyxy[ok].astype(np.float32)
+    given = np.array([a.get("area", 0) if _is_number(a.get("area")) else 0 for a in anns], np.float32)[ok]
+    area = np.where(given > 0, given, box_area(boxes)).astype(np.float32)
+    return boxes, labels, crowd, area, int((~ok).sum())
+
+
 class CocoDetection(ImageFileDataset):
     """COCO detection data set.
 
@@ -269,62 +288,44 @@ class CocoDetection(ImageFileDataset):
         self.cat_id_to_label = {c: i for i, c in enumerate(self.cat_ids)}
         self.class_names: list[str] = [str(coco.cats[c]["name"]) for c in self.cat_ids]
 
+        self._index_images(data["images"])
+        self._report_drops(len(data["images"]))
+
+    def _index_images(self, images: list[dict[str, Any]]) -> None:
+        """The per-image lists (``per_image``) from the annotation file's images, in file order; with
+        ``keep_empty=False`` images without a usable box are left out and counted in ``dropped``."""
         self.num_degenerate = 0
         # images dropped with keep_empty=False, by why: no annotation / only crowd / only degenerate
         self.dropped: dict[str, int] = {"no annotations": 0, "only crowd boxes": 0, "only degenerate boxes": 0}
-        self.image_ids: list[int] = []
-        self.file_names: list[str] = []
-        self.orig_sizes: list[tuple[int, int]] = []
-        self._boxes: list[np.ndarray] = []
-        self._labels: list[np.ndarray] = []
-        self._crowd: list[np.ndarray] = []
-        self._area: list[np.ndarray] = []
-        for img in data["images"]:
-            iid = img["id"]
+        for name in self.per_image:
+            setattr(self, name, [])
+        for img in images:
             h, w = int(img["height"]), int(img["width"])
-            anns = coco.imgToAnns.get(iid, [])
-            if anns:
-                xywh = np.array([a["bbox"] for a in anns], dtype=np.float64).reshape(-1, 4)
-                xyxy = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1)
-                xyxy = np.clip(xyxy, 0, [w, h, w, h])
-                ok = (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])
-                self.num_degenerate += int((~ok).sum())
-                labels = np.array([self.cat_id_to_label[a["category_id"]] for a in anns], dtype=np.int64)[ok]
-                crowd = np.array([int(bool(a.get("iscrowd", 0))) for a in anns], dtype=np.int64)[ok]
-                boxes = xyxy[ok].astype(np.float32)
-                given = np.array([a.get("area", 0) if _is_number(a.get("area")) else 0 for a in anns], np.float32)[ok]
-                area = np.where(given > 0, given, box_area(boxes)).astype(np.float32)
-            else:
-                boxes = np.zeros((0, 4), np.float32)
-                labels = np.zeros(0, np.int64)
-                crowd = np.zeros(0, np.int64)
-                area = np.zeros(0, np.float32)
+            anns = self.coco.imgToAnns.get(img["id"], [])
+            boxes, labels, crowd, area, degenerate = coco_boxes(anns, h, w, self.cat_id_to_label)
+            self.num_degenerate += degenerate
             if not self.keep_empty and not (crowd == 0).any():
                 why = "only crowd boxes" if len(crowd) else "only degenerate boxes" if anns else "no annotations"
                 self.dropped[why] += 1
                 continue
-            self.image_ids.append(iid)
-            self.file_names.append(str(img["file_name"]))
-            self.orig_sizes.append((h, w))
-            self._boxes.append(boxes)
-            self._labels.append(labels)
-            self._crowd.append(crowd)
-            self._area.append(area)
+            for name, value in zip(self.per_image, (img["id"], str(img["file_name"]), (h, w), boxes, labels, crowd, area)):
+                getattr(self, name).append(value)
+
+    def _report_drops(self, num_images: int) -> None:
+        """Log the degenerate boxes and the dropped images; no image left raises :class:`DataError`."""
         if self.num_degenerate:
-            log.warning(
-                "%s: dropped %d degenerate box(es) (no area left after clipping to the image)",
-                self.ann_file,
-                self.num_degenerate,
+            log.warning("%s: dropped %d degenerate box(es) (no area left after clipping to the image)", self.ann_file,
+                        self.num_degenerate)
+        if self.keep_empty:
+            return
+        drops = ", ".join(f"{n} with {why}" for why, n in self.dropped.items() if n)
+        if not self.image_ids:
+            raise DataError(
+                f"COCO annotation file {self.ann_file} leaves no image with a usable (non-crowd, "
+                f"non-degenerate) box: all {num_images} images dropped ({drops})"
             )
-        if not self.keep_empty:
-            drops = ", ".join(f"{n} with {why}" for why, n in self.dropped.items() if n)
-            if not self.image_ids:
-                raise DataError(
-                    f"COCO annotation file {self.ann_file} leaves no image with a usable (non-crowd, "
-                    f"non-degenerate) box: all {len(data['images'])} images dropped ({drops})"
-                )
-            if drops:
-                log.info("%s: dropped %d image(s) without a usable box (%s)", self.ann_file, sum(self.dropped.values()), drops)
+        if drops:
+            log.info("%s: dropped %d image(s) without a usable box (%s)", self.ann_file, sum(self.dropped.values()), drops)
 
     @property
     def num_classes(self) -> int:

@@ -8,8 +8,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .errors import DataError
-from .sample import BadImage, box_area
+from ttfnet_lightning.data.errors import DataError
+from ttfnet_lightning.data.sample import BadImage, box_area
 
 __all__ = ["collate_detection"]
 

@@ -19,17 +19,18 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .coco import CocoDetection
-from .collate import collate_detection
-from .errors import DataError
-from .fingerprint import file_digest, params_digest, voc_split_digest, with_defaults
-from .sample import ImageFileDataset
-from .shapes import DEFAULT_SHAPE_CLASSES, ShapesDataset
-from .transforms import as_size, build_transforms
-from .voc import VocDetection
+from ttfnet_lightning.data.check import check_datasets, default_cache_dir
+from ttfnet_lightning.data.coco import CocoDetection
+from ttfnet_lightning.data.collate import collate_detection
+from ttfnet_lightning.data.errors import DataError
+from ttfnet_lightning.data.fingerprint import file_digest, params_digest, voc_split_digest, with_defaults
+from ttfnet_lightning.data.sample import ImageFileDataset
+from ttfnet_lightning.data.shapes import DEFAULT_SHAPE_CLASSES, ShapesDataset
+from ttfnet_lightning.data.transforms import as_size, build_transforms
+from ttfnet_lightning.data.voc import VocDetection
 
 if TYPE_CHECKING:
-    from .check import CheckReport
+    from ttfnet_lightning.data.check import CheckReport
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +120,6 @@ class ImageFileDataModule(DetectionDataModule):
         self.max_truncated_fraction = float(max_truncated_fraction)
         self.preflight, self.preflight_workers = bool(preflight), int(preflight_workers)
         # .check is imported when used: `python -m ttfnet_lightning.data.check` must not find it imported
-        from .check import default_cache_dir
 
         self.check_cache_dir = Path(check_cache_dir) if check_cache_dir is not None else default_cache_dir()
         self._checked: set[int] = set()  # id() of the data sets already checked
@@ -140,7 +140,6 @@ class ImageFileDataModule(DetectionDataModule):
 
     def check_data(self) -> CheckReport:
         """Pre-flight check of the built data sets (nothing excluded; see :func:`check_datasets`)."""
-        from .check import check_datasets
 
         return check_datasets(self.image_datasets(), cache_dir=self.check_cache_dir, workers=self.preflight_workers)
 
@@ -150,7 +149,6 @@ class ImageFileDataModule(DetectionDataModule):
         todo = {k: v for k, v in self.image_datasets().items() if id(v) not in self._checked}
         if not self.preflight or not todo:
             return
-        from .check import check_datasets
 
         report = check_datasets(todo, cache_dir=self.check_cache_dir, workers=self.preflight_workers)
         self._checked.update(id(v) for v in todo.values())

@@ -1,7 +1,7 @@
 """Fingerprints of the data a run is trained on: a content digest of each split's annotations.
 
 A run stores the fingerprint of its data beside its config; a rerun that would resume or skip it
-compares them (:func:`ttfnet_lightning.runs.check_same_data`), so that pointing a run at other
+compares them (:func:`ttfnet_lightning.training.runs.check_same_data`), so that pointing a run at other
 data is refused even where the data's location may change (``data.datamodule.root``).
 
 Each data module class computes its own from its constructor options, without reading the data
@@ -24,8 +24,9 @@ from typing import Any
 
 from hydra.utils import get_class
 
-from ..atomic import atomic_write
-from .paths import ImageFolder
+from ttfnet_lightning.core.atomic import atomic_write
+from ttfnet_lightning.data.check import default_cache_dir
+from ttfnet_lightning.data.paths import ImageFolder
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,6 @@ def _cache_base(cache_dir: str | Path | None) -> Path:
     if cache_dir is not None:
         return Path(cache_dir)
     # .check is imported when used: `python -m ttfnet_lightning.data.check` must not find it imported
-    from .check import default_cache_dir
 
     return default_cache_dir()
 

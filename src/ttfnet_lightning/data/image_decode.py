@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile
 
-from .errors import DataError
+from ttfnet_lightning.data.errors import DataError
 
 __all__ = ["Decoded", "decode", "decode_image", "missing_rows", "to_rgb"]
 

@@ -29,7 +29,7 @@ import unicodedata
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .errors import DataError
+from ttfnet_lightning.data.errors import DataError
 
 __all__ = ["ImageFolder", "lexical_problem", "raise_problems"]
 

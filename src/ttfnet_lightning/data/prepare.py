@@ -4,7 +4,7 @@
     python -m ttfnet_lightning.data.prepare data=coco data.datamodule.root=/data/coco output=/data/coco-stream
     python -m ttfnet_lightning.train data=coco_stream data.datamodule.input_dir=/data/coco-stream
 
-The overrides are those of ``ttfnet_lightning.train`` (composed with the package's
+The overrides are those of ``ttfnet_lightning.training.run`` (composed with the package's
 ``conf/train.yaml``: ``data=coco`` and its ``data.datamodule.*``), plus this command's own:
 
 * ``output=DIR`` (required): a local folder; put it on an object store afterwards, e.g.
@@ -45,11 +45,12 @@ from typing import Any
 
 import numpy as np
 
-from .coco import CocoDetection
-from .errors import DataError
-from .stream import FORMAT_VERSION, METADATA, STREAM_FORMAT, is_url, require_litdata
-from .stream_folder import check_output, clear_stream_folder, write_marker
-from .stream_verify import split_checksums, write_checksums
+from ttfnet_lightning.conf import conf_dir
+from ttfnet_lightning.data.coco import CocoDetection
+from ttfnet_lightning.data.errors import DataError
+from ttfnet_lightning.data.stream import FORMAT_VERSION, METADATA, STREAM_FORMAT, is_url, require_litdata
+from ttfnet_lightning.data.stream_folder import check_output, clear_stream_folder, write_marker
+from ttfnet_lightning.data.stream_verify import split_checksums, write_checksums
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +200,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
-    from ..tables import conf_dir
 
     args = list(sys.argv[1:] if argv is None else argv)
     own = dict(OWN_KEYS)

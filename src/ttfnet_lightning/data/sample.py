@@ -37,9 +37,9 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from .errors import DataError
-from .image_decode import decode, decode_image
-from .paths import ImageFolder
+from ttfnet_lightning.data.errors import DataError
+from ttfnet_lightning.data.image_decode import decode, decode_image
+from ttfnet_lightning.data.paths import ImageFolder
 
 log = logging.getLogger(__name__)
 

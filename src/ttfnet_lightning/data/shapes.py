@@ -32,8 +32,8 @@ from PIL import Image, ImageDraw
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from .sample import check_index, detection_sample
-from .transforms import as_size
+from ttfnet_lightning.data.sample import check_index, detection_sample
+from ttfnet_lightning.data.transforms import as_size
 
 __all__ = ["ShapesDataset", "render_shapes", "SHAPE_KINDS", "DEFAULT_SHAPE_CLASSES"]
 

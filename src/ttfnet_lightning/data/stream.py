@@ -50,11 +50,12 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .collate import collate_detection
-from .datamodules import DetectionDataModule
-from .errors import DataError
-from .fingerprint import combine_digests, file_digest
-from .stream_verify import CHECKSUMS, INDEX, read_checksums, verify_index, verify_local_split
+from ttfnet_lightning.data.check import default_cache_dir
+from ttfnet_lightning.data.collate import collate_detection
+from ttfnet_lightning.data.datamodules import DetectionDataModule
+from ttfnet_lightning.data.errors import DataError
+from ttfnet_lightning.data.fingerprint import combine_digests, file_digest
+from ttfnet_lightning.data.stream_verify import CHECKSUMS, INDEX, is_url, read_checksums, verify_index, verify_local_split
 
 log = logging.getLogger(__name__)
 
@@ -78,12 +79,6 @@ def require_litdata() -> Any:
     return litdata
 
 
-def is_url(path: str | Path) -> bool:
-    """An object-store or other remote location litdata reads (``s3://``, ``gs://``, ``local:``...)."""
-    s = str(path)
-    return "://" in s or s.startswith("local:")
-
-
 def join(base: str | Path, *parts: str) -> str:
     """``base/part/...`` for a local folder or a URL (URLs keep their scheme and use ``/``)."""
     if is_url(base):
@@ -94,7 +89,6 @@ def join(base: str | Path, *parts: str) -> str:
 def stream_cache_dir() -> Path:
     """Where files of remote stream folders (metadata, val annotations) are kept:
     ``<ttfnet_lightning cache>/stream`` (the cache of :func:`~ttfnet_lightning.data.check.default_cache_dir`)."""
-    from .check import default_cache_dir
 
     return default_cache_dir().parent / "stream"
 
@@ -262,7 +256,7 @@ class CocoStreamDataModule(DetectionDataModule):
         return None if sums is None else dict(sums.get("chunks") or {})
 
     def _dataset(self, split: str, *, train: bool) -> Dataset:
-        from .stream_dataset import StreamingCocoDetection
+        from ttfnet_lightning.data.stream_dataset import StreamingCocoDetection
 
         chunk_checksums = self.verify_split(split)
         return StreamingCocoDetection(

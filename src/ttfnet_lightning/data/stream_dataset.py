@@ -15,10 +15,9 @@ import torch
 from litdata import StreamingDataset
 from torchvision import tv_tensors
 
-from .errors import DataError
-from .sample import BadImage, BadImageCounts, decode_image, detection_sample, to_image_tensor
-from .stream import is_url
-from .stream_verify import INDEX, file_sha256
+from ttfnet_lightning.data.errors import DataError
+from ttfnet_lightning.data.sample import BadImage, BadImageCounts, decode_image, detection_sample, to_image_tensor
+from ttfnet_lightning.data.stream_verify import INDEX, file_sha256, is_url
 
 log = logging.getLogger(__name__)
 

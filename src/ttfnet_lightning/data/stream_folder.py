@@ -20,9 +20,9 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from .errors import DataError
-from .stream import FORMAT_VERSION, METADATA, SPLITS, STREAM_FORMAT
-from .stream_verify import CHECKSUMS
+from ttfnet_lightning.data.errors import DataError
+from ttfnet_lightning.data.stream import FORMAT_VERSION, METADATA, SPLITS, STREAM_FORMAT
+from ttfnet_lightning.data.stream_verify import CHECKSUMS
 
 __all__ = ["MARKER", "check_output", "clear_stream_folder", "stream_folder_problem", "write_marker"]
 

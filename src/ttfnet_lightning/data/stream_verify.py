@@ -28,8 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..atomic import atomic_write
-from .errors import DataError
+from ttfnet_lightning.core.atomic import atomic_write
+from ttfnet_lightning.data.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,12 @@ CHECKSUMS_FORMAT = "ttfnet-lightning/coco-stream-checksums"
 INDEX = "index.json"
 RACY_NS = 2_000_000_000  # a digest of a file modified less than this before it was hashed is not reused
 _PREPARE_AGAIN = "prepare the stream again (python -m ttfnet_lightning.data.prepare ... overwrite=true)"
+
+
+def is_url(path: str | Path) -> bool:
+    """An object-store or other remote location litdata reads (``s3://``, ``gs://``, ``local:``...)."""
+    s = str(path)
+    return "://" in s or s.startswith("local:")
 
 
 def file_sha256(path: Path) -> str:

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from torchvision import tv_tensors
 
-from .errors import DataError
-from .paths import ImageFolder, raise_problems
-from .sample import ImageFileDataset, detection_sample
+from ttfnet_lightning.data.errors import DataError
+from ttfnet_lightning.data.paths import ImageFolder, raise_problems
+from ttfnet_lightning.data.sample import ImageFileDataset, detection_sample
 
 log = logging.getLogger(__name__)
 
@@ -246,21 +246,20 @@ class VocDetection(ImageFileDataset):
         self.class_names: list[str] = [str(c) for c in class_names]
         if len(set(self.class_names)) != len(self.class_names):
             raise DataError(f"class_names has duplicates: {self.class_names}")
-        index = {c: i for i, c in enumerate(self.class_names)}
+        self._index_images(names, records, where=where)
 
+    def _index_images(self, names: Sequence[str], records: Sequence[Any], *, where: str) -> None:
+        """The per-image lists (``per_image``) from the split's parsed XML files, in split order; with
+        ``keep_empty=False`` images without a usable object are left out and counted in ``num_dropped``."""
+        index = {c: i for i, c in enumerate(self.class_names)}
         self.num_degenerate = 0
         self.num_dropped = 0  # images without a usable object, dropped with keep_empty=False
-        self.image_names: list[str] = []
-        self.image_ids: list[int] = []
-        self._paths: list[Path] = []
-        self._sizes: list[tuple[int, int] | None] = []
-        self._boxes: list[np.ndarray] = []
-        self._labels: list[np.ndarray] = []
-        self._difficult: list[np.ndarray] = []
+        for name in self.per_image:
+            setattr(self, name, [])
         for pos, (name, rec) in enumerate(zip(names, records)):
-            for c in rec.names:
-                if c not in index:
-                    raise DataError(f"VOC annotation {rec.xml}: unknown class {c!r} (class_names: {self.class_names})")
+            unknown = [c for c in rec.names if c not in index]
+            if unknown:
+                raise DataError(f"VOC annotation {rec.xml}: unknown class {unknown[0]!r} (class_names: {self.class_names})")
             labels = np.array([index[c] for c in rec.names], dtype=np.int64)
             ok = (rec.boxes[:, 2] > rec.boxes[:, 0]) & (rec.boxes[:, 3] > rec.boxes[:, 1])
             self.num_degenerate += int((~ok).sum())
@@ -268,20 +267,16 @@ class VocDetection(ImageFileDataset):
             if not self.keep_empty and difficult.all():
                 self.num_dropped += 1
                 continue
-            self.image_names.append(name)
-            self.image_ids.append(pos)
-            self._paths.append(self.root / "JPEGImages" / rec.filename)
-            self._sizes.append(rec.size)
-            self._boxes.append(rec.boxes[ok])
-            self._labels.append(labels[ok])
-            self._difficult.append(difficult)
+            values = (name, pos, self.root / "JPEGImages" / rec.filename, rec.size, rec.boxes[ok], labels[ok], difficult)
+            for attr, value in zip(self.per_image, values):
+                getattr(self, attr).append(value)
         if self.num_degenerate:
             log.warning("%s: dropped %d degenerate box(es) (no area after clipping to the image)", where, self.num_degenerate)
         if not self.keep_empty and self.num_dropped:
             if not self.image_names:
                 raise DataError(
                     f"{where} leaves no image with a usable (non-difficult, non-degenerate) object: "
-                    f"all {len(names)} images dropped (split file {self.root / 'ImageSets' / 'Main' / f'{split}.txt'})"
+                    f"all {len(names)} images dropped (split file {self.root / 'ImageSets' / 'Main' / f'{self.split}.txt'})"
                 )
             log.info("%s: dropped %d image(s) without a usable object", where, self.num_dropped)
 

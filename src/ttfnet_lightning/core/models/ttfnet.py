@@ -1,0 +1,98 @@
+"""``TTFNet`` = backbone + neck + head; forward only (no targets, no losses)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+from ttfnet_lightning.core.models.backbones import build_backbone
+from ttfnet_lightning.core.models.head import TTFHead
+from ttfnet_lightning.core.models.neck import UpsampleNeck
+
+__all__ = ["TTFNet"]
+
+# regression convs per backbone in the released configs (DLA-34: stacked_convs=(2, 1))
+_DEFAULT_BOX_CONVS = {"r18": 1, "r34": 2, "d53": 2, "dla34": 1}
+
+
+class TTFNet(nn.Module):
+    """TTFNet detector network, built from plain hyper-parameters (Hydra- and checkpoint-friendly).
+
+    Args:
+        num_classes: C.
+        backbone: ``"r18"``, ``"r34"``, ``"d53"``, ``"dla34"`` or ``"timm"``.
+        backbone_model: the timm model name for ``backbone="timm"`` (e.g. ``"resnet18d"``).
+        pretrained: ImageNet weights (torchvision for ResNets, the official file for DLA-34, timm's
+            default for timm models).
+        weights: local backbone state dict (strict keys).
+        frozen_stages: backbone stages frozen (1 = stem + stage 1; -1 none).
+        neck_channels: (256, 128, 64).
+        shortcut_convs: shortcut convs for backbone stages 2, 3, 4 ((3, 2, 1); (0, 0, 0) = none).
+        deformable: modulated deformable up-sampling convs (True) or plain convs.
+        deform_impl: ``"native"`` (grid_sample + matmul, default, much faster on CPU) or
+            ``"torchvision"`` (``torchvision.ops.deform_conv2d``) for the deformable convs; same
+            parameters and results.
+        heatmap_convs, heatmap_channels, box_convs, box_channels: head sizes; ``box_convs=None``
+            takes the released value for the backbone (1 for r18, 2 otherwise).
+        class_aware: 4*C regression channels.
+        wh_scale: s = 16.
+        prior_prob: initial heatmap probability (0.01).
+        stride: output stride (fixed at 4 by the architecture; exposed for the encoder/decoder).
+    Shapes:
+        images (B, 3, H, W), H and W multiples of 32 -> heatmap logits (B, C, H/4, W/4),
+        distances (B, 4, H/4, W/4) (l, t, r, b) in input pixels (or (B, 4C, H/4, W/4)).
+    """
+
+    stride = 4
+
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        backbone: str = "r18",
+        backbone_model: str | None = None,
+        pretrained: bool = False,
+        weights: str | None = None,
+        frozen_stages: int = 1,
+        neck_channels: Sequence[int] = (256, 128, 64),
+        shortcut_convs: Sequence[int] = (3, 2, 1),
+        deformable: bool = True,
+        deform_impl: str = "native",
+        heatmap_convs: int = 2,
+        heatmap_channels: int = 128,
+        box_convs: int | None = None,
+        box_channels: int = 64,
+        class_aware: bool = False,
+        wh_scale: float = 16.0,
+        prior_prob: float = 0.01,
+    ) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.class_aware = class_aware
+        self.backbone = build_backbone(
+            backbone, model=backbone_model, pretrained=pretrained, weights=weights, frozen_stages=frozen_stages
+        )
+        self.neck = UpsampleNeck(
+            in_channels=self.backbone.out_channels,
+            channels=tuple(neck_channels),
+            shortcut_convs=tuple(shortcut_convs),
+            deformable=deformable,
+            deform_impl=deform_impl,
+        )
+        if box_convs is None:
+            box_convs = _DEFAULT_BOX_CONVS.get(backbone, 2)
+        self.head = TTFHead(
+            in_channels=self.neck.out_channels,
+            num_classes=num_classes,
+            heatmap_convs=heatmap_convs,
+            heatmap_channels=heatmap_channels,
+            box_convs=box_convs,
+            box_channels=box_channels,
+            class_aware=class_aware,
+            wh_scale=wh_scale,
+            prior_prob=prior_prob,
+        )
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        return self.head(self.neck(self.backbone(images)))

@@ -1,0 +1,2 @@
+"""Deploy layer: export (ONNX, TorchScript, torch.export), the onnxruntime runner, and prediction on
+image files. Imports the training, data and core layers."""

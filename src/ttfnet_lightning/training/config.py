@@ -1,0 +1,273 @@
+"""The typed config schema: one dataclass per group of settings, the single source of their names,
+types and defaults.
+
+The same dataclasses serve three purposes:
+
+* **Hydra schema.** :class:`TrainConfig` is registered in Hydra's ConfigStore as ``train_schema``
+  and is the first entry of ``conf/train.yaml``'s defaults list, so every YAML file and command-line
+  override merges into typed nodes: an unknown key (``model.neck_channel=...``) or a value of the
+  wrong type (``kernel.beta=abc``) is rejected while Hydra composes, naming the key.
+* **Module arguments.** :class:`~ttfnet_lightning.training.lit_module.TTFNetModule` takes one plain dict per
+  group (``net``, ``kernel``, ``loss``, ``optim``, ``decode``, ``data_info``), checked against
+  these dataclasses and stored as plain dicts in the checkpoint (``load_from_checkpoint`` needs no
+  Hydra); ``TTFNet(**net)`` builds the network.
+* **Documentation** of every setting, below.
+
+Adding a network setting: a field in :class:`NeckHeadConfig` (user key ``model.<name>``, stored in
+the checkpoint's ``net`` group) and its use in :class:`~ttfnet_lightning.core.models.TTFNet`. A kernel
+setting: a field in :class:`KernelConfig` and its use in :func:`~ttfnet_lightning.core.targets.encode_targets`.
+
+Open nodes (``data``, ``trainer``, ``logger``, ``table``, ``protocol``) are typed ``Dict[str, Any]``:
+their keys belong to the object they instantiate (a DataModule, ``pytorch_lightning.Trainer``, a
+logger), which rejects unknown ones itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional  # noqa: UP035  (OmegaConf needs typing's generics)
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
+
+from ttfnet_lightning.training.records import job_dirname, sqlite_url
+
+__all__ = [
+    "BackboneConfig", "NeckHeadConfig", "NetConfig", "KernelConfig", "LossConfig", "DecodeConfig", "ModelConfig",
+    "OptimConfig", "ScheduleConfig", "CallbacksConfig", "SpeedConfig", "DataInfo", "TrainConfig", "checked", "register_configs",
+]
+
+
+# ------------------------------------------------------------------------------------ network
+@dataclass
+class BackboneConfig:
+    """Hydra group ``backbone`` (``conf/backbone/*.yaml``)."""
+
+    name: str = "r18"  # r18 | r34 | d53 | dla34 | timm
+    model: Optional[str] = None  # name=timm: the timm model (backbone.model=resnet18d); unused otherwise
+    pretrained: bool = False  # ImageNet weights: torchvision (ResNets), the official file (DLA-34), timm's hub (timm)
+    weights: Optional[str] = None  # a local state dict (.pth, or .safetensors), loaded strictly
+    frozen_stages: int = 1  # -1: nothing frozen; 1: stem + stage 1 (paper)
+    box_convs: Optional[int] = None  # convs of the box head; null = the paper's per-backbone value
+    lr: float = 0.016  # the paper's LR for this backbone ...
+    reference_batch: int = 128  # ... per this many images (8 GPUs x 16)
+
+
+@dataclass
+class NeckHeadConfig:
+    """Neck and heads of :class:`~ttfnet_lightning.core.models.TTFNet` (user keys ``model.*``)."""
+
+    neck_channels: List[int] = field(default_factory=lambda: [256, 128, 64])
+    shortcut_convs: List[int] = field(default_factory=lambda: [3, 2, 1])  # paper Table 4
+    deformable: bool = True  # modulated deformable up-sampling convs (paper)
+    deform_impl: str = "native"  # native (grid_sample, fast on CPU) | torchvision (ops.deform_conv2d)
+    heatmap_convs: int = 2
+    heatmap_channels: int = 128
+    box_channels: int = 64
+    wh_scale: float = 16.0  # predicted distances = relu(x) * wh_scale
+    prior_prob: float = 0.01  # initial heatmap probability (last heatmap bias -log((1 - p) / p))
+
+
+@dataclass
+class NetConfig(NeckHeadConfig):
+    """Everything :class:`~ttfnet_lightning.core.models.TTFNet` is built from besides ``num_classes``
+    and ``class_aware`` (which come from the data and the kernel): ``TTFNet(**net, ...)``."""
+
+    backbone: str = "r18"
+    backbone_model: Optional[str] = None  # backbone=timm: the timm model name
+    pretrained: bool = False
+    weights: Optional[str] = None
+    frozen_stages: int = 1
+    box_convs: Optional[int] = None
+
+    @classmethod
+    def from_config(cls, backbone: Mapping[str, Any], model: Mapping[str, Any]) -> dict[str, Any]:
+        head = {f.name: model[f.name] for f in dataclasses.fields(NeckHeadConfig)}
+        return checked(cls, dict(head, backbone=backbone["name"], backbone_model=backbone.get("model"),
+                                 pretrained=backbone["pretrained"], weights=backbone["weights"],
+                                 frozen_stages=backbone["frozen_stages"], box_convs=backbone["box_convs"]))
+
+
+# ----------------------------------------------------------------------- targets, loss, decoder
+@dataclass
+class KernelConfig:
+    """Hydra group ``kernel``: the target encoder's options (see
+    :func:`~ttfnet_lightning.core.targets.encode_targets`); the defaults are the released model."""
+
+    name: str = "ttfnet"  # a label for run names and tables; not passed to the encoder
+    alpha: float = 0.54  # heatmap Gaussian: radii = alpha x half the box side
+    beta: float = 0.54  # box-regression area: beta x half the box side
+    wh_gaussian: bool = True  # Gaussian regression area (false: rectangle)
+    gaussian_weight: Optional[bool] = None  # Gaussian sample weights; null = same as wh_gaussian
+    area_weight: str = "log"  # log | sqrt | area | norm | none
+    aspect_ratio: bool = True  # elliptic kernels (false: isotropic)
+    class_aware: bool = False  # one box per class channel (Table 2)
+    # isotropic (CenterNet) radius, used when aspect_ratio is false: the largest corner shift that
+    # keeps IoU >= min_overlap; radius_formula: centernet (its released formula) | exact
+    min_overlap: float = 0.7
+    radius_formula: str = "centernet"
+
+
+@dataclass
+class LossConfig:
+    """Loss weights (user keys ``model.*``)."""
+
+    wloc: float = 1.0  # heatmap (focal) loss weight
+    wreg: float = 5.0  # box (GIoU) loss weight
+    plus_one: bool = True  # GIoU on boxes with +1 on x2/y2 (the released code's convention)
+    alpha_f: float = 2.0  # focal loss exponents (CornerNet's modified focal loss)
+    beta_f: float = 4.0
+
+
+@dataclass
+class DecodeConfig:
+    """Decoder settings (user keys ``model.*``)."""
+
+    topk: int = 100
+    score_threshold: float = 0.01
+
+
+@dataclass
+class ModelConfig(DecodeConfig, LossConfig, NeckHeadConfig):
+    """The ``model`` node: network neck/heads, loss and decoder settings (not grouped)."""
+
+
+# ------------------------------------------------------------------------------- optimisation
+@dataclass
+class OptimConfig:
+    """SGD and LR schedule (module group ``optim``; see :mod:`ttfnet_lightning.training.optim`)."""
+
+    lr: float = 0.016  # base LR for reference_batch images per step
+    reference_batch: int = 128
+    scale_lr: bool = True  # linear scaling: lr x total batch / reference_batch
+    momentum: float = 0.9
+    weight_decay: float = 4.0e-4
+    bias_lr_mult: float = 2.0
+    bias_decay: float = 0.0
+    warmup_steps: int = 500
+    warmup_ratio: float = 0.2
+    milestones: List[int] = field(default_factory=lambda: [9, 11])  # epochs: LR x gamma
+    gamma: float = 0.1
+
+
+@dataclass
+class ScheduleConfig(OptimConfig):
+    """Hydra group ``schedule``: the optimiser settings plus what the trainer and data read
+    (wired in ``conf/train.yaml``)."""
+
+    name: str = "fast"
+    max_epochs: int = 12
+    gradient_clip_val: Optional[float] = 35.0
+    augment: bool = False  # random flips etc. in training (-> data.datamodule.augment)
+
+
+# -------------------------------------------------------------------------------- data, top level
+@dataclass
+class DataInfo:
+    """What the module knows of its data (module group ``data_info``), from the DataModule."""
+
+    num_classes: int = 1
+    class_names: Optional[List[str]] = None
+    input_size: List[int] = field(default_factory=lambda: [512, 512])  # (H, W), multiples of 32
+    label_to_cat_id: Optional[List[int]] = None  # contiguous label -> dataset category id (COCO)
+    batch_size: Optional[int] = None  # images per device and step (linear LR scaling); null: the loader's
+
+
+@dataclass
+class CallbacksConfig:
+    log_val_images: int = 4  # validation images with boxes sent to W&B/TensorBoard (0 = off)
+    # checkpoints/latest-step<N>.ckpt every N training steps (only the newest kept); a rerun resumes
+    # from the newest of last/interrupted/latest-step/hpc_ckpt, so a hard kill loses < N steps
+    checkpoint_every_n_steps: Optional[int] = 200
+    # per-step time of data wait, host-to-device, target encoding, forward, backward, optimizer
+    # (ttfnet_lightning.training.profiling.StepTimer): time/step_<phase>_ms in the metrics, a summary at the end
+    step_timer: bool = False
+
+
+@dataclass
+class SpeedConfig:
+    """Training speed switches that do not change the model (user keys ``speed.*``); with
+    ``trainer.precision=bf16-mixed`` (or ``16-mixed``, ``trainer=gpu``'s default) and
+    ``trainer.benchmark`` (cuDNN autotuning, on in ``trainer=gpu``) these are the GPU path."""
+
+    channels_last: bool = False  # weights and input batches in channels_last memory format
+    compile: bool = False  # torch.compile the network in place (state-dict keys unchanged)
+
+
+@dataclass
+class TrainConfig:
+    """The whole training config (``conf/train.yaml`` and its groups merge into this)."""
+
+    seed: int = 0
+    protocol: Dict[str, Any] = field(default_factory=lambda: {"name": "paper"})
+    name: str = "run"
+    group: Optional[str] = None
+    project: str = "ttfnet-lightning"
+    tags: List[str] = field(default_factory=list)
+    # the paper-table sweep this run belongs to: a dict or null (Any: OmegaConf cannot merge a
+    # command-line dict into a null Optional[Dict] node)
+    table: Any = None
+    ckpt_path: Optional[str] = None
+    optimized_metric: str = "val/AP50"
+    output_dir: Optional[str] = None
+    skip_finished: bool = True
+    exact_resume: bool = False
+    measure_fps: bool = False
+    export_backbone: Optional[str] = None
+    pretrained_weights: Dict[str, Any] = field(default_factory=dict)  # per backbone name (protocol=cpu)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    kernel: KernelConfig = field(default_factory=KernelConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    data: Dict[str, Any] = field(default_factory=dict)
+    trainer: Dict[str, Any] = field(default_factory=dict)
+    logger: Optional[Dict[str, Any]] = field(default_factory=dict)
+    callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
+    speed: SpeedConfig = field(default_factory=SpeedConfig)
+
+
+def module_groups(cfg: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The composed training config (resolved, as plain containers) -> the module's argument groups
+    ``net``, ``kernel``, ``loss``, ``optim``, ``decode``: the user-facing groups ``backbone`` and
+    ``model`` feed ``net``; ``model`` also holds the loss and decoder settings, ``schedule`` the
+    optimiser's (the schedule's other keys, e.g. ``max_epochs``, go to the Trainer)."""
+    model, schedule = cfg["model"], cfg["schedule"]
+    own = lambda cls, values: {f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values}  # noqa: E731
+    return {
+        "net": NetConfig.from_config(cfg["backbone"], model),
+        "kernel": dict(cfg["kernel"]),
+        "loss": own(LossConfig, model),
+        "optim": own(OptimConfig, schedule),
+        "decode": own(DecodeConfig, model),
+    }
+
+
+def checked(cls: type, values: Mapping[str, Any], *, where: str | None = None) -> dict[str, Any]:
+    """``values`` as a plain dict with ``cls``'s defaults filled in, after checking its keys
+    against the dataclass ``cls`` (an unknown key raises, naming it and the known ones)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise TypeError(f"{where or cls.__name__}: unknown setting(s) {unknown}; known: {sorted(names)}")
+    return dataclasses.asdict(cls(**{k: (list(v) if isinstance(v, tuple) else v) for k, v in values.items()}))
+
+
+def register_configs() -> None:
+    """Register the schema in Hydra's ConfigStore and the package's resolvers, the one place they are
+    registered (idempotent; done on import of the package ``ttfnet_lightning``)."""
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+    # `${ttf_or:${output_dir},outputs/...}`: the first value unless it is null or empty
+    # (oc.select falls back only for missing keys, not for null values)
+    if not OmegaConf.has_resolver("ttf_or"):
+        OmegaConf.register_new_resolver("ttf_or", lambda value, default: default if value in (None, "") else value)
+    # `hydra.sweep.subdir: ${ttf_jobdir:${hydra.overrides.task},${table.grid...}}` in the paper-table sweeps
+    if not OmegaConf.has_resolver("ttf_jobdir"):
+        OmegaConf.register_new_resolver("ttf_jobdir", job_dirname)
+    # `${ttf_sqlite:${hydra.sweep.dir}/optuna.db}`: the Optuna study's storage (hparams_search=beta_lr)
+    if not OmegaConf.has_resolver("ttf_sqlite"):
+        OmegaConf.register_new_resolver("ttf_sqlite", sqlite_url)
+
+
+register_configs()
