@@ -8,7 +8,7 @@ export WANDB_MODE ?= offline
 .PHONY: help install lint test test-slow train bench clean tables table1 table2 table3 table4 table5 table6 cpu-pretrained
 
 help:  ## list targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9 -]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-34s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)  ## create .venv and install the package editable with [dev]
 
-lint: $(STAMP)  ## ruff (rules in pyproject.toml) on src/, tests/ and benchmarks/
+lint: $(STAMP)  ## ruff on src/, tests/, benchmarks/ and the layer rules (lint-imports)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/lint-imports  # the layer rules and no import circles (pyproject.toml [tool.importlinter])
 
@@ -34,19 +34,19 @@ test-slow: $(STAMP)  ## run only the slow tests
 train: $(STAMP)  ## train TTFNet-R18 (fast schedule) on the built-in data
 	$(BIN)/python -m ttfnet_lightning.train backbone=r18 schedule=fast
 
-# --- the paper's Tables 1-6 at CPU scale (protocol=cpu, built-in data; see README "Reproducing the paper").
-# Each is a resumable Hydra sweep into multirun/tableN-cpu: rerun after an interruption to continue.
+# --- the paper's Tables 1-6 at CPU scale (protocol=cpu, built-in data; see docs/paper.md).
+# Each is a resumable Hydra sweep into results/tableN-cpu: rerun after an interruption to continue.
 CPU_PRETRAINED := results/cpu-pretrained
 
 $(CPU_PRETRAINED)/%.pth: | $(STAMP)
 	$(BIN)/python -m ttfnet_lightning.train experiment=cpu_pretrain backbone=$*
 
-cpu-pretrained: $(CPU_PRETRAINED)/r18.pth  ## pretrain the CPU protocol's ResNet-18 backbone once (~15 min)
+cpu-pretrained: $(CPU_PRETRAINED)/r18.pth  ## pretrain the CPU protocol's ResNet-18 backbone once (its time: docs/tables.md)
 
-table1 table2 table3 table4 table5: $(CPU_PRETRAINED)/r18.pth
+table1 table2 table3 table4 table5: $(CPU_PRETRAINED)/r18.pth  ## one paper table at CPU scale (make table1 ... table5)
 	$(BIN)/python -m ttfnet_lightning.train experiment=$@ protocol=cpu
 
-table6: $(CPU_PRETRAINED)/r18.pth $(CPU_PRETRAINED)/r34.pth $(CPU_PRETRAINED)/d53.pth
+table6: $(CPU_PRETRAINED)/r18.pth $(CPU_PRETRAINED)/r34.pth $(CPU_PRETRAINED)/d53.pth  ## Table 6 (pretrains the R34/D53 CPU backbones first)
 	$(BIN)/python -m ttfnet_lightning.train experiment=$@ protocol=cpu
 
 tables: table1 table2 table3 table4 table5 table6  ## run every CPU-scale paper table (hours; resumable)
