@@ -61,8 +61,8 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=HERE)
     p.add_argument("--quick", action="store_true", help="tiny settings (checks that everything runs; figures not meaningful)")
     p.add_argument("--skip", nargs="*", default=[], choices=[b[0] for b in BENCHMARKS], help="benchmarks left out")
-    p.add_argument("--readme", type=Path, default=HERE.parent / "README.md",
-                   help=f"README whose block between {README_START} and {README_END} is rewritten from the report (not with --quick)")
+    p.add_argument("--readme", type=Path, default=HERE.parent / "docs" / "benchmarks.md",
+                   help=f"page (docs/benchmarks.md) whose block between {README_START} and {README_END} is rewritten from the report (not with --quick)")
     args = p.parse_args()
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     sections, results = [], {}
@@ -106,7 +106,7 @@ def readme_block(report: dict) -> str:
     goals table, the latency table and the training-step breakdown."""
     res = report["results"]
     out = [f"Measured by `make bench` (`python benchmarks/report.py`), started {report['started']}, on: {report['machine']}.",
-           "Full output: [`benchmarks/report.md`](benchmarks/report.md) (figures: `benchmarks/report.json`).", "",
+           "Full output: [`benchmarks/report.md`](../benchmarks/report.md) (figures: `benchmarks/report.json`).", "",
            "| goal (issue 10) | measured | met |", "|---|---|---|"]
     out += [f"| {g} | {m} | {ok} |" for g, m, ok in report["goals"]]
     if "latency" in res:
