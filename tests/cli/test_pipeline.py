@@ -104,6 +104,17 @@ def test_evaluate_each_precision_and_the_network_as_trained(trained, tmp_path):
     for key in ("val/AP", "val/AP50", "val/APs"):
         assert plain[key] == pytest.approx(metrics[key], abs=1e-6), key
     assert plain["val/loss"] == pytest.approx(metrics["val/loss"], rel=1e-4)
+    # the AP of a 4-step model is near 0 whatever the path does: compare the detections themselves
+    key = lambda d: (d["image_id"], -d["score"], d["category_id"])  # noqa: E731
+    fast = sorted(json.loads((tmp_path / "a" / "detections_val.json").read_text()), key=key)
+    slow = sorted(json.loads((tmp_path / "b" / "detections_val.json").read_text()), key=key)
+    assert len(fast) == len(slow) > 0
+    assert [d["score"] for d in fast] == pytest.approx([d["score"] for d in slow], abs=1e-4)
+    # each detection of one path has its twin in the other (near-ties may come in either order)
+    for d in fast:
+        assert any(e["image_id"] == d["image_id"] and e["category_id"] == d["category_id"]
+                   and abs(e["score"] - d["score"]) < 1e-4 and max(abs(a - b) for a, b in zip(e["bbox"], d["bbox"])) < 1e-2
+                   for e in slow), d
 
 
 def test_evaluate_rejects_data_with_other_classes(trained, tmp_path, raccoon):
@@ -361,14 +372,29 @@ def test_step_timer_breaks_each_training_step_down(tmp_path):
         assert column(rows, f"time/step_{p}_ms"), p
 
 
-def test_channels_last_training_matches_the_default_layout(tmp_path):
-    """speed.channels_last=true: weights and batches in channels_last; same losses to float
-    rounding, and a checkpoint that loads like any other."""
+def test_channels_last_training_matches_the_default_layout(tmp_path, monkeypatch):
+    """speed.channels_last=true: the 4-D conv weights and every training batch the network sees are
+    channels_last (the option is not a no-op); same losses to float rounding, and a checkpoint
+    that loads like any other."""
     from ttfnet_lightning.training.checkpoints import load_model
+    from ttfnet_lightning.training.lit_module import TTFNetModule
 
+    seen: list[tuple[bool, bool]] = []  # (weights channels_last, batch channels_last) per training step
+    real_step = TTFNetModule.training_step
+
+    def recording_step(self, batch, batch_idx):
+        weights = [p for p in self.net.parameters() if p.dim() == 4]
+        seen.append((all(p.is_contiguous(memory_format=torch.channels_last) for p in weights),
+                     batch["images"].is_contiguous(memory_format=torch.channels_last)))
+        return real_step(self, batch, batch_idx)
+
+    monkeypatch.setattr(TTFNetModule, "training_step", recording_step)
     base = [*TINY_TRAIN, "exact_resume=true", "trainer.log_every_n_steps=1"]
     train(compose("train", [*base, f"output_dir={tmp_path / 'a'}"]))
+    assert seen and not any(w for w, _ in seen)  # the default layout: contiguous (NCHW) weights
+    seen.clear()
     train(compose("train", [*base, "speed.channels_last=true", f"output_dir={tmp_path / 'b'}"]))
+    assert seen and all(w and b for w, b in seen), seen
     a = column(read_csv(tmp_path / "a" / "metrics.csv"), "train/loss")
     b = column(read_csv(tmp_path / "b" / "metrics.csv"), "train/loss")
     assert len(a) == len(b) > 0 and a == pytest.approx(b, rel=1e-3)

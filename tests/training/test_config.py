@@ -60,10 +60,29 @@ def test_schedules_match_the_paper():
     assert resolved([])["schedule"]["reference_batch"] == 16
 
 
+def _differences(own: object, got: object, key: str = "") -> list[str]:
+    """Where the composed ``got`` does not hold what the file's ``own`` sets (interpolations aside)."""
+    if isinstance(own, str) and "${" in own:
+        return []
+    if isinstance(own, dict):
+        if not isinstance(got, dict):
+            return [f"{key}: a mapping in the file, {got!r} after composing"]
+        return [d for k, v in own.items() for d in (_differences(v, got[k], f"{key}.{k}".lstrip(".")) if k in got
+                                                    else [f"{key}.{k}: not a key of the composed config"])]
+    return [] if own == got else [f"{key}: the file sets {own!r}, composed {got!r}"]
+
+
 @pytest.mark.parametrize("option", options("experiment"))
-def test_every_experiment_composes(option):
-    cfg = resolved([f"experiment={option}", "++data.datamodule.root=/some/where"])
-    assert cfg["name"]
+def test_every_experiment_composes_with_the_values_it_sets(option):
+    """Each experiment composes, and every value its file sets (outside ``defaults`` and ``hydra``,
+    interpolations aside) is the composed config's: an experiment whose setting a later default
+    overrides, or one misspelt into a key nothing reads, fails here."""
+    own = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "experiment" / f"{option}.yaml"), resolve=False)
+    own = {k: v for k, v in own.items() if k not in ("defaults", "hydra")}
+    sets_root = "root" in own.get("data", {}).get("datamodule", {})
+    cfg = resolved([f"experiment={option}", *([] if sets_root else ["++data.datamodule.root=/some/where"])])
+    assert cfg["name"] and own, f"experiment {option} sets nothing of its own"
+    assert _differences(own, cfg) == []
 
 
 @pytest.mark.parametrize("option", options("kernel"))
@@ -189,8 +208,15 @@ def test_evaluate_config_needs_no_training_settings():
 
 @pytest.mark.parametrize("name", ["evaluate", "predict"])
 def test_tool_configs_compose(name):
+    """The tool configs resolve, carry the given checkpoint, and keep their runs out of the
+    training output folders (their Hydra run dir is not ``outputs/<name>/<date>`` of train)."""
     cfg = compose(name, ["ckpt=x.ckpt", "input=img.jpg"] if name == "predict" else ["ckpt=x.ckpt"])
-    OmegaConf.to_container(cfg, resolve=True)
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    assert plain["ckpt"] == "x.ckpt"
+    if name == "predict":
+        assert plain["input"] == "img.jpg" and plain["output"] and 0 < plain["draw_threshold"] < 1
+    else:
+        assert "schedule" not in plain and plain["data"]["datamodule"]["_target_"].startswith("ttfnet_lightning.data.")
 
 
 @pytest.mark.parametrize("script,args", [("ttfnet-train", ["backbone=r34"]), ("ttfnet-evaluate", ["ckpt=x.ckpt"]),
