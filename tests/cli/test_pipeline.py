@@ -242,6 +242,26 @@ def test_short_coco_run_and_official_evaluator(coco_mini, tmp_path):
     ev = COCOeval(gt, gt.loadRes(results), "bbox")
     ev.evaluate(), ev.accumulate(), ev.summarize()
     assert 0.0 <= ev.stats[0] <= 1.0
+    _check_finished_run(tmp_path, steps=2, class_names=[c["name"] for c in gt.loadCats(sorted(gt.getCatIds()))])
+    assert {r["image_id"] for r in results} == set(gt.getImgIds())  # every validation image got detections
+
+
+def _check_finished_run(out, *, steps: int, class_names: list[str]) -> None:
+    """What a finished short run leaves: results.json (finished, its step count, finite metrics in
+    range, the data's fingerprint), metrics.csv rows up to that step, and a checkpoint that knows
+    the data's classes."""
+    import math
+
+    from ttfnet_lightning.training.checkpoints import load_model
+
+    res = json.loads((out / "results.json").read_text())
+    assert res["status"] == "finished" and res["global_step"] == steps
+    assert all(math.isfinite(v) for v in res["metrics"].values())
+    assert 0 <= res["metrics"]["val/AP50"] <= 100 and res["metrics"]["val/loss"] > 0
+    assert res["data_fingerprint"] and all(res["data_fingerprint"].values())
+    rows = read_csv(out / "metrics.csv")
+    assert max(column(rows, "time/step")) == steps and column(rows, "val/loss")
+    assert load_model(out / "checkpoints" / "last.ckpt").class_names == class_names
 
 
 def test_coco_label_ids_round_trip(coco_mini, tmp_path):
@@ -282,6 +302,9 @@ def test_short_voc_run(raccoon, tmp_path):
     value = train(compose("train", overrides))
     rows = read_csv(tmp_path / "metrics.csv")
     assert value is not None and column(rows, "val/AP50")
+    _check_finished_run(tmp_path, steps=2, class_names=["raccoon"])
+    dets = json.loads((tmp_path / "detections_val.json").read_text())
+    assert dets and {d["category_id"] for d in dets} == {0}  # VOC: labels are their own ids
 
 
 def test_interrupted_run_leaves_a_resumable_checkpoint(tmp_path, monkeypatch):
