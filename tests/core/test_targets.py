@@ -6,48 +6,9 @@ import math
 
 import pytest
 import torch
-from reference_targets import centernet_radius, exact_radius, reference_encode
+from reference_targets import H, W, centernet_radius, exact_radius, random_batch, reference_encode
 
 from ttfnet_lightning.core.targets import encode_targets, gaussian_radius, windows
-
-H, W = 96, 128  # input pixels; output map 24 x 32
-
-
-def random_batch(seed: int, B: int = 4, M: int = 14, C: int = 3):
-    """Tiny, huge, overlapping, border-touching, zero-size, outside boxes; an empty image; padding."""
-    g = torch.Generator().manual_seed(seed)
-    boxes = torch.zeros(B, M, 4)
-    labels = torch.full((B, M), -1, dtype=torch.int64)
-    for b in range(B):
-        n = [0, M, M // 2, 5][b % 4]  # image 0 has no box at all; image 1 is full
-        for m in range(n):
-            kind = int(torch.randint(0, 8, (1,), generator=g))
-            cx, cy = float(torch.rand(1, generator=g)) * W, float(torch.rand(1, generator=g)) * H
-            if kind == 0:  # tiny
-                bw, bh = float(torch.rand(1, generator=g)) * 4, float(torch.rand(1, generator=g)) * 4
-            elif kind == 1:  # huge, beyond the image
-                bw, bh = W * (1 + float(torch.rand(1, generator=g))), H * (1 + float(torch.rand(1, generator=g)))
-            elif kind == 2:  # zero width or height
-                bw, bh = 0.0, float(torch.rand(1, generator=g)) * 40
-            elif kind == 3:  # touching the border
-                bw, bh = 30.0, 20.0
-                cx = 15.0 if m % 2 else W - 15.0
-            elif kind == 4:  # fully outside
-                cx, cy, bw, bh = W + 30.0, -40.0, 10.0, 10.0
-            elif kind == 5 and m > 0:  # duplicate / overlap an earlier box
-                boxes[b, m] = boxes[b, m - 1] + torch.rand(4, generator=g) * 6
-                labels[b, m] = int(torch.randint(0, C, (1,), generator=g))
-                continue
-            elif kind == 6:  # integer coordinates
-                cx, cy = float(round(cx)), float(round(cy))
-                bw, bh = float(torch.randint(2, 60, (1,), generator=g)), float(torch.randint(2, 60, (1,), generator=g))
-            else:  # general, wide aspect ratios
-                bw = 4 + float(torch.rand(1, generator=g)) * 80
-                bh = bw * math.exp(float(torch.randn(1, generator=g)))
-            boxes[b, m] = torch.tensor([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2])
-            labels[b, m] = int(torch.randint(0, C, (1,), generator=g))
-    return boxes, labels
-
 
 VARIANTS = [
     {},

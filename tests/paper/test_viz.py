@@ -233,14 +233,53 @@ FAKE_TABLES = {
 }
 
 
+def plotted_values(ax) -> list[float]:
+    """Every number an axes shows: bar heights, line and error-bar points (x and y), scatter dots."""
+    from matplotlib.patches import Rectangle
+
+    out = [float(p.get_height()) for p in ax.patches if isinstance(p, Rectangle)]
+    for line in ax.lines:
+        out += [float(v) for v in (*line.get_xdata(), *line.get_ydata())]
+    for coll in ax.collections:
+        out += [float(v) for v in coll.get_offsets().ravel()]
+    return [v for v in out if math.isfinite(v)]
+
+
+def shows(values: list[float], v: float) -> bool:
+    return any(abs(v - w) < 1e-6 for w in values)
+
+
+def png_pixels(path) -> torch.Tensor:
+    """A PNG as an (H, W, 3) float tensor (palette images converted)."""
+    import numpy as np
+    from PIL import Image
+
+    return torch.from_numpy(np.asarray(Image.open(path).convert("RGB"), dtype=np.float32))
+
+
+# tables whose paper values come from the cells (Tables 2 and 5 plot the paper's own curves)
+PAPER_FROM_CELLS = {"table1", "table3", "table4", "tableX"}
+
+
 @pytest.mark.parametrize("name", sorted(FAKE_TABLES))
 def test_table_figure_draws_every_table(name, tmp_path):
+    """Every cell's mean and each seed's value are drawn (a bar, a line point or a dot; Table 4: the
+    mean and its std bar), and the paper's value where the cell carries it; the saved PNG has the figure's size and is not blank."""
     needs_matplotlib()
     import csv
 
     fig = plots.table_figure(FAKE_TABLES[name])
     assert fig.axes and all(ax.has_data() for ax in fig.axes if ax.get_title())
     assert name in fig.get_suptitle()
+    drawn = [v for ax in fig.axes for v in plotted_values(ax)]
+    for c in FAKE_TABLES[name]:
+        assert shows(drawn, c["mean"]), (c["row"], c["column"], "mean", c["mean"])
+        if name == "table4":  # AP against FPS: means with std bars (their caps), no seed dots
+            assert shows(drawn, c["mean"] + c["std"]) and shows(drawn, c["mean"] - c["std"]), (c["row"], c["column"], "std")
+        for v in c["values"].split() if name != "table4" else []:
+            assert shows(drawn, float(v)), (c["row"], c["column"], "seed", v)
+        if name in PAPER_FROM_CELLS and c["paper"] is not None:
+            assert shows(drawn, c["paper"]), (c["row"], c["column"], "paper", c["paper"])
     # the same from a table.csv as the aggregator writes it
     path = tmp_path / "table.csv"
     with open(path, "w", newline="") as f:
@@ -250,6 +289,10 @@ def test_table_figure_draws_every_table(name, tmp_path):
     assert len(plots.table_figure(path).axes) == len(fig.axes)
     png = figures.save_figure(fig, tmp_path / "t.png", dpi=40)
     assert png.read_bytes()[:4] == b"\x89PNG"
+    pixels = png_pixels(png)
+    w, h = fig.get_size_inches() * 40
+    assert pixels.shape == (round(h), round(w), 3)
+    assert pixels.std() > 20 and (pixels.mean(-1) < 100).float().mean() > 0.005  # drawn on, not a blank page
 
 
 def test_time_to_accuracy_figure_with_the_papers_table7(tmp_path):
