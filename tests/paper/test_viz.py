@@ -325,7 +325,9 @@ def test_cli_writes_the_figures(tmp_path):
     needs_matplotlib()
     out = tmp_path / "targets.png"
     assert viz.main(["targets", "--source", "shapes", "--size", "64", "--ablations", "--out", str(out)]) == 0
-    assert out.is_file()
+    pixels = png_pixels(out)  # one panel per encoder option, drawn on (not a blank page)
+    assert pixels.shape[0] > 100 and pixels.shape[1] > pixels.shape[0] and pixels.std() > 20
+    assert len(figures.ablation_variants()) > 4
 
 
 def test_training_batch_as_the_network_sees_it(tmp_path):
