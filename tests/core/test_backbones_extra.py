@@ -216,18 +216,43 @@ def test_configs_compose_and_build():
         TTFNet(num_classes=2, **NetConfig.from_config(cfg.backbone, cfg.model))
 
 
-def test_inference_path_keeps_timm_outputs():
+def _bn_counts(module: nn.Module) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for m in module.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            counts[type(m).__name__] = counts.get(type(m).__name__, 0) + 1
+    return counts
+
+
+@pytest.mark.parametrize("model,folded", [("test_byobnet", 0), ("test_resnet", 14)])
+def test_inference_path_keeps_timm_outputs(model, folded):
+    """test_byobnet: timm's BatchNormAct2d (BN + activation) is left alone, test_resnet: its plain
+    conv1/bn1 pairs are folded; the neck's BNs are folded in both. BN statistics and affine
+    parameters are random, so a wrong fold (or one that drops BatchNormAct2d's activation) shows in
+    the outputs, which equal the network's as trained."""
     from ttfnet_lightning.core.inference import optimize_for_inference
 
     torch.manual_seed(0)
-    net = TTFNet(num_classes=2, backbone="timm", backbone_model="test_byobnet", frozen_stages=-1).eval()  # ConvNormAct: conv + BatchNormAct2d
+    net = TTFNet(num_classes=2, backbone="timm", backbone_model=model, frozen_stages=-1).eval()
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5), m.bias.uniform_(-0.5, 0.5)
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
-        ref = net.backbone(x)
+        ref, ref_out = net.backbone(x), net(x)
     fast = optimize_for_inference(copy.deepcopy(net))
+    before, after = _bn_counts(net.backbone), _bn_counts(fast.net.backbone)
+    assert sum(before.values()) - sum(after.values()) == folded, (before, after)
+    if model == "test_byobnet":
+        assert after == before == {"BatchNormAct2d": 14}  # not folded: its activation would be lost
+    assert _bn_counts(net.neck) == {"BatchNorm2d": 3} and _bn_counts(fast.net.neck) == {}
     with torch.no_grad():
-        got = fast.net.backbone(x) if hasattr(fast, "net") else fast.backbone(x)
+        got, got_out = fast.net.backbone(x), fast(x)
     for a, b in zip(ref, got):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
+    for a, b in zip(ref_out, got_out):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
 
 
