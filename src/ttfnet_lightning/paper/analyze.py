@@ -19,20 +19,9 @@ Definition (the one used throughout):
 Why pixels: a sample is what the encoder produces, one regression target per pixel (and class
 channel), the smallest covering box owning an ambiguous one. The alternative, "share of (box, pixel)
 pairs lying on a pixel covered by two or more boxes", counts an ambiguous pixel once per box
-covering it, so it is about twice this ratio. Measured on coco-mini (115 training images, 512 px)
-against the paper's Table 2 (rectangle, beta 0.01 0.1 0.2 0.3 0.5 0.7 0.9):
-
-* paper, class-agnostic:   0.40  1.14  2.17  3.65  6.81 11.30 17.27
-* pixels (this definition): 0.58  1.00  2.41  4.68 10.22 16.38 22.66
-* (box, pixel) pairs:      1.16  1.98  4.71  9.04 19.05 29.44 39.13
-* paper, class-aware:      0.05  0.09  0.22  0.42  1.18  2.49  4.34
-* pixels / pairs:          0.06 / 0.12, 0.04 / 0.09, 0.27 / 0.54, 0.92 / 1.82, 2.78 / 5.53, 4.35 / 8.77, 6.09 / 12.26
-
-and Table 3 (beta 0.54: rectangle 8.01, Gaussian 7.57, Gaussian with aspect ratio 7.13): pixels
-11.51, 10.83, 10.66; pairs 21.27, 20.37, 19.81 (rectangle 0.3: paper 3.65, pixels 4.68, pairs 9.04).
-The pixel count is the closer one in 18 of these 19 cells; the exception, class-aware beta 0.1,
-rests on 7 ambiguous pixels. (coco-mini is a 115-image sample, so only orderings and the order of
-magnitude are comparable with the paper's full COCO train set.)
+covering it, so it is about twice this ratio; the pixel count is the one of the paper's magnitude.
+The ratios measured on coco-mini beside the paper's Tables 2 and 3, and the command that
+regenerates them: ``docs/tables.md``, "Ratio of ambiguous samples on real COCO annotations".
 
 Which boxes: the training split of ``cfg.data`` as the DataModule builds it (same image list,
 crowd / difficult / degenerate boxes dropped as the data sets do), scaled to the input size without
