@@ -188,7 +188,12 @@ def test_aggregator_table1_and_written_files(tmp_path):
     assert rows[0].startswith("table,row,column,mean,std,n") and rows[0].endswith(",collapsed") and len(rows) > 6
     assert (sweep / "jobs.csv").read_text().count("finished") == 18
     pytest.importorskip("matplotlib")
-    assert (sweep / "table.png").read_bytes()[:4] == b"\x89PNG"  # the plot beside table.md
+    import numpy as np
+    from PIL import Image
+
+    png = np.asarray(Image.open(sweep / "table.png").convert("RGB"), dtype=np.float32)  # the plot beside table.md
+    assert png.shape[0] > 200 and png.shape[1] > png.shape[0] and png.std() > 20  # drawn on, not a blank page
+    assert ((png.max(-1) - png.min(-1)) > 60).mean() > 0.01  # the coloured bars (ours and the paper's)
 
 
 def test_aggregator_logs_its_plot_to_the_sweeps_wandb_group(tmp_path, monkeypatch):
