@@ -91,16 +91,31 @@ def test_evaluate_reports_ap_and_speed(trained, tmp_path):
     assert all(set(d) == {"image_id", "category_id", "bbox", "score"} for d in dets)
 
 
-def test_evaluate_each_precision_and_the_network_as_trained(trained, tmp_path):
-    """inference.precisions=[fp32,bf16]: AP and speeds for each, one detections JSON each; the
+def test_evaluate_each_precision_and_the_network_as_trained(trained, tmp_path, monkeypatch):
+    """inference.precisions=[fp32,bf16]: AP and speeds for each, one detections JSON each, each
+    validated by the inference path at its precision (BN folded: the option is not a no-op); the
     optimised fp32 path scores what the network as trained (inference.optimize=false) scores."""
+    from torch import nn
+
+    seen: list[tuple[str, str, bool]] = []  # (network type, precision, has BatchNorm) per validation step
+    real_step = TTFNetModule.validation_step
+
+    def recording_step(self, batch, batch_idx, *args):
+        seen.append((type(self.net).__name__, getattr(self.net, "precision", "fp32"),
+                     any(isinstance(m, nn.BatchNorm2d) for m in self.net.modules())))
+        return real_step(self, batch, batch_idx, *args)
+
+    monkeypatch.setattr(TTFNetModule, "validation_step", recording_step)
     base = [f"ckpt={trained / 'checkpoints' / 'last.ckpt'}", "data.datamodule.num_val=8", "data.datamodule.num_workers=0",
             "trainer=cpu", "speed_iters=2"]
     metrics = evaluate(compose("evaluate", [*base, "inference.precisions=[fp32,bf16]", f"output_dir={tmp_path / 'a'}"]))
+    assert seen == [("InferenceModel", "fp32", False), ("InferenceModel", "bf16", False)], seen
+    seen.clear()
     assert set(metrics["by_precision"]) == {"fp32", "bf16"} and metrics["precision"] == "fp32"
     assert all(m["model_only_images_per_s_batch1"] > 0 and "val/AP50" in m for m in metrics["by_precision"].values())
     assert (tmp_path / "a" / "detections_val.json").is_file() and (tmp_path / "a" / "detections_val_bf16.json").is_file()
     plain = evaluate(compose("evaluate", [*base, "inference.optimize=false", f"output_dir={tmp_path / 'b'}"]))
+    assert seen == [("TTFNet", "fp32", True)], seen
     for key in ("val/AP", "val/AP50", "val/APs"):
         assert plain[key] == pytest.approx(metrics[key], abs=1e-6), key
     assert plain["val/loss"] == pytest.approx(metrics["val/loss"], rel=1e-4)
@@ -110,6 +125,11 @@ def test_evaluate_each_precision_and_the_network_as_trained(trained, tmp_path):
     slow = sorted(json.loads((tmp_path / "b" / "detections_val.json").read_text()), key=key)
     assert len(fast) == len(slow) > 0
     assert [d["score"] for d in fast] == pytest.approx([d["score"] for d in slow], abs=1e-4)
+    # bf16 really ran in bf16: the same detections to bf16 rounding, not bit for bit
+    half = sorted(json.loads((tmp_path / "a" / "detections_val_bf16.json").read_text()), key=key)
+    assert half and {d["image_id"] for d in half} == {d["image_id"] for d in fast}
+    assert sorted(d["score"] for d in half) != sorted(d["score"] for d in fast)
+    assert max(d["score"] for d in half) == pytest.approx(max(d["score"] for d in fast), abs=0.02)
     # each detection of one path has its twin in the other (near-ties may come in either order)
     for d in fast:
         assert any(e["image_id"] == d["image_id"] and e["category_id"] == d["category_id"]
