@@ -87,8 +87,16 @@ def test_evaluate_reports_ap_and_speed(trained, tmp_path):
         assert key in metrics
     assert metrics["model_only_images_per_s_batch1"] > 0 and metrics["num_images"] == 8
     assert json.loads((tmp_path / "metrics.json").read_text())["val/AP50"] == metrics["val/AP50"]
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert all(written[k] == pytest.approx(v) for k, v in metrics.items() if isinstance(v, float)), written
+    assert all(0.0 <= metrics[k] <= 100.0 for k in ("val/AP", "val/AP50")) and metrics["end_to_end_images_per_s"] > 0
     dets = json.loads((tmp_path / "detections_val.json").read_text())
-    assert all(set(d) == {"image_id", "category_id", "bbox", "score"} for d in dets)
+    assert dets and all(set(d) == {"image_id", "category_id", "bbox", "score"} for d in dets)
+    # detections of the 8 evaluated images only, valid classes, boxes inside the 64 x 64 images, top-k scores
+    num_classes = TTFNetModule.load_from_checkpoint(str(trained / "checkpoints" / "last.ckpt"), map_location="cpu").num_classes
+    assert len({d["image_id"] for d in dets}) == 8 and all(0 <= d["category_id"] < num_classes for d in dets)
+    assert all(0 <= x and 0 <= y and w >= 0 and h >= 0 and x + w <= 64.01 and y + h <= 64.01 for x, y, w, h in (d["bbox"] for d in dets))
+    assert all(0.0 < d["score"] <= 1.0 for d in dets) and len(dets) <= 8 * 100
 
 
 def test_evaluate_each_precision_and_the_network_as_trained(trained, tmp_path, monkeypatch):
