@@ -85,14 +85,32 @@ def test_every_experiment_composes_with_the_values_it_sets(option):
     assert _differences(own, cfg) == []
 
 
+KERNEL_BASE = {"alpha": 0.54, "beta": 0.54, "wh_gaussian": True, "gaussian_weight": None, "area_weight": "log",
+               "aspect_ratio": True, "class_aware": False,  # TTFNet's released kernel (the paper's alpha = beta = 0.54)
+               "radius_formula": "centernet", "min_overlap": 0.7}  # the schema's defaults, used by aspect_ratio=false
+KERNEL_CHANGES = {"ttfnet": {}, "class_aware": {"class_aware": True}, "isotropic": {"aspect_ratio": False},
+                  "norm": {"area_weight": "norm"}, "rect": {"wh_gaussian": False}, "uniform": {"gaussian_weight": False}}
+
+
+def _encode(**kernel):
+    boxes = torch.tensor([[[4.0, 4.0, 40.0, 30.0], [20.0, 10.0, 60.0, 62.0], [0, 0, 0, 0]]])  # overlapping, not square
+    labels = torch.tensor([[1, 2, -1]])
+    return encode_targets(boxes, labels, num_classes=3, output_size=(16, 16), **kernel)
+
+
 @pytest.mark.parametrize("option", options("kernel"))
 def test_kernel_presets_are_encoder_options(option):
+    """Each preset is TTFNet's kernel with its one documented change, and that change reaches the
+    encoder: its targets differ from the released kernel's (a preset that changed nothing fails)."""
     kernel = resolved([f"kernel={option}"])["kernel"]
-    kernel.pop("name")
-    boxes = torch.tensor([[[4.0, 4.0, 40.0, 30.0], [0, 0, 0, 0]]])
-    labels = torch.tensor([[1, -1]])
-    heatmap, box_target, reg_weight = encode_targets(boxes, labels, num_classes=3, output_size=(16, 16), **kernel)
+    assert kernel.pop("name") == option
+    assert kernel == {**KERNEL_BASE, **KERNEL_CHANGES[option]}, option
+    heatmap, box_target, reg_weight = _encode(**kernel)
     assert heatmap.max() == 1.0 and reg_weight.sum() > 0
+    if option != "ttfnet":
+        ref = _encode(**KERNEL_BASE)
+        same = all(a.shape == b.shape and torch.allclose(a, b) for a, b in zip((heatmap, box_target, reg_weight), ref))
+        assert not same, f"kernel={option} encodes the same targets as kernel=ttfnet"
 
 
 @pytest.mark.parametrize(
