@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -143,6 +144,66 @@ def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return inter / (area + areas - inter)
 
 
+@dataclass
+class _Scene:
+    """The image being rendered: its canvas, which object owns each pixel, and the objects placed so
+    far (placement boxes for the IoU limit, tight boxes, labels, full and still-visible pixel counts)."""
+
+    canvas: np.ndarray
+    owner: np.ndarray
+    placed: list[np.ndarray] = field(default_factory=list)
+    boxes: list[list[float]] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    full: list[int] = field(default_factory=list)
+    visible: list[int] = field(default_factory=list)
+
+    def place(self, name: str, label: int, s: float, rng: np.random.Generator, *, tries: int, max_iou: float,
+              max_occlusion: float) -> None:
+        """Draw one object of size ``s`` (shrunk by 10 % after each rejected try) where it overlaps no
+        placed box by more than ``max_iou`` and hides no object beyond ``max_occlusion``; after
+        ``tries`` rejections it is left out."""
+        h, w = self.owner.shape
+        for _ in range(tries):
+            a = math.exp(rng.uniform(math.log(0.5), math.log(2.0)))
+            bw = int(min(w, max(MIN_SIDE_PX, round(s * math.sqrt(a)))))
+            bh = int(min(h, max(MIN_SIDE_PX, round(s / math.sqrt(a)))))
+            x0, y0 = int(rng.integers(0, w - bw + 1)), int(rng.integers(0, h - bh + 1))
+            box = np.array([x0, y0, x0 + bw, y0 + bh], dtype=np.float64)
+            if self.placed and _iou(box, np.stack(self.placed)).max() > max_iou:
+                s = max(MIN_SIDE_PX, s * 0.9)
+                continue
+            mask = _draw_mask(name, bw, bh, rng)
+            region = self.owner[y0 : y0 + bh, x0 : x0 + bw]
+            hidden = region[mask]
+            hidden = hidden[hidden >= 0]
+            if hidden.size:
+                lost = np.bincount(hidden, minlength=len(self.full))
+                if np.any(np.asarray(self.visible) - lost < (1.0 - max_occlusion) * np.asarray(self.full)):
+                    s = max(MIN_SIDE_PX, s * 0.9)
+                    continue
+            else:
+                lost = np.zeros(len(self.full), dtype=np.int64)
+            self._paint(mask, region, lost, x0, y0, rng)
+            self.labels.append(label)
+            self.placed.append(box)
+            return
+
+    def _paint(self, mask: np.ndarray, region: np.ndarray, lost: np.ndarray, x0: int, y0: int,
+               rng: np.random.Generator) -> None:
+        """Colour the object's pixels, take them over in ``owner`` and record its tight box."""
+        bh, bw = mask.shape
+        patch = self.canvas[y0 : y0 + bh, x0 : x0 + bw]
+        patch[mask] = _pick_colour(patch[mask], rng)
+        region[mask] = len(self.full)
+        for j in np.nonzero(lost)[0]:
+            self.visible[j] -= int(lost[j])
+        npix = int(mask.sum())
+        self.full.append(npix)
+        self.visible.append(npix)
+        cols, rows = np.nonzero(mask.any(0))[0], np.nonzero(mask.any(1))[0]
+        self.boxes.append([x0 + cols[0], y0 + rows[0], x0 + cols[-1] + 1, y0 + rows[-1] + 1])
+
+
 def render_shapes(
     rng: np.random.Generator,
     *,
@@ -178,47 +239,11 @@ def render_shapes(
     sizes = np.sort(np.exp(rng.uniform(lo, hi, n)))[::-1]  # largest first: small ones on top
     kinds = rng.integers(0, len(classes), n)
 
-    placed: list[np.ndarray] = []  # placement boxes (for the IoU limit)
-    boxes: list[list[float]] = []
-    labels: list[int] = []
-    full: list[int] = []  # pixel count of each object
-    visible: list[int] = []  # pixels still visible
+    scene = _Scene(canvas=canvas, owner=owner)
     for k in range(n):
-        s = float(sizes[k])
-        tries = 60 if k < min_objects else 20
-        for _ in range(tries):
-            a = math.exp(rng.uniform(math.log(0.5), math.log(2.0)))
-            bw = int(min(w, max(MIN_SIDE_PX, round(s * math.sqrt(a)))))
-            bh = int(min(h, max(MIN_SIDE_PX, round(s / math.sqrt(a)))))
-            x0, y0 = int(rng.integers(0, w - bw + 1)), int(rng.integers(0, h - bh + 1))
-            box = np.array([x0, y0, x0 + bw, y0 + bh], dtype=np.float64)
-            if placed and _iou(box, np.stack(placed)).max() > max_iou:
-                s = max(MIN_SIDE_PX, s * 0.9)
-                continue
-            mask = _draw_mask(classes[kinds[k]], bw, bh, rng)
-            region = owner[y0 : y0 + bh, x0 : x0 + bw]
-            hidden = region[mask]
-            hidden = hidden[hidden >= 0]
-            if hidden.size:
-                lost = np.bincount(hidden, minlength=len(full))
-                if np.any(np.asarray(visible) - lost < (1.0 - max_occlusion) * np.asarray(full)):
-                    s = max(MIN_SIDE_PX, s * 0.9)
-                    continue
-            else:
-                lost = np.zeros(len(full), dtype=np.int64)
-            patch = canvas[y0 : y0 + bh, x0 : x0 + bw]
-            patch[mask] = _pick_colour(patch[mask], rng)
-            region[mask] = len(full)
-            for j in np.nonzero(lost)[0]:
-                visible[j] -= int(lost[j])
-            npix = int(mask.sum())
-            full.append(npix)
-            visible.append(npix)
-            cols, rows = np.nonzero(mask.any(0))[0], np.nonzero(mask.any(1))[0]
-            boxes.append([x0 + cols[0], y0 + rows[0], x0 + cols[-1] + 1, y0 + rows[-1] + 1])
-            labels.append(int(kinds[k]))
-            placed.append(box)
-            break
+        scene.place(classes[kinds[k]], int(kinds[k]), float(sizes[k]), rng, tries=60 if k < min_objects else 20,
+                    max_iou=max_iou, max_occlusion=max_occlusion)
+    boxes, labels = scene.boxes, scene.labels
 
     sigma = rng.uniform(2.0, 10.0)
     noisy = canvas.astype(np.float32) + rng.standard_normal(canvas.shape, dtype=np.float32) * sigma
