@@ -41,18 +41,18 @@ CPU_PRETRAINED := results/cpu-pretrained
 $(CPU_PRETRAINED)/%.pth: | $(STAMP)
 	$(BIN)/python -m ttfnet_lightning.train experiment=cpu_pretrain backbone=$*
 
-cpu-pretrained: $(CPU_PRETRAINED)/r18.pth  ## pretrain the CPU protocol's ResNet-18 backbone once (its time: docs/tables.md)
+cpu-pretrained: $(CPU_PRETRAINED)/r18.pth  ## pretrain the CPU protocol's ResNet-18 backbone once -> results/cpu-pretrained/r18.pth
 
-table1 table2 table3 table4 table5: $(CPU_PRETRAINED)/r18.pth  ## one paper table at CPU scale (make table1 ... table5)
+table1 table2 table3 table4 table5: $(CPU_PRETRAINED)/r18.pth  ## one paper table at CPU scale -> results/tableN-cpu (resumable)
 	$(BIN)/python -m ttfnet_lightning.train experiment=$@ protocol=cpu
 
-table6: $(CPU_PRETRAINED)/r18.pth $(CPU_PRETRAINED)/r34.pth $(CPU_PRETRAINED)/d53.pth  ## Table 6 (pretrains the R34/D53 CPU backbones first)
+table6: $(CPU_PRETRAINED)/r18.pth $(CPU_PRETRAINED)/r34.pth $(CPU_PRETRAINED)/d53.pth  ## Table 6 at CPU scale -> results/table6-cpu (pretrains the R34/D53 CPU backbones first)
 	$(BIN)/python -m ttfnet_lightning.train experiment=$@ protocol=cpu
 
-tables: table1 table2 table3 table4 table5 table6  ## run every CPU-scale paper table (hours; resumable)
+tables: table1 table2 table3 table4 table5 table6  ## every CPU-scale paper table, table1 ... table6 (hours; resumable)
 
 bench: $(STAMP)  ## run every benchmark (quiet machine!) -> benchmarks/report.md and report.json
 	$(BIN)/python benchmarks/report.py
 
-clean:  ## remove the venv and run outputs
+clean:  ## remove .venv, outputs/ and multirun/ (keeps results/)
 	rm -rf $(VENV) outputs multirun .pytest_cache  # keeps results/ (measured tables, CPU backbones)
