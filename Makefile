@@ -23,6 +23,7 @@ install: $(STAMP)  ## create .venv and install the package editable with [dev]
 
 lint: $(STAMP)  ## ruff on src/, tests/, benchmarks/ and the layer rules (lint-imports)
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks  # line length 120, one layout
 	$(BIN)/lint-imports  # the layer rules and no import circles (pyproject.toml [tool.importlinter])
 
 test: $(STAMP)  ## run the fast test suite (installs first if needed)

@@ -58,10 +58,16 @@ def main() -> None:
     files = sorted((args.root / args.split).glob("*.jpg"))[: args.limit]
     res: dict[str, float] = {}
     res["decode PIL (data sets today)"] = rate(load_rgb_image, files)
-    res["decode torchvision.io.decode_jpeg"] = rate(lambda f: decode_jpeg(read_file(str(f)), mode=ImageReadMode.RGB), files)
+    res["decode torchvision.io.decode_jpeg"] = rate(
+        lambda f: decode_jpeg(read_file(str(f)), mode=ImageReadMode.RGB), files
+    )
     for augment in (False, True):
-        ds = CocoDetection(root=args.root, split=args.split, keep_empty=False,
-                           transforms=build_transforms(input_size=args.size, train=True, augment=augment))
+        ds = CocoDetection(
+            root=args.root,
+            split=args.split,
+            keep_empty=False,
+            transforms=build_transforms(input_size=args.size, train=True, augment=augment),
+        )
         idx = list(range(min(len(ds), args.limit)))
         res[f"training sample at {args.size} px, augment={augment}"] = rate(ds.__getitem__, idx)
     for k, v in res.items():
@@ -69,11 +75,21 @@ def main() -> None:
     if args.step_ms:
         need = 16 / (args.step_ms / 1000)
         sample = res[f"training sample at {args.size} px, augment=False"]
-        print(f"\nR18 step at batch 16 consumes {need:.1f} images/s; one worker supplies {sample:.1f}: "
-              f"{sample / need:.1f}x (goal >= 2x)")
+        print(
+            f"\nR18 step at batch 16 consumes {need:.1f} images/s; one worker supplies {sample:.1f}: "
+            f"{sample / need:.1f}x (goal >= 2x)"
+        )
         res["step_consumes_images_per_s"] = need
-    goals = {"one worker's training samples / what the R18 512 px batch-16 step consumes (goal >= 2)":
-             res[f"training sample at {args.size} px, augment=False"] / res["step_consumes_images_per_s"]} if args.step_ms else {}
+    goals = (
+        {
+            "one worker's training samples / what the R18 512 px batch-16 step consumes (goal >= 2)": res[
+                f"training sample at {args.size} px, augment=False"
+            ]
+            / res["step_consumes_images_per_s"]
+        }
+        if args.step_ms
+        else {}
+    )
     if args.json:
         args.json.write_text(json.dumps({"machine": machine(), "images_per_s": res, "goals": goals}, indent=2))
 

@@ -4,7 +4,8 @@ splits sharing images) add to a coco-mini data module setup: ``CocoDataModule(..
 
 Measured: each check timed inside real setups (wrapped with a timer: cold, in context; the id
 checks are inline in the JSON check's entry loops and in the index it builds anyway, so they are
-timed alone, a loop of their own: an upper bound), the same checks alone in a warm loop, and the whole setup with the checks
+timed alone, a loop of their own: an upper bound), the same checks alone in a warm loop, and the whole setup with the
+checks
 on and patched out, interleaved (an A/B whose spread is wider than the checks themselves). Also
 the per-read check (a file resolved again just before it is read) beside the decode it precedes.
 Takes about 25 s.
@@ -89,6 +90,7 @@ def timed_checks(acc: dict[str, list[float]]) -> Iterator[None]:
                 return fn(*a, **k)
             finally:
                 acc.setdefault(name, []).append(1e3 * (time.perf_counter() - t0))
+
         return wrapped
 
     saved = (paths.ImageFolder.__init__, paths.ImageFolder.problems, check.shared_images)
@@ -116,7 +118,9 @@ def component_times(root: Path, dm: Any, splits: dict[str, str], repeats: int) -
     def file_names() -> None:  # on fresh folders (each lists its entries once), made outside the timing
         for d in reversed(data.values()):  # the last folder stocked is the last split's
             images = d["images"]
-            folders.pop().problems([img["file_name"] for img in images], lambda k, images=images: f"image id {images[k]['id']}")
+            folders.pop().problems(
+                [img["file_name"] for img in images], lambda k, images=images: f"image id {images[k]['id']}"
+            )
 
     indexed = {"train": dm.train_dataset.coco, "val": dm.val_dataset.coco}
 
@@ -169,7 +173,9 @@ def main() -> None:
     splits = {"train_split": "train2017", "val_split": "val2017"}
 
     def setup() -> Any:
-        dm = CocoDataModule(root=args.root, input_size=(512, 512), batch_size=2, num_workers=0, check_cache_dir=cache, **splits)
+        dm = CocoDataModule(
+            root=args.root, input_size=(512, 512), batch_size=2, num_workers=0, check_cache_dir=cache, **splits
+        )
         dm.setup("fit")
         return dm
 
@@ -183,7 +189,7 @@ def main() -> None:
     try:
         for r in range(args.repeats):  # interleaved (order rotating), so drift on a shared machine hits all alike
             variants = [(on, contextlib.nullcontext), (off, checks_off), (timed, lambda: timed_checks(inside))]
-            for times, ctx in variants[r % 3:] + variants[:r % 3]:
+            for times, ctx in variants[r % 3 :] + variants[: r % 3]:
                 with ctx():
                     t0 = time.perf_counter()
                     setup()
@@ -200,37 +206,61 @@ def main() -> None:
     share = added / setup_on
     print(f"\ngoal: the checks add under 1 % to the setup: {100 * share:.2f} % -> {'yes' if share < 0.01 else 'no'}")
     if args.json:
-        args.json.write_text(json.dumps({
-            "machine": machine(), "setup_ms": setup_on, "setup_without_checks_ms": setup_off,
-            "checks_ms_in_setup": {NAMES[k]: v for k, v in in_setup.items()},
-            "checks_ms_alone": {NAMES[k]: v for k, v in alone.items()},
-            "read_verify_us": 1e3 * verify_ms, "decode_ms": decode_ms,
-            "goals": {"boundary checks / coco-mini setup (goal <= 0.01)": share},
-        }, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "machine": machine(),
+                    "setup_ms": setup_on,
+                    "setup_without_checks_ms": setup_off,
+                    "checks_ms_in_setup": {NAMES[k]: v for k, v in in_setup.items()},
+                    "checks_ms_alone": {NAMES[k]: v for k, v in alone.items()},
+                    "read_verify_us": 1e3 * verify_ms,
+                    "decode_ms": decode_ms,
+                    "goals": {"boundary checks / coco-mini setup (goal <= 0.01)": share},
+                },
+                indent=2,
+            )
+        )
 
 
-def report(mach: str, dm: Any, repeats: int, alone: dict[str, float], in_setup: dict[str, float],
-           setups: tuple[float, float, list[float], list[float]], read: tuple[float, float]) -> None:
+def report(
+    mach: str,
+    dm: Any,
+    repeats: int,
+    alone: dict[str, float],
+    in_setup: dict[str, float],
+    setups: tuple[float, float, list[float], list[float]],
+    read: tuple[float, float],
+) -> None:
     """Print the table and the A/B and per-read lines."""
     setup_on, setup_off, on, off = setups
     print(f"machine: {mach}")
-    print(f"coco-mini setup (CocoDataModule + setup('fit'), pre-flight cached): {len(dm.train_dataset)} train / "
-          f"{len(dm.val_dataset)} val images; {repeats} setups per variant, median {setup_on:.2f} ms\n")
+    print(
+        f"coco-mini setup (CocoDataModule + setup('fit'), pre-flight cached): {len(dm.train_dataset)} train / "
+        f"{len(dm.val_dataset)} val images; {repeats} setups per variant, median {setup_on:.2f} ms\n"
+    )
     print(f"| {'check (both splits)':<76} | alone, ms | in setup, ms | % of setup |")
     print(f"|{'-' * 78}|----------:|-------------:|-----------:|")
     for key, name in NAMES.items():
-        print(f"| {name:<76} | {alone[key]:9.3f} | {in_setup.get(key, 0.0):12.3f} | "
-              f"{100 * in_setup.get(key, 0.0) / setup_on:9.2f}% |")
+        print(
+            f"| {name:<76} | {alone[key]:9.3f} | {in_setup.get(key, 0.0):12.3f} | "
+            f"{100 * in_setup.get(key, 0.0) / setup_on:9.2f}% |"
+        )
     total = sum(in_setup.values())
     print(f"| {'all checks':<76} | {sum(alone.values()):9.3f} | {total:12.3f} | {100 * total / setup_on:9.2f}% |")
     q = statistics.quantiles
-    print(f"\nA/B, whole setups: with the checks {setup_on:.2f} ms (quartiles {q(on, n=4)[0]:.1f}-{q(on, n=4)[2]:.1f}), "
-          f"patched out {setup_off:.2f} ms ({q(off, n=4)[0]:.1f}-{q(off, n=4)[2]:.1f}): ratio {setup_on / setup_off:.3f}\n"
-          "(the spread of one setup is wider than the checks, so this ratio moves by about +-0.5 % from run to run: "
-          "the timed-in-setup column is the figure)")
+    print(
+        f"\nA/B, whole setups: with the checks {setup_on:.2f} ms (quartiles {q(on, n=4)[0]:.1f}-{q(on, n=4)[2]:.1f}), "
+        f"patched out {setup_off:.2f} ms ({q(off, n=4)[0]:.1f}-{q(off, n=4)[2]:.1f}): ratio "
+        f"{setup_on / setup_off:.3f}\n"
+        "(the spread of one setup is wider than the checks, so this ratio moves by about +-0.5 % from run to run: "
+        "the timed-in-setup column is the figure)"
+    )
     verify_ms, decode_ms = read
-    print(f"per read: the file resolved again (ImageFolder.verify) {1e3 * verify_ms:.1f} us vs its decode "
-          f"{decode_ms:.2f} ms ({100 * verify_ms / decode_ms:.2f} %)")
+    print(
+        f"per read: the file resolved again (ImageFolder.verify) {1e3 * verify_ms:.1f} us vs its decode "
+        f"{decode_ms:.2f} ms ({100 * verify_ms / decode_ms:.2f} %)"
+    )
 
 
 if __name__ == "__main__":

@@ -36,7 +36,9 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # what Lightning sets for deterministic CUDA
     print(f"machine: {machine()}")
-    print(f"TTFNet-{args.backbone.upper()} training step, batch {args.batch} x {args.size} px, C={args.classes}, {device}")
+    print(
+        f"TTFNet-{args.backbone.upper()} training step, batch {args.batch} x {args.size} px, C={args.classes}, {device}"
+    )
 
     torch.manual_seed(0)
     net = TTFNet(num_classes=args.classes, backbone=args.backbone).to(device).train()

@@ -15,7 +15,8 @@ small/medium/large mix.
 
 Goals (issue 10): encoder / memory floor <= 1.5 at 50 boxes per image, <= 1.1 at 7.
 
-    python benchmarks/bench_encoder.py [--device cuda] [--repeats 10] [--oracle-images 2 | --skip-oracle] [--json out.json]
+    python benchmarks/bench_encoder.py [--device cuda] [--repeats 10] \
+        [--oracle-images 2 | --skip-oracle] [--json out.json]
 """
 
 from __future__ import annotations
@@ -44,7 +45,9 @@ GOALS = {50: 1.5, 7: 1.1}  # boxes per image -> bound on encoder / memory floor
 
 def random_boxes(B: int, M: int, size: int, C: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, M, 4) xyxy boxes with log-uniform sizes in [4, size] px and aspect 1/3..3; labels (B, M)."""
-    side = torch.exp(torch.empty(B, M).uniform_(torch.log(torch.tensor(4.0)), torch.log(torch.tensor(float(size))), generator=gen))
+    side = torch.exp(
+        torch.empty(B, M).uniform_(torch.log(torch.tensor(4.0)), torch.log(torch.tensor(float(size))), generator=gen)
+    )
     aspect = torch.exp(torch.empty(B, M).uniform_(-1.1, 1.1, generator=gen))
     w = (side * aspect.sqrt()).clamp(2, size)
     h = (side / aspect.sqrt()).clamp(2, size)
@@ -97,13 +100,18 @@ def main() -> None:
     p.add_argument("--boxes", type=int, nargs="+", default=[7, 50])
     p.add_argument("--device", default="cpu")
     p.add_argument("--repeats", type=int, default=10)
-    p.add_argument("--oracle-images", type=int, default=2, help="images of the batch checked against the per-box oracle")
+    p.add_argument(
+        "--oracle-images", type=int, default=2, help="images of the batch checked against the per-box oracle"
+    )
     p.add_argument("--skip-oracle", action="store_true", help="timing only")
     p.add_argument("--json", type=Path, default=None, help="also write the figures as JSON here")
     args = p.parse_args()
 
     print(f"machine: {machine()}")
-    print(f"batch {args.batch} x {args.size} px, C={args.classes}, output map {args.size // 4}x{args.size // 4}, device {args.device}")
+    print(
+        f"batch {args.batch} x {args.size} px, C={args.classes}, output map {args.size // 4}x{args.size // 4}, device "
+        f"{args.device}"
+    )
     n_ref = 0 if args.skip_oracle else min(args.oracle_images, args.batch)
     oracle_head = f"per-box oracle ({n_ref} img)" if n_ref else "oracle skipped"
     print(
@@ -134,7 +142,11 @@ def main() -> None:
             mask = ref[2] > 0
             box_d = (got[1] - ref[1]).abs()[mask.expand_as(ref[1])].max().item() if mask.any() else 0.0
             w_d = (got[2].double() - ref[2].double()).abs().max().item()
-            checks[f"{M} boxes"] = {"images": n_ref, "oracle s": t_ref, "max |diff| heatmap / box / weight": [heat_d, box_d, w_d]}
+            checks[f"{M} boxes"] = {
+                "images": n_ref,
+                "oracle s": t_ref,
+                "max |diff| heatmap / box / weight": [heat_d, box_d, w_d],
+            }
             oracle = f"{t_ref:>22.1f} s | {heat_d:.1e} / {box_d:.1e} / {w_d:.1e}"
         else:
             oracle = f"{'-':>24} |"
@@ -144,7 +156,13 @@ def main() -> None:
         for k, v in goals.items():
             print(f"  {k:<52} {v:6.3f}")
     if args.json:
-        report = {"machine": machine(), "goals": goals, "ms": rows, "oracle": checks, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        report = {
+            "machine": machine(),
+            "goals": goals,
+            "ms": rows,
+            "oracle": checks,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
         args.json.write_text(json.dumps(report, indent=2))
 
 

@@ -33,7 +33,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine  # noqa: E402
-from ttfnet_lightning.deploy.export import DetectionExport, _exportable_net, export_onnx  # noqa: E402
+from ttfnet_lightning.deploy.export import export_onnx  # noqa: E402
+from ttfnet_lightning.deploy.graph import DetectionExport, exportable_net  # noqa: E402
 from ttfnet_lightning.deploy.onnx_runtime import OnnxDetector, compare_detections  # noqa: E402
 from ttfnet_lightning.training.lit_module import TTFNetModule  # noqa: E402
 
@@ -57,7 +58,9 @@ def trained_looking(module: TTFNetModule, seed: int = 0) -> TTFNetModule:
     return module.eval()
 
 
-def build(size: int, classes: int, *, deformable: bool = True, backbone: str = "r18", model: str | None = None) -> TTFNetModule:
+def build(
+    size: int, classes: int, *, deformable: bool = True, backbone: str = "r18", model: str | None = None
+) -> TTFNetModule:
     torch.manual_seed(0)
     net = {"backbone": backbone, "backbone_model": model, "deformable": deformable, "frozen_stages": -1}
     return trained_looking(TTFNetModule(net=net, data_info={"num_classes": classes, "input_size": [size, size]}))
@@ -72,7 +75,9 @@ def images(size: int, n: int) -> tuple[torch.Tensor, str]:
         folder = ImageFolder(files, (size, size))
         return torch.stack([folder[i]["input"] for i in range(len(files))]), f"{len(files)} COCO-mini val images"
     g = torch.Generator().manual_seed(0)
-    return torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g), f"{n} random images (coco-mini absent)"
+    return torch.randint(
+        0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g
+    ), f"{n} random images (coco-mini absent)"
 
 
 def interleaved(fns: dict[str, callable], repeats: int, warmup: int = 2) -> dict[str, float]:
@@ -95,7 +100,9 @@ def main() -> None:
     ap.add_argument("--classes", type=int, default=80)
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--images", type=int, default=8)
-    ap.add_argument("--timm", default="resnet18d,mobilenetv3_large_100,resnet50d", help="comma-separated timm models ('' = none)")
+    ap.add_argument(
+        "--timm", default="resnet18d,mobilenetv3_large_100,resnet50d", help="comma-separated timm models ('' = none)"
+    )
     ap.add_argument("--threads", type=int, default=None, help="torch and onnxruntime threads (default: torch's)")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--quick", action="store_true", help="3 repeats, 2 images, 1 timm model (a smoke run)")
@@ -106,9 +113,16 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
     print(f"# Export and backbones -- {machine()}\n")
-    print(f"batch 1, {args.size} px, C = {args.classes}, top-100 decoded; median of {args.repeats} interleaved rounds; "
-          f"onnxruntime with {threads} intra-op threads\n")
-    results: dict[str, object] = {"machine": machine(), "size": args.size, "classes": args.classes, "repeats": args.repeats}
+    print(
+        f"batch 1, {args.size} px, C = {args.classes}, top-100 decoded; median of {args.repeats} interleaved rounds; "
+        f"onnxruntime with {threads} intra-op threads\n"
+    )
+    results: dict[str, object] = {
+        "machine": machine(),
+        "size": args.size,
+        "classes": args.classes,
+        "repeats": args.repeats,
+    }
     batch, source = images(args.size, args.images)
 
     # ---------------------------------------------------------------- ONNX parity and latency
@@ -121,7 +135,7 @@ def main() -> None:
             export_onnx(module, Path(tmp) / f"{name}.onnx", check=False)
             export_s = time.perf_counter() - t0
             det = OnnxDetector(Path(tmp) / f"{name}.onnx", threads=threads)
-            wrapper = DetectionExport(_exportable_net(module), input_size=(args.size, args.size)).eval()
+            wrapper = DetectionExport(exportable_net(module), input_size=(args.size, args.size)).eval()
             with torch.inference_mode():
                 ref = wrapper(batch)
             parity = compare_detections(ref, det.run(batch), score_threshold=det.score_threshold)
@@ -133,16 +147,28 @@ def main() -> None:
                     w(x)
 
             lat = interleaved({"torch": torch_run, "onnxruntime": lambda d=det, x=one_np: d.run(x)}, args.repeats)
-            row = {"neck": name, "export_s": export_s, **parity, "torch_ms": lat["torch"] * 1e3, "onnxruntime_ms": lat["onnxruntime"] * 1e3}
+            row = {
+                "neck": name,
+                "export_s": export_s,
+                **parity,
+                "torch_ms": lat["torch"] * 1e3,
+                "onnxruntime_ms": lat["onnxruntime"] * 1e3,
+            }
             rows.append(row)
     results["onnx"] = rows
     print(f"## ONNX vs PyTorch ({source}, {args.size} px)\n")
-    print("| neck | max box diff (px) | labels equal | max score diff | compared / near-ties | PyTorch eager (ms) | onnxruntime (ms) | speed-up | export (s) |")
+    print(
+        "| neck | max box diff (px) | labels equal | max score diff | compared / near-ties | PyTorch eager (ms) | "
+        "onnxruntime (ms) | speed-up | export (s) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['neck']} | {r['max_box_diff_px']:.1e} | {r['label_agreement'] * 100:.1f} % | {r['max_score_diff']:.1e} | "
-              f"{r['compared']} / {r['ambiguous']} | {r['torch_ms']:.0f} | {r['onnxruntime_ms']:.0f} | "
-              f"{r['torch_ms'] / r['onnxruntime_ms']:.2f}x | {r['export_s']:.0f} |")
+        print(
+            f"| {r['neck']} | {r['max_box_diff_px']:.1e} | {r['label_agreement'] * 100:.1f} % | "
+            f"{r['max_score_diff']:.1e} | "
+            f"{r['compared']} / {r['ambiguous']} | {r['torch_ms']:.0f} | {r['onnxruntime_ms']:.0f} | "
+            f"{r['torch_ms'] / r['onnxruntime_ms']:.2f}x | {r['export_s']:.0f} |"
+        )
 
     # ------------------------------------------------------------------------------ backbones
     specs = [("R18 (torchvision)", "r18", None), ("DLA-34", "dla34", None)]
@@ -151,10 +177,12 @@ def main() -> None:
     fns, info = {}, {}
     for label, backbone, model in specs:
         module = build(args.size, args.classes, backbone=backbone, model=model)
-        wrapper = DetectionExport(_exportable_net(module), input_size=(args.size, args.size)).eval()
-        info[label] = {"backbone_params_M": sum(p.numel() for p in module.net.backbone.parameters()) / 1e6,
-                       "total_params_M": sum(p.numel() for p in module.net.parameters()) / 1e6,
-                       "channels": list(module.net.backbone.out_channels)}
+        wrapper = DetectionExport(exportable_net(module), input_size=(args.size, args.size)).eval()
+        info[label] = {
+            "backbone_params_M": sum(p.numel() for p in module.net.backbone.parameters()) / 1e6,
+            "total_params_M": sum(p.numel() for p in module.net.parameters()) / 1e6,
+            "channels": list(module.net.backbone.out_channels),
+        }
 
         def run(w=wrapper):
             with torch.inference_mode():
@@ -163,7 +191,9 @@ def main() -> None:
         fns[label] = run
     lat = interleaved(fns, args.repeats)
     ref_ms = lat[specs[0][0]] * 1e3
-    print(f"\n## Backbones (TTFNet, deformable neck, PyTorch eager fp32, batch 1, {args.size} px, C = {args.classes})\n")
+    print(
+        f"\n## Backbones (TTFNet, deformable neck, PyTorch eager fp32, batch 1, {args.size} px, C = {args.classes})\n"
+    )
     print("| backbone | stride 4-32 channels | backbone params (M) | TTFNet params (M) | latency (ms) | vs R18 |")
     print("|---|---|---|---|---|---|")
     rows = []
@@ -171,7 +201,10 @@ def main() -> None:
         ms = lat[label] * 1e3
         rows.append({"backbone": label, **info[label], "latency_ms": ms, "vs_r18": ms / ref_ms})
         i = info[label]
-        print(f"| {label} | {'/'.join(map(str, i['channels']))} | {i['backbone_params_M']:.1f} | {i['total_params_M']:.1f} | {ms:.0f} | {ms / ref_ms:.2f}x |")
+        print(
+            f"| {label} | {'/'.join(map(str, i['channels']))} | {i['backbone_params_M']:.1f} | "
+            f"{i['total_params_M']:.1f} | {ms:.0f} | {ms / ref_ms:.2f}x |"
+        )
     results["backbones"] = rows
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))

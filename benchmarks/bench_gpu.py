@@ -99,9 +99,18 @@ def main() -> int:
         fps1 = infer_rate(backbone, batch=1, size=args.size, precision="fp16")
         fps16 = infer_rate(backbone, batch=16, size=args.size, precision="fp16")
         proj = {name: epochs * COCO_TRAIN_IMAGES / train / 60 for name, epochs in SCHEDULES.items()}
-        report[backbone] = {"train_images_per_s": train, "fps_batch1_fp16": fps1, "fps_batch16_fp16": fps16, "projected_minutes": proj}
-        print(f"\nTTFNet-{backbone.upper()}@{args.size}: training {train:.0f} images/s (batch {args.batch}, bf16-mixed, channels_last"
-              f"{', compiled' if args.compile else ''}); inference fp16 {fps1:.0f} FPS at batch 1, {fps16:.0f} images/s at batch 16")
+        report[backbone] = {
+            "train_images_per_s": train,
+            "fps_batch1_fp16": fps1,
+            "fps_batch16_fp16": fps16,
+            "projected_minutes": proj,
+        }
+        print(
+            f"\nTTFNet-{backbone.upper()}@{args.size}: training {train:.0f} images/s (batch {args.batch}, bf16-mixed, "
+            "channels_last"
+            f"{', compiled' if args.compile else ''}); inference fp16 {fps1:.0f} FPS at batch 1, {fps16:.0f} images/s "
+            "at batch 16"
+        )
         for name, minutes in proj.items():
             print(f"  projected {name}: {minutes:.0f} min (COCO train2017, data loading and validation not included)")
     if args.json:

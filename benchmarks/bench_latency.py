@@ -94,8 +94,11 @@ def main() -> None:
     args = p.parse_args()
     torch.manual_seed(0)
     print(f"machine: {machine()}")
-    print(f"batch 1, random weights; every model built first, then timed in {args.repeats} interleaved rounds of one call each "
-          "after 2 warm-up calls (a slow moment of this shared machine hits every model alike); medians\n")
+    print(
+        f"batch 1, random weights; every model built first, then timed in {args.repeats} interleaved rounds of one "
+        "call each "
+        "after 2 warm-up calls (a slow moment of this shared machine hits every model alike); medians\n"
+    )
     rows: dict[str, float] = {}
     models: dict[str, Callable[[], object]] = {}
 
@@ -108,7 +111,10 @@ def main() -> None:
         net = TTFNet(num_classes=80, backbone=backbone).eval()
         measure(f"TTFNet-{backbone.upper()}@512 fp32 (as trained)", ttfnet_fn(net, 512))
         measure(f"TTFNet-{backbone.upper()}@512 fp32 (inference path)", ttfnet_fn(optimize_for_inference(net), 512))
-        measure(f"TTFNet-{backbone.upper()}@512 bf16 (inference path)", ttfnet_fn(optimize_for_inference(net, precision="bf16"), 512))
+        measure(
+            f"TTFNet-{backbone.upper()}@512 bf16 (inference path)",
+            ttfnet_fn(optimize_for_inference(net, precision="bf16"), 512),
+        )
     # the decoder alone, on the R18 outputs
     net = TTFNet(num_classes=80, backbone="r18").eval()
     with torch.inference_mode():
@@ -116,8 +122,16 @@ def main() -> None:
     measure("decoder alone (80 classes, 128x128 map)", lambda: decode_detections(hm, wh, input_size=(512, 512)))
     measure("ResNet-18 classifier@512 (TTFNet-R18's backbone)", torchvision_fn("resnet18", 512))
     measure(BACKBONE_TREATED, resnet18_fn(512, inference_path=True))
-    others = [("ssd300_vgg16", 300)] if args.quick else [
-        ("ssd300_vgg16", 300), ("ssdlite320_mobilenet_v3_large", 320), ("fcos_resnet50_fpn", 512), ("retinanet_resnet50_fpn", 512)]
+    others = (
+        [("ssd300_vgg16", 300)]
+        if args.quick
+        else [
+            ("ssd300_vgg16", 300),
+            ("ssdlite320_mobilenet_v3_large", 320),
+            ("fcos_resnet50_fpn", 512),
+            ("retinanet_resnet50_fpn", 512),
+        ]
+    )
     for name, size in others:
         measure(f"torchvision {name}@{size}", torchvision_fn(name, size))
 
@@ -143,7 +157,8 @@ def main() -> None:
         "TTFNet-R18 fp32 / ResNet-18 backbone (goal <= 1.6)": ref / backbone,
         "TTFNet-R18 inference path / ResNet-18 backbone (goal <= 1.6)": fast / backbone,
         # like for like: the backbone with the inference path's treatment (BN folded, channels_last)
-        "TTFNet-R18 inference path / ResNet-18 backbone BN-folded channels_last (goal <= 1.6)": fast / rows[BACKBONE_TREATED],
+        "TTFNet-R18 inference path / ResNet-18 backbone BN-folded channels_last (goal <= 1.6)": fast
+        / rows[BACKBONE_TREATED],
         "decoder share of TTFNet-R18 fp32 (goal <= 0.05)": decoder / ref,
         "decoder share of TTFNet-R18 fp32 inference path (goal <= 0.05)": decoder / fast,
     }
@@ -151,7 +166,11 @@ def main() -> None:
     for k, v in goals.items():
         print(f"  {k:<86} {v:6.3f}")
     if args.json:
-        args.json.write_text(json.dumps({"machine": machine(), "ms": rows, "goals": goals, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {"machine": machine(), "ms": rows, "goals": goals, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2
+            )
+        )
 
 
 if __name__ == "__main__":

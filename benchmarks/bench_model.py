@@ -106,7 +106,9 @@ def step_times(net: TTFNet, images, targets, loss_fn) -> dict[str, float]:
     torch.autograd.backward(flat(up), [u.grad for u in flat(up_in)])
     t["neck bwd"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    outs, grads = zip(*[(f, g.grad) for f, g in zip(flat(feats), flat(feats_in)) if g.grad is not None and f.requires_grad])
+    outs, grads = zip(
+        *[(f, g.grad) for f, g in zip(flat(feats), flat(feats_in)) if g.grad is not None and f.requires_grad]
+    )
     torch.autograd.backward(list(outs), list(grads))
     t["backbone bwd"] = time.perf_counter() - t0
     net.zero_grad(set_to_none=True)
@@ -166,13 +168,28 @@ def memory_probe(variant: str, args: argparse.Namespace) -> dict[str, float]:
         # without a reset, the lifetime peak (imports, ...) may hide the steps': a lower bound then
         max1 = _status_kib("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         peak = _profiled_peak(step)
-    return {"tensor_peak_mib": peak / 2**20, "rss_rise_mib": (max1 - rss0) / 1024,
-            "rss_rise_is_lower_bound": not reset and max1 <= max0}
+    return {
+        "tensor_peak_mib": peak / 2**20,
+        "rss_rise_mib": (max1 - rss0) / 1024,
+        "rss_rise_is_lower_bound": not reset and max1 <= max0,
+    }
 
 
 def measure_memory(variant: str, args: argparse.Namespace) -> dict[str, float]:
-    cmd = [sys.executable, __file__, "--memory-probe", variant, "--memory-batch", str(args.memory_batch), "--size", str(args.size),
-           "--backbone", args.backbone, "--classes", str(args.classes)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--memory-probe",
+        variant,
+        "--memory-batch",
+        str(args.memory_batch),
+        "--size",
+        str(args.size),
+        "--backbone",
+        args.backbone,
+        "--classes",
+        str(args.classes),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
         raise RuntimeError(f"memory probe {variant} failed:\n{proc.stderr[-3000:]}")
@@ -187,8 +204,11 @@ def main() -> None:
     p.add_argument("--classes", type=int, default=80)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument(
-        "--deform-impl", choices=("native", "torchvision", "both"), default="both",
-        help="deformable-conv implementation(s) to time (plus the plain-conv neck; native also before its recomputing backward)",
+        "--deform-impl",
+        choices=("native", "torchvision", "both"),
+        default="both",
+        help="deformable-conv implementation(s) to time "
+        "(plus the plain-conv neck; native also before its recomputing backward)",
     )
     p.add_argument("--memory-batch", type=int, default=16, help="batch of the neck memory measurement (0: skip it)")
     p.add_argument("--threads", type=int, default=None, help="torch threads of the timed steps (default: torch's)")
@@ -204,10 +224,14 @@ def main() -> None:
     variants = [v for v in ("native", "native-before", "torchvision") if VARIANTS[v][1] in impls] + ["plain"]
     print(f"machine: {machine()}")
     print("backbone stem + stage 1 frozen (paper default), BN in train mode")
-    print(f"TTFNet-{args.backbone.upper()} train step (fwd+bwd), batch {args.batch} x {args.size} px, C={args.classes}, "
-          f"median of {args.repeats} after 1 warm-up, variants interleaved")
+    print(
+        f"TTFNet-{args.backbone.upper()} train step (fwd+bwd), batch {args.batch} x {args.size} px, C={args.classes}, "
+        f"median of {args.repeats} after 1 warm-up, variants interleaved"
+    )
     images = torch.randn(args.batch, 3, args.size, args.size)
-    boxes = torch.tensor([[40.0, 60.0, 300.0, 400.0], [200.0, 100.0, 260.0, 180.0]]).expand(args.batch, 2, 4).contiguous()
+    boxes = (
+        torch.tensor([[40.0, 60.0, 300.0, 400.0], [200.0, 100.0, 260.0, 180.0]]).expand(args.batch, 2, 4).contiguous()
+    )
     labels = torch.tensor([1, 5]).expand(args.batch, 2).contiguous()
     o = args.size // 4
     targets = encode_targets(boxes, labels, num_classes=args.classes, output_size=(o, o))
@@ -232,34 +256,52 @@ def main() -> None:
     goals = {}
     neck = {v: medians[v]["neck fwd"] + medians[v]["neck bwd"] for v in variants}
     if "native" in neck:
-        print(f"\nneck fwd+bwd, native / native before the recomputing backward: {neck['native'] / neck['native-before']:.3f}")
+        print(
+            "\nneck fwd+bwd, native / native before the recomputing backward: "
+            f"{neck['native'] / neck['native-before']:.3f}"
+        )
         goals["deformable neck step time / before recompute (goal <= 1.2)"] = neck["native"] / neck["native-before"]
     memory = {}
     if args.memory_batch > 0:
-        print(f"\nneck peak training memory (fwd+bwd of the neck alone), batch {args.memory_batch} x {args.size} px, "
-              "fresh process per neck:")
+        print(
+            f"\nneck peak training memory (fwd+bwd of the neck alone), batch {args.memory_batch} x {args.size} px, "
+            "fresh process per neck:"
+        )
         for v in MEMORY_VARIANTS:
             if v in variants:
                 memory[v] = m = measure_memory(v, args)
                 bound = " (lower bound)" if m["rss_rise_is_lower_bound"] else ""
-                print(f"  {TITLES[v]:<72} tensor peak {m['tensor_peak_mib']:8.1f} MiB   RSS rise {m['rss_rise_mib']:8.1f} MiB{bound}")
+                print(
+                    f"  {TITLES[v]:<72} tensor peak {m['tensor_peak_mib']:8.1f} MiB   RSS rise "
+                    f"{m['rss_rise_mib']:8.1f} MiB{bound}"
+                )
         if "native" in memory:
             for v in ("native", "native-before"):
                 ratio = memory[v]["tensor_peak_mib"] / memory["plain"]["tensor_peak_mib"]
                 rss = memory[v]["rss_rise_mib"] / memory["plain"]["rss_rise_mib"]
                 print(f"  {v} / plain: tensor peak {ratio:.3f}, RSS rise {rss:.3f}")
             goals["deformable neck peak memory / plain neck (goal <= 1.2)"] = (
-                memory["native"]["tensor_peak_mib"] / memory["plain"]["tensor_peak_mib"])
+                memory["native"]["tensor_peak_mib"] / memory["plain"]["tensor_peak_mib"]
+            )
     if goals:
         print("\ngoals:")
         for k, v in goals.items():
             print(f"  {k:<62} {v:6.3f}")
     if args.json:
         settings = {k: getattr(args, k) for k in ("size", "batch", "backbone", "classes", "repeats", "memory_batch")}
-        args.json.write_text(json.dumps({
-            "machine": machine(), "settings": settings | {"threads": torch.get_num_threads()},
-            "step_s": medians, "neck_memory_mib": memory, "goals": goals, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        }, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "machine": machine(),
+                    "settings": settings | {"threads": torch.get_num_threads()},
+                    "step_s": medians,
+                    "neck_memory_mib": memory,
+                    "goals": goals,
+                    "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                },
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

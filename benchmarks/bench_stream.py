@@ -68,7 +68,10 @@ def main() -> None:
         dm.setup("fit")
     n = len(folder[args.workers[0]].train_dataset)
     print(f"machine: {machine()}")
-    print(f"training loader, {n} images per epoch, {args.size} px, batch {args.batch_size}, {args.repeats} interleaved repeats")
+    print(
+        f"training loader, {n} images per epoch, {args.size} px, batch {args.batch_size}, {args.repeats} interleaved "
+        "repeats"
+    )
 
     rates: dict[str, list[float]] = {}
     for w in args.workers:  # warm-up: page cache, first worker start
@@ -88,8 +91,18 @@ def main() -> None:
     if tmp is not None:
         shutil.rmtree(tmp)
     if args.json:
-        args.json.write_text(json.dumps({"machine": machine(), "images_per_epoch": n, "size": args.size,
-                                         "batch_size": args.batch_size, "images_per_s": res}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "machine": machine(),
+                    "images_per_epoch": n,
+                    "size": args.size,
+                    "batch_size": args.batch_size,
+                    "images_per_s": res,
+                },
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

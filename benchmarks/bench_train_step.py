@@ -37,9 +37,20 @@ def profile(overrides: list[str], *, steps: int, skip: int) -> dict[str, dict[st
     with tempfile.TemporaryDirectory() as out:
         GlobalHydra.instance().clear()
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-            cfg = compose("train", [*overrides, f"trainer.max_steps={steps + skip}", "trainer.limit_val_batches=0",
-                                    "trainer.num_sanity_val_steps=0", "logger=csv", "callbacks.log_val_images=0",
-                                    "callbacks.checkpoint_every_n_steps=0", "trainer.enable_progress_bar=false", f"output_dir={out}"])
+            cfg = compose(
+                "train",
+                [
+                    *overrides,
+                    f"trainer.max_steps={steps + skip}",
+                    "trainer.limit_val_batches=0",
+                    "trainer.num_sanity_val_steps=0",
+                    "logger=csv",
+                    "callbacks.log_val_images=0",
+                    "callbacks.checkpoint_every_n_steps=0",
+                    "trainer.enable_progress_bar=false",
+                    f"output_dir={out}",
+                ],
+            )
         build = train_mod.build_callbacks
         train_mod.build_callbacks = lambda c, o: [*build(c, o), timer]
         try:
@@ -63,11 +74,16 @@ def main() -> None:
             continue
         summary = profile(overrides, steps=args.steps, skip=args.skip)
         report[name] = summary
-        print(f"\nTTFNet-R18 training step, setting {name!r} ({' '.join(overrides)}), mean of {args.steps} steps after {args.skip}:")
+        print(
+            f"\nTTFNet-R18 training step, setting {name!r} ({' '.join(overrides)}), mean of {args.steps} steps after "
+            f"{args.skip}:"
+        )
         for phase, v in summary.items():
             print(f"  {phase:<16} {v['ms']:9.1f} ms  {100 * v['share']:5.1f} %")
-        print(f"  goals: target encoding {100 * summary['target_encoding']['share']:.2f} % (<= 3 %), "
-              f"data wait {100 * summary['data_wait']['share']:.2f} % (<= 5 %)")
+        print(
+            f"  goals: target encoding {100 * summary['target_encoding']['share']:.2f} % (<= 3 %), "
+            f"data wait {100 * summary['data_wait']['share']:.2f} % (<= 5 %)"
+        )
     if args.json:
         args.json.write_text(json.dumps({"machine": machine(), "settings": report}, indent=2))
 

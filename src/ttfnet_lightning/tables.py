@@ -21,7 +21,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m ttfnet_lightning.tables", description=__doc__.split("\n")[0])
     ap.add_argument("sweep_dirs", nargs="+", help="sweep dirs of experiment=tableN (e.g. multirun/table2-cpu)")
     ap.add_argument("--no-ratio", action="store_true", help="do not compute the Ratio columns (Tables 2, 3)")
-    ap.add_argument("--wandb", action="store_true", help="also log the table plot and cells to the sweep's W&B group (jobs that used W&B)")
+    ap.add_argument(
+        "--wandb",
+        action="store_true",
+        help="also log the table plot and cells to the sweep's W&B group (jobs that used W&B)",
+    )
     args = ap.parse_args(argv)
     rc = 0
     for d in args.sweep_dirs:

@@ -35,7 +35,9 @@ def main(cfg: DictConfig) -> float | None:
         if cfg.get("table") is not None and not isinstance(exc, (RunLockedError, RunMismatchError)):
             out = output_dir(cfg)
             if out.is_dir():
-                write_results(out, {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "overrides": job_overrides(cfg)})
+                write_results(
+                    out, {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "overrides": job_overrides(cfg)}
+                )
                 # said now: Hydra reports a sweep's failed jobs only once the whole sweep is over
                 log.error(f"job failed, marked in {out / 'results.json'}: {type(exc).__name__}: {exc}")
         raise

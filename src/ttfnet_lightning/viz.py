@@ -11,13 +11,14 @@ Two halves:
   tables aggregator as ``table.png``), :func:`time_to_accuracy_figure`, :func:`detections_figure`, :func:`batch_figure`.
   Importing this module never imports matplotlib.
 
-Command line (what made the README's figures)::
+Command line (what made the figures of the README and docs/)::
 
-    python -m ttfnet_lightning.viz targets --index 1 --dpi 70 --out docs/figures/targets.png   # COCO subset, else built-in data
+    # Figure 3 from the COCO subset, else from the built-in data
+    python -m ttfnet_lightning.viz targets --index 1 --dpi 70 --out docs/figures/targets.png
     python -m ttfnet_lightning.viz table results/table2-cpu --out table2.png    # = the aggregator's table.png
     python -m ttfnet_lightning.viz time results/table1-cpu --out tta.png        # AP vs training time of a sweep's runs
     python -m ttfnet_lightning.viz detections --ckpt last.ckpt --out docs/figures/detections.png
-    python -m ttfnet_lightning.viz batch protocol=cpu schedule=10x --out batch.png  # a training batch as the network sees it
+    python -m ttfnet_lightning.viz batch protocol=cpu schedule=10x --out batch.png  # a batch as the network sees it
     python -m ttfnet_lightning.viz strip notebooks/*.ipynb                      # outputs out before committing
 """
 
@@ -32,7 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from ttfnet_lightning.paper.figures import ablation_variants, figure3_variants, run_model, save_figure, targets_figure
-from ttfnet_lightning.paper.plots import detections_figure, read_table_csv, sweep_runs, table_figure, time_to_accuracy_figure
+from ttfnet_lightning.paper.plots import read_table_csv, table_figure
+from ttfnet_lightning.paper.run_plots import detections_figure, sweep_runs, time_to_accuracy_figure
 from ttfnet_lightning.paper.tables import build_table
 from ttfnet_lightning.paper.workbench import batch_figure, sample_images, strip_notebook, training_batches
 from ttfnet_lightning.training.checkpoints import load_model
@@ -49,7 +51,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--alpha", type=float, default=0.54)
     t.add_argument("--beta", type=float, default=0.54)
     t.add_argument("--rect-beta", type=float, default=0.3)
-    t.add_argument("--ablations", action="store_true", help="the kernel group's other options instead of Figure 3's four")
+    t.add_argument(
+        "--ablations", action="store_true", help="the kernel group's other options instead of Figure 3's four"
+    )
     t.add_argument("--out", default="targets.png")
     tb = sub.add_parser("table", help="a paper-table sweep (its table.csv, else built now) as a plot")
     tb.add_argument("sweep_dir")
@@ -64,7 +68,9 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--threshold", type=float, default=0.3)
     d.add_argument("--out", default="detections.png")
     bt = sub.add_parser("batch", help="the first training batch a config produces (augmentation included), boxes drawn")
-    bt.add_argument("overrides", nargs="*", help="train's Hydra overrides, e.g. schedule=10x data.datamodule.input_size=[128,128]")
+    bt.add_argument(
+        "overrides", nargs="*", help="train's Hydra overrides, e.g. schedule=10x data.datamodule.input_size=[128,128]"
+    )
     bt.add_argument("--num-images", type=int, default=8)
     bt.add_argument("--out", default="batch.png")
     for p in (t, tb, tm, d, bt):
@@ -77,22 +83,43 @@ def _parser() -> argparse.ArgumentParser:
 def _figure(args: argparse.Namespace) -> Any:
     """The figure of one subcommand (matplotlib imported by then)."""
     if args.cmd == "targets":
-        samples, names, source = sample_images(args.source, num_images=1, image_size=args.size, coco_root=args.coco, seed=args.index)
+        samples, names, source = sample_images(
+            args.source, num_images=1, image_size=args.size, coco_root=args.coco, seed=args.index
+        )
         img, boxes, labels = samples[0]
-        variants = ablation_variants(args.alpha, args.beta, args.rect_beta) if args.ablations else figure3_variants(args.alpha, args.beta, args.rect_beta)
-        return targets_figure(img, boxes, labels, num_classes=len(names), variants=variants, class_names=names,
-                              title=f"{source} image, {len(boxes)} boxes, {args.size} px input, stride-4 output map")
+        variants = (
+            ablation_variants(args.alpha, args.beta, args.rect_beta)
+            if args.ablations
+            else figure3_variants(args.alpha, args.beta, args.rect_beta)
+        )
+        return targets_figure(
+            img,
+            boxes,
+            labels,
+            num_classes=len(names),
+            variants=variants,
+            class_names=names,
+            title=f"{source} image, {len(boxes)} boxes, {args.size} px input, stride-4 output map",
+        )
     if args.cmd == "table":
         sweep = Path(args.sweep_dir)
-        rows = read_table_csv(sweep / "table.csv") if (sweep / "table.csv").is_file() else build_table(sweep, ratio=False)[0].csv_rows()
+        rows = (
+            read_table_csv(sweep / "table.csv")
+            if (sweep / "table.csv").is_file()
+            else build_table(sweep, ratio=False)[0].csv_rows()
+        )
         args.out = args.out or str(sweep / "table.png")
         return table_figure(rows)
     if args.cmd == "batch":
         batches, names = training_batches(args.overrides)
         b = batches[0]
         H, W = b["images"].shape[-2:]
-        return batch_figure(b, class_names=names or None, num_images=args.num_images,
-                            title=f"first training batch, {H}x{W} px: {' '.join(args.overrides) or 'defaults'}")
+        return batch_figure(
+            b,
+            class_names=names or None,
+            num_images=args.num_images,
+            title=f"first training batch, {H}x{W} px: {' '.join(args.overrides) or 'defaults'}",
+        )
     if args.cmd == "time":
         runs: dict[str, Path] = {}
         for p in args.paths:
@@ -100,11 +127,19 @@ def _figure(args: argparse.Namespace) -> Any:
         return time_to_accuracy_figure(runs, metric=args.metric)
     model = load_model(args.ckpt)  # detections
     H, W = model.input_size
-    samples, _, _ = sample_images("shapes", num_images=args.num_images, image_size=(H, W), shape_classes=model.class_names)
+    samples, _, _ = sample_images(
+        "shapes", num_images=args.num_images, image_size=(H, W), shape_classes=model.class_names
+    )
     images = [s[0] for s in samples]
     dets, heat = run_model(model, images)
-    return detections_figure(images, dets, class_names=model.class_names, heatmaps=heat,
-                             targets=[{"boxes": s[1], "labels": s[2]} for s in samples], score_threshold=args.threshold)
+    return detections_figure(
+        images,
+        dets,
+        class_names=model.class_names,
+        heatmaps=heat,
+        targets=[{"boxes": s[1], "labels": s[2]} for s in samples],
+        score_threshold=args.threshold,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

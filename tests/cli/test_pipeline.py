@@ -44,8 +44,19 @@ def test_train_writes_checkpoints_and_metrics(trained):
     assert (ckpts / "last.ckpt").is_file()
     assert list(ckpts.glob("best-*.ckpt")), list(ckpts.iterdir())
     rows = read_csv(trained / "metrics.csv")
-    for key in ("train/loss", "train/loss_heatmap", "train/loss_box", "train/lr/weights", "train/lr/biases", "val/AP", "val/AP50", "val/AP75",
-                "val/loss", "time/train_seconds", "time/step"):
+    for key in (
+        "train/loss",
+        "train/loss_heatmap",
+        "train/loss_box",
+        "train/lr/weights",
+        "train/lr/biases",
+        "val/AP",
+        "val/AP50",
+        "val/AP75",
+        "val/loss",
+        "time/train_seconds",
+        "time/step",
+    ):
         assert column(rows, key), f"{key} missing from metrics.csv"
     # time to accuracy: one entry per validation, cumulative and increasing with the step
     seconds, steps = column(rows, "time/train_seconds"), column(rows, "time/step")
@@ -80,8 +91,17 @@ def test_resume_continues_at_the_same_step(trained, tmp_path):
 
 
 def test_evaluate_reports_ap_and_speed(trained, tmp_path):
-    cfg = compose("evaluate", [f"ckpt={trained / 'checkpoints' / 'last.ckpt'}", "data.datamodule.num_val=8",
-                               "data.datamodule.num_workers=0", "trainer=cpu", "speed_iters=2", f"output_dir={tmp_path}"])
+    cfg = compose(
+        "evaluate",
+        [
+            f"ckpt={trained / 'checkpoints' / 'last.ckpt'}",
+            "data.datamodule.num_val=8",
+            "data.datamodule.num_workers=0",
+            "trainer=cpu",
+            "speed_iters=2",
+            f"output_dir={tmp_path}",
+        ],
+    )
     metrics = evaluate(cfg)
     for key in ("val/AP", "val/AP50", "model_only_images_per_s_batch1", "end_to_end_images_per_s"):
         assert key in metrics
@@ -93,9 +113,14 @@ def test_evaluate_reports_ap_and_speed(trained, tmp_path):
     dets = json.loads((tmp_path / "detections_val.json").read_text())
     assert dets and all(set(d) == {"image_id", "category_id", "bbox", "score"} for d in dets)
     # detections of the 8 evaluated images only, valid classes, boxes inside the 64 x 64 images, top-k scores
-    num_classes = TTFNetModule.load_from_checkpoint(str(trained / "checkpoints" / "last.ckpt"), map_location="cpu").num_classes
+    num_classes = TTFNetModule.load_from_checkpoint(
+        str(trained / "checkpoints" / "last.ckpt"), map_location="cpu"
+    ).num_classes
     assert len({d["image_id"] for d in dets}) == 8 and all(0 <= d["category_id"] < num_classes for d in dets)
-    assert all(0 <= x and 0 <= y and w >= 0 and h >= 0 and x + w <= 64.01 and y + h <= 64.01 for x, y, w, h in (d["bbox"] for d in dets))
+    assert all(
+        0 <= x and 0 <= y and w >= 0 and h >= 0 and x + w <= 64.01 and y + h <= 64.01
+        for x, y, w, h in (d["bbox"] for d in dets)
+    )
     assert all(0.0 < d["score"] <= 1.0 for d in dets) and len(dets) <= 8 * 100
 
 
@@ -109,19 +134,31 @@ def test_evaluate_each_precision_and_the_network_as_trained(trained, tmp_path, m
     real_step = TTFNetModule.validation_step
 
     def recording_step(self, batch, batch_idx, *args):
-        seen.append((type(self.net).__name__, getattr(self.net, "precision", "fp32"),
-                     any(isinstance(m, nn.BatchNorm2d) for m in self.net.modules())))
+        seen.append(
+            (
+                type(self.net).__name__,
+                getattr(self.net, "precision", "fp32"),
+                any(isinstance(m, nn.BatchNorm2d) for m in self.net.modules()),
+            )
+        )
         return real_step(self, batch, batch_idx, *args)
 
     monkeypatch.setattr(TTFNetModule, "validation_step", recording_step)
-    base = [f"ckpt={trained / 'checkpoints' / 'last.ckpt'}", "data.datamodule.num_val=8", "data.datamodule.num_workers=0",
-            "trainer=cpu", "speed_iters=2"]
+    base = [
+        f"ckpt={trained / 'checkpoints' / 'last.ckpt'}",
+        "data.datamodule.num_val=8",
+        "data.datamodule.num_workers=0",
+        "trainer=cpu",
+        "speed_iters=2",
+    ]
     metrics = evaluate(compose("evaluate", [*base, "inference.precisions=[fp32,bf16]", f"output_dir={tmp_path / 'a'}"]))
     assert seen == [("InferenceModel", "fp32", False), ("InferenceModel", "bf16", False)], seen
     seen.clear()
     assert set(metrics["by_precision"]) == {"fp32", "bf16"} and metrics["precision"] == "fp32"
     assert all(m["model_only_images_per_s_batch1"] > 0 and "val/AP50" in m for m in metrics["by_precision"].values())
-    assert (tmp_path / "a" / "detections_val.json").is_file() and (tmp_path / "a" / "detections_val_bf16.json").is_file()
+    assert (tmp_path / "a" / "detections_val.json").is_file() and (
+        tmp_path / "a" / "detections_val_bf16.json"
+    ).is_file()
     plain = evaluate(compose("evaluate", [*base, "inference.optimize=false", f"output_dir={tmp_path / 'b'}"]))
     assert seen == [("TTFNet", "fp32", True)], seen
     for key in ("val/AP", "val/AP50", "val/APs"):
@@ -140,14 +177,26 @@ def test_evaluate_each_precision_and_the_network_as_trained(trained, tmp_path, m
     assert max(d["score"] for d in half) == pytest.approx(max(d["score"] for d in fast), abs=0.02)
     # each detection of one path has its twin in the other (near-ties may come in either order)
     for d in fast:
-        assert any(e["image_id"] == d["image_id"] and e["category_id"] == d["category_id"]
-                   and abs(e["score"] - d["score"]) < 1e-4 and max(abs(a - b) for a, b in zip(e["bbox"], d["bbox"])) < 1e-2
-                   for e in slow), d
+        assert any(
+            e["image_id"] == d["image_id"]
+            and e["category_id"] == d["category_id"]
+            and abs(e["score"] - d["score"]) < 1e-4
+            and max(abs(a - b) for a, b in zip(e["bbox"], d["bbox"])) < 1e-2
+            for e in slow
+        ), d
 
 
 def test_evaluate_rejects_data_with_other_classes(trained, tmp_path, raccoon):
-    cfg = compose("evaluate", [f"ckpt={trained / 'checkpoints' / 'last.ckpt'}", "data=voc", f"data.datamodule.root={raccoon}",
-                               "trainer=cpu", f"output_dir={tmp_path}"])
+    cfg = compose(
+        "evaluate",
+        [
+            f"ckpt={trained / 'checkpoints' / 'last.ckpt'}",
+            "data=voc",
+            f"data.datamodule.root={raccoon}",
+            "trainer=cpu",
+            f"output_dir={tmp_path}",
+        ],
+    )
     with pytest.raises(ValueError, match="classes"):
         evaluate(cfg)
 
@@ -162,7 +211,16 @@ def test_predict_draws_boxes_and_writes_coco_json(trained, tmp_path):
         write_png(torch.randint(0, 255, (3, h, w), dtype=torch.uint8, generator=gen), str(src / f"img{i}.png"))
     (src / "broken.jpg").write_bytes(b"not a jpeg")
     out = tmp_path / "pred"
-    cfg = compose("predict", [f"ckpt={trained / 'checkpoints' / 'last.ckpt'}", f"input={src}", f"output={out}", "draw_threshold=0.0", "device=cpu"])
+    cfg = compose(
+        "predict",
+        [
+            f"ckpt={trained / 'checkpoints' / 'last.ckpt'}",
+            f"input={src}",
+            f"output={out}",
+            "draw_threshold=0.0",
+            "device=cpu",
+        ],
+    )
     summary = predict(cfg)
     assert summary["num_images"] == 3 and summary["skipped"] == 1
     assert sorted(p.name for p in out.glob("*.jpg")) == ["img0.jpg", "img1.jpg", "img2.jpg"]
@@ -185,8 +243,19 @@ def test_predict_draws_class_colours_and_the_heatmap(trained, tmp_path):
     drawn = {}
     for heat in ("false", "true"):
         out = tmp_path / f"pred-{heat}"
-        predict(compose("predict", [f"ckpt={trained / 'checkpoints' / 'last.ckpt'}", f"input={src}", f"output={out}", "draw_threshold=0.0",
-                                    "device=cpu", f"draw_heatmap={heat}"]))
+        predict(
+            compose(
+                "predict",
+                [
+                    f"ckpt={trained / 'checkpoints' / 'last.ckpt'}",
+                    f"input={src}",
+                    f"output={out}",
+                    "draw_threshold=0.0",
+                    "device=cpu",
+                    f"draw_heatmap={heat}",
+                ],
+            )
+        )
         drawn[heat] = decode_image(str(out / "grey.jpg")).int()
     dets = json.loads((tmp_path / "pred-false" / "detections.json").read_text())
     assert dets
@@ -220,8 +289,14 @@ def test_tools_give_clear_errors(tmp_path):
 def test_wandb_offline_run_contains_metrics(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     base = [o for o in TINY_TRAIN if not o.startswith(("logger=", "callbacks.log_val_images", "schedule.max_epochs"))]
-    overrides = [*base, f"output_dir={tmp_path}", "logger=wandb", "schedule.max_epochs=1", "trainer.log_every_n_steps=1",
-                 "callbacks.log_val_images=2"]
+    overrides = [
+        *base,
+        f"output_dir={tmp_path}",
+        "logger=wandb",
+        "schedule.max_epochs=1",
+        "trainer.log_every_n_steps=1",
+        "callbacks.log_val_images=2",
+    ]
     train(compose("train", overrides))
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, list((tmp_path / "wandb").iterdir())
@@ -232,12 +307,19 @@ def test_wandb_offline_run_contains_metrics(tmp_path, monkeypatch):
     assert (tmp_path / "metrics.csv").is_file()  # CSV as well
 
 
-
 def test_multirun_two_jobs(tmp_path):
     sweep = tmp_path / "sweep"
     overrides = [o for o in TINY_TRAIN if not o.startswith("schedule.max_epochs")]
-    cmd = [sys.executable, "-m", "ttfnet_lightning.train", "-m", "kernel.beta=0.3,0.54", "schedule.max_epochs=1",
-           *overrides, f"hydra.sweep.dir={sweep}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "ttfnet_lightning.train",
+        "-m",
+        "kernel.beta=0.3,0.54",
+        "schedule.max_epochs=1",
+        *overrides,
+        f"hydra.sweep.dir={sweep}",
+    ]
     env = os.environ | {"WANDB_MODE": "offline"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -256,10 +338,21 @@ def test_short_coco_run_and_official_evaluator(coco_mini, tmp_path):
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    overrides = ["data=coco", f"data.datamodule.root={coco_mini}", "data.datamodule.input_size=[128,128]",
-                 "data.datamodule.batch_size=8", "data.datamodule.num_workers=0", "schedule.max_epochs=1",
-                 "schedule.warmup_steps=2", "trainer=cpu", "trainer.limit_train_batches=2", "trainer.enable_progress_bar=false",
-                 "logger=csv", "callbacks.log_val_images=0", f"output_dir={tmp_path}"]
+    overrides = [
+        "data=coco",
+        f"data.datamodule.root={coco_mini}",
+        "data.datamodule.input_size=[128,128]",
+        "data.datamodule.batch_size=8",
+        "data.datamodule.num_workers=0",
+        "schedule.max_epochs=1",
+        "schedule.warmup_steps=2",
+        "trainer=cpu",
+        "trainer.limit_train_batches=2",
+        "trainer.enable_progress_bar=false",
+        "logger=csv",
+        "callbacks.log_val_images=0",
+        f"output_dir={tmp_path}",
+    ]
     value = train(compose("train", overrides))
     assert value is not None
     gt = COCO(str(coco_mini / "annotations" / "instances_val2017.json"))
@@ -301,8 +394,10 @@ def test_coco_label_ids_round_trip(coco_mini, tmp_path):
     from ttfnet_lightning.data import CocoDataModule
 
     dm = CocoDataModule(root=str(coco_mini), input_size=(128, 128), batch_size=8, num_workers=0)
-    module = TTFNetModule(net={"deformable": False},
-                          data_info={"num_classes": dm.num_classes, "label_to_cat_id": dm.label_to_cat_id, "input_size": [128, 128]})
+    module = TTFNetModule(
+        net={"deformable": False},
+        data_info={"num_classes": dm.num_classes, "label_to_cat_id": dm.label_to_cat_id, "input_size": [128, 128]},
+    )
     writer = CocoResultsWriter()
     dm.setup("validate")
     image_ids = []
@@ -323,10 +418,20 @@ def test_coco_label_ids_round_trip(coco_mini, tmp_path):
 
 
 def test_short_voc_run(raccoon, tmp_path):
-    overrides = ["experiment=raccoon", f"data.datamodule.root={raccoon}", "data.datamodule.input_size=[128,128]",
-                 "data.datamodule.num_workers=0", "schedule.max_epochs=1", "schedule.warmup_steps=2", "trainer=cpu",
-                 "trainer.limit_train_batches=2", "trainer.enable_progress_bar=false", "logger=csv",
-                 "callbacks.log_val_images=0", f"output_dir={tmp_path}"]
+    overrides = [
+        "experiment=raccoon",
+        f"data.datamodule.root={raccoon}",
+        "data.datamodule.input_size=[128,128]",
+        "data.datamodule.num_workers=0",
+        "schedule.max_epochs=1",
+        "schedule.warmup_steps=2",
+        "trainer=cpu",
+        "trainer.limit_train_batches=2",
+        "trainer.enable_progress_bar=false",
+        "logger=csv",
+        "callbacks.log_val_images=0",
+        f"output_dir={tmp_path}",
+    ]
     value = train(compose("train", overrides))
     rows = read_csv(tmp_path / "metrics.csv")
     assert value is not None and column(rows, "val/AP50")
@@ -355,12 +460,15 @@ def test_interrupted_run_leaves_a_resumable_checkpoint(tmp_path, monkeypatch):
     assert torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"] == 3
     monkeypatch.setattr(train_mod, "build_callbacks", build)
     train(compose("train", [*TINY_TRAIN, f"output_dir={tmp_path / 'b'}", f"ckpt_path={ckpt}"]))
-    assert torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["global_step"] == 4
+    assert (
+        torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["global_step"]
+        == 4
+    )
 
 
 def test_rerun_into_the_same_output_dir_resumes(trained, tmp_path):
     """With OnExceptionCheckpoint, Lightning resumes from output_dir/checkpoints/last.ckpt when
-    ckpt_path is not given (documented in the README): no work is lost by re-running."""
+    ckpt_path is not given (docs/training.md): no work is lost by re-running."""
     import shutil
 
     out = tmp_path / "again"
@@ -377,7 +485,13 @@ def test_backbone_pretraining_run_recreates_a_missing_export(tmp_path, capsys):
     import shutil
 
     out, pth = tmp_path / "r18-run", tmp_path / "r18.pth"
-    overrides = ["experiment=cpu_pretrain", *TINY_TRAIN, "schedule.max_epochs=1", f"output_dir={out}", f"export_backbone={pth}"]
+    overrides = [
+        "experiment=cpu_pretrain",
+        *TINY_TRAIN,
+        "schedule.max_epochs=1",
+        f"output_dir={out}",
+        f"export_backbone={pth}",
+    ]
     train(compose("train", overrides))
     first = torch.load(pth, map_location="cpu")
     assert any(k.startswith("layer4.") for k in first), list(first)[:5]
@@ -417,7 +531,9 @@ def test_step_timer_breaks_each_training_step_down(tmp_path):
     assert sum(summary[p]["share"] for p in PHASES) == pytest.approx(1.0)
     # switched on from the config, it logs each phase with the training metrics
     out = tmp_path / "b"
-    train(compose("train", [*TINY_TRAIN, "trainer.log_every_n_steps=1", "callbacks.step_timer=true", f"output_dir={out}"]))
+    train(
+        compose("train", [*TINY_TRAIN, "trainer.log_every_n_steps=1", "callbacks.step_timer=true", f"output_dir={out}"])
+    )
     rows = read_csv(out / "metrics.csv")
     for p in PHASES:
         assert column(rows, f"time/step_{p}_ms"), p
@@ -435,8 +551,12 @@ def test_channels_last_training_matches_the_default_layout(tmp_path, monkeypatch
 
     def recording_step(self, batch, batch_idx):
         weights = [p for p in self.net.parameters() if p.dim() == 4]
-        seen.append((all(p.is_contiguous(memory_format=torch.channels_last) for p in weights),
-                     batch["images"].is_contiguous(memory_format=torch.channels_last)))
+        seen.append(
+            (
+                all(p.is_contiguous(memory_format=torch.channels_last) for p in weights),
+                batch["images"].is_contiguous(memory_format=torch.channels_last),
+            )
+        )
         return real_step(self, batch, batch_idx)
 
     monkeypatch.setattr(TTFNetModule, "training_step", recording_step)
@@ -474,7 +594,9 @@ def test_compiled_training_runs_and_keeps_plain_checkpoint_keys(tmp_path, monkey
     monkeypatch.setattr(TTFNetModule, "training_step", recording_step)
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
-    train(compose("train", [*TINY_TRAIN, "speed.compile=true", "trainer.log_every_n_steps=1", f"output_dir={tmp_path}"]))
+    train(
+        compose("train", [*TINY_TRAIN, "speed.compile=true", "trainer.log_every_n_steps=1", f"output_dir={tmp_path}"])
+    )
     assert compiled == [True] * 4, compiled
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0, dict(torch._dynamo.utils.counters["stats"])
     losses = column(read_csv(tmp_path / "metrics.csv"), "train/loss")
@@ -482,4 +604,6 @@ def test_compiled_training_runs_and_keeps_plain_checkpoint_keys(tmp_path, monkey
     state = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
     assert not any("_orig_mod" in k for k in state)
     model = load_model(tmp_path / "checkpoints" / "last.ckpt")
-    assert set(model.state_dict()) == set(state) and all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+    assert set(model.state_dict()) == set(state) and all(
+        torch.equal(model.state_dict()[k], v) for k, v in state.items()
+    )

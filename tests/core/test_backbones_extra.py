@@ -50,7 +50,9 @@ def _check_frozen(bb: nn.Module, n_frozen: int) -> None:
 def test_dla34_levels_channels_and_ttfnet():
     net = TTFNet(num_classes=4, backbone="dla34", deformable=False)
     assert net.backbone.out_channels == (64, 128, 256, 512)
-    assert _feats_shapes(net.backbone) == [(2, c, 64 // s, 96 // s) for c, s in zip((64, 128, 256, 512), (4, 8, 16, 32))]
+    assert _feats_shapes(net.backbone) == [
+        (2, c, 64 // s, 96 // s) for c, s in zip((64, 128, 256, 512), (4, 8, 16, 32))
+    ]
     hm, wh = net.eval()(torch.randn(1, 3, 64, 64))
     assert hm.shape == (1, 4, 16, 16) and wh.shape == (1, 4, 16, 16)
     assert sum(isinstance(m, nn.Conv2d) for m in net.head.box) - 1 == 1  # released DLA-34 head: 1 regression conv
@@ -86,7 +88,10 @@ def test_dla34_weights_strict_official_layout_and_offline(tmp_path, monkeypatch)
     bad.pop("level2.tree1.bn1.weight")
     bad["level9.extra"] = torch.zeros(1)
     torch.save(bad, tmp_path / "bad.pth")
-    with pytest.raises(WeightsError, match=r"(?s)bad\.pth.*missing keys \(1\): level2\.tree1\.bn1\.weight.*unexpected keys \(1\): level9\.extra"):
+    with pytest.raises(
+        WeightsError,
+        match=r"(?s)bad\.pth.*missing keys \(1\): level2\.tree1\.bn1\.weight.*unexpected keys \(1\): level9\.extra",
+    ):
         DLA34(weights=str(tmp_path / "bad.pth"))
 
     def offline(*a, **k):
@@ -183,9 +188,16 @@ def test_timm_pretrained_offline_error_and_success(monkeypatch):
         return real(name, pretrained=False, **kw)
 
     monkeypatch.setattr(timm, "create_model", offline)
-    with pytest.raises(WeightsError, match=r"'test_resnet'.*offline.*backbone\.weights=/path/to/test_resnet\.safetensors.*pretrained=false"):
+    with pytest.raises(
+        WeightsError,
+        match=r"'test_resnet'.*offline.*backbone\.weights=/path/to/test_resnet\.safetensors.*pretrained=false",
+    ):
         TimmBackbone(model="test_resnet", pretrained=True)
-    monkeypatch.setattr(timm, "create_model", lambda name, pretrained=False, **kw: fake if pretrained else real(name, pretrained=False, **kw))
+    monkeypatch.setattr(
+        timm,
+        "create_model",
+        lambda name, pretrained=False, **kw: fake if pretrained else real(name, pretrained=False, **kw),
+    )
     bb = TimmBackbone(model="test_resnet", pretrained=True)
     assert torch.equal(bb.net.layer2[0].conv1.weight, fake.layer2[0].conv1.weight)
 
@@ -197,7 +209,9 @@ def test_backbone_weights_export_round_trip(tmp_path):
     for net in ({"backbone": "timm", "backbone_model": "test_resnet"}, {"backbone": "dla34"}):
         module = TTFNetModule(net=dict(net, deformable=False), data_info={"num_classes": 2, "input_size": [64, 64]})
         path = export_backbone_weights(module, tmp_path / f"{net['backbone']}.pth")
-        again = TTFNet(num_classes=2, backbone=net["backbone"], backbone_model=net.get("backbone_model"), weights=str(path))
+        again = TTFNet(
+            num_classes=2, backbone=net["backbone"], backbone_model=net.get("backbone_model"), weights=str(path)
+        )
         own = module.net.backbone.state_dict()
         assert all(torch.equal(own[k], v) for k, v in again.backbone.state_dict().items())
 
@@ -261,20 +275,32 @@ def test_train_reload_and_export_with_timm_backbone(tmp_path):
     and exported: the ONNX model gives the reloaded model's detections."""
     pytest.importorskip("onnxruntime", reason="the export extra is not installed")
     from conftest import TINY_TRAIN
-    from ttfnet_lightning.deploy.export import DetectionExport, _exportable_net, export_onnx
+    from ttfnet_lightning.deploy.export import export_onnx
+    from ttfnet_lightning.deploy.graph import DetectionExport, exportable_net
     from ttfnet_lightning.deploy.onnx_runtime import OnnxDetector, compare_detections
     from ttfnet_lightning.training.checkpoints import load_model
     from ttfnet_lightning.training.run import train
 
     out = tmp_path / "run"
-    tiny = [*TINY_TRAIN, "schedule.max_epochs=1", "data.datamodule.num_train=8", "data.datamodule.num_val=4", "data.datamodule.batch_size=4"]
-    train(compose("train", [*tiny, "backbone=timm", "backbone.model=test_resnet", "backbone.frozen_stages=1", f"output_dir={out}"]))
+    tiny = [
+        *TINY_TRAIN,
+        "schedule.max_epochs=1",
+        "data.datamodule.num_train=8",
+        "data.datamodule.num_val=4",
+        "data.datamodule.batch_size=4",
+    ]
+    train(
+        compose(
+            "train",
+            [*tiny, "backbone=timm", "backbone.model=test_resnet", "backbone.frozen_stages=1", f"output_dir={out}"],
+        )
+    )
     module = load_model(out / "checkpoints" / "last.ckpt")
     assert isinstance(module.net.backbone, TimmBackbone) and module.hparams.net["backbone_model"] == "test_resnet"
     export_onnx(module, tmp_path / "m.onnx", check=False)
     x = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        ref = DetectionExport(_exportable_net(module), input_size=(64, 64)).eval()(x)
+        ref = DetectionExport(exportable_net(module), input_size=(64, 64)).eval()(x)
     got = OnnxDetector(tmp_path / "m.onnx").run(x)
     c = compare_detections(ref, got)
     assert c["max_score_diff"] < 1e-5 and c["max_box_diff_px"] < 1e-3 and c["label_agreement"] == 1.0, c

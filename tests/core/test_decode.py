@@ -64,7 +64,9 @@ def test_grid_boxes_matches_paper_equation():
     assert b[:, 1, 2].tolist() == [7.0, 2.0, 11.0, 8.0]
 
 
-def reference_decode(heatmap_logits, wh, *, input_size, orig_sizes=None, stride=4, k=100, score_threshold=0.01, pool_size=3):
+def reference_decode(
+    heatmap_logits, wh, *, input_size, orig_sizes=None, stride=4, k=100, score_threshold=0.01, pool_size=3
+):
     """The straightforward formulation (sigmoid, max_pool2d peak test, top-K, gather), to compare with."""
     B, C, h, w = heatmap_logits.shape
     H, W = input_size
@@ -105,7 +107,9 @@ def random_maps():
     yield nan, torch.rand(1, 4, 6, 5, generator=gen) * 60
 
 
-@pytest.mark.parametrize("options", [{}, {"k": 7}, {"score_threshold": 0.3}, {"pool_size": 5}, {"pool_size": 1}, {"pool_size": 9}])
+@pytest.mark.parametrize(
+    "options", [{}, {"k": 7}, {"score_threshold": 0.3}, {"pool_size": 5}, {"pool_size": 1}, {"pool_size": 9}]
+)
 def test_matches_the_reference_formulation(options):
     for logits, wh in random_maps():
         B, _, h, w = logits.shape

@@ -55,18 +55,21 @@ def test_forward_far_outside_is_zero():
 def test_integer_offsets_hit_pixels_exactly():
     x, _, weight, bias, mask = _case(6, 5, scale=1.0)
     off = torch.randint(-3, 4, (2, 18, 6, 5), generator=torch.Generator().manual_seed(1)).to(F64)
-    torch.testing.assert_close(deform_conv2d_native(x, off, weight, bias, mask), _tv(x, off, weight, bias, mask),
-                               rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        deform_conv2d_native(x, off, weight, bias, mask), _tv(x, off, weight, bias, mask), rtol=1e-12, atol=1e-12
+    )
     # zero offsets, no mask: a plain 3x3 conv with padding 1
     zero = torch.zeros_like(off)
-    torch.testing.assert_close(deform_conv2d_native(x, zero, weight, bias), F.conv2d(x, weight, bias, padding=1),
-                               rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        deform_conv2d_native(x, zero, weight, bias), F.conv2d(x, weight, bias, padding=1), rtol=1e-12, atol=1e-12
+    )
 
 
 def test_float32_forward_matches_torchvision():
     x, off, weight, bias, mask = _case(9, 11, scale=2.0, cin=8, cout=5, dtype=torch.float32)
-    torch.testing.assert_close(deform_conv2d_native(x, off, weight, bias, mask), _tv(x, off, weight, bias, mask),
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        deform_conv2d_native(x, off, weight, bias, mask), _tv(x, off, weight, bias, mask), rtol=1e-5, atol=1e-5
+    )
 
 
 @pytest.mark.parametrize("h,w,kh,kw", SHAPES)
@@ -144,7 +147,9 @@ def test_backward_does_not_keep_the_sampled_taps(monkeypatch):
     input, mask, weight and the sampling grid (as large as offset). The implementation before
     (``_RECOMPUTE = False``) kept the taps twice (before and after the mask)."""
     b, cin, cout, h, w = 2, 32, 16, 12, 10
-    x, off, weight, bias, mask = (t.float().requires_grad_() for t in _case(h, w, scale=1.0, cin=cin, cout=cout, batch=b))
+    x, off, weight, bias, mask = (
+        t.float().requires_grad_() for t in _case(h, w, scale=1.0, cin=cin, cout=cout, batch=b)
+    )
     input_bytes = x.numel() * x.element_size()
     cols_bytes = 9 * input_bytes  # (B, Cin, 9, H*W) in the input's dtype
     small = [off, weight, bias, mask]

@@ -94,14 +94,25 @@ def test_weight_first_deform_conv_matches_torchvision(kernel, padding):
     bias = torch.randn(cout, generator=gen, dtype=torch.float64)
     ho, wo = h + 2 * padding - kernel + 1, w + 2 * padding - kernel + 1
     # offsets of several pixels: taps land between pixels, on the border and outside the map
-    om = torch.cat((torch.randn(b, 2 * k, ho, wo, generator=gen, dtype=torch.float64) * 3,
-                    torch.randn(b, k, ho, wo, generator=gen, dtype=torch.float64)), dim=1)
+    om = torch.cat(
+        (
+            torch.randn(b, 2 * k, ho, wo, generator=gen, dtype=torch.float64) * 3,
+            torch.randn(b, k, ho, wo, generator=gen, dtype=torch.float64),
+        ),
+        dim=1,
+    )
     om[0, :2, 0, 0] = torch.tensor([2.0, -1.0], dtype=torch.float64)  # integer offsets: exact pixels
     want = deform_conv2d(x, om[:, : 2 * k], weight, bias, padding=(padding, padding), mask=om[:, 2 * k :].sigmoid())
     got = deform_conv2d_by_taps(x, om, taps_weight(weight), bias, kernel_size=(kernel, kernel), padding=padding)
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
-    got_cl = deform_conv2d_by_taps(x.contiguous(memory_format=torch.channels_last), om, taps_weight(weight), bias,
-                                   kernel_size=(kernel, kernel), padding=padding)
+    got_cl = deform_conv2d_by_taps(
+        x.contiguous(memory_format=torch.channels_last),
+        om,
+        taps_weight(weight),
+        bias,
+        kernel_size=(kernel, kernel),
+        padding=padding,
+    )
     assert got_cl.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(got_cl, want, rtol=1e-10, atol=1e-10)
 

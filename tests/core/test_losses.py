@@ -72,9 +72,13 @@ def test_ttfnet_loss_perfect_boxes_and_weights():
     assert out["loss_heatmap"].item() == pytest.approx(focal.item(), rel=1e-6)
     out2 = TTFNetLoss(wloc=2.0, wreg=3.0)(logits, torch.zeros_like(wh), hm, bt, rw)
     assert out2["loss"].item() == pytest.approx(2 * focal.item() + out2["loss_box"].item(), rel=1e-6)
-    assert out2["loss_box"].item() == pytest.approx(3.0 * giou_loss(
-        torch.stack((xs, ys, xs, ys))[None].permute(0, 2, 3, 1)[:, None], bt.permute(0, 2, 3, 1)[:, None], rw
-    ).item(), rel=1e-5)
+    assert out2["loss_box"].item() == pytest.approx(
+        3.0
+        * giou_loss(
+            torch.stack((xs, ys, xs, ys))[None].permute(0, 2, 3, 1)[:, None], bt.permute(0, 2, 3, 1)[:, None], rw
+        ).item(),
+        rel=1e-5,
+    )
 
 
 def test_class_aware_loss_shapes():

@@ -39,7 +39,9 @@ def test_backbone_maps_and_ttfnet_shapes(name, channels):
     assert n_box_convs == (1 if name == "r18" else 2)
 
 
-@pytest.mark.parametrize("make", [lambda fs: ResNetBackbone(depth=18, frozen_stages=fs), lambda fs: DarkNet53(frozen_stages=fs)])
+@pytest.mark.parametrize(
+    "make", [lambda fs: ResNetBackbone(depth=18, frozen_stages=fs), lambda fs: DarkNet53(frozen_stages=fs)]
+)
 def test_frozen_stages_really_frozen(make):
     bb = make(1)
     stages = bb._stage_modules()
@@ -72,7 +74,10 @@ def test_resnet_weights_from_local_file_strict(tmp_path):
     sd.pop("layer2.0.bn1.weight")
     sd["extra.bias"] = torch.zeros(1)
     torch.save(sd, tmp_path / "bad.pth")
-    with pytest.raises(WeightsError, match=r"(?s)bad\.pth.*missing keys \(1\): layer2\.0\.bn1\.weight.*unexpected keys \(1\): extra\.bias"):
+    with pytest.raises(
+        WeightsError,
+        match=r"(?s)bad\.pth.*missing keys \(1\): layer2\.0\.bn1\.weight.*unexpected keys \(1\): extra\.bias",
+    ):
         ResNetBackbone(depth=18, weights=str(tmp_path / "bad.pth"))
     torch.save(torchvision.models.resnet34().state_dict(), tmp_path / "r34.pth")
     with pytest.raises(WeightsError, match="r34.pth do not match"):
@@ -87,7 +92,9 @@ def test_darknet_weights_strict(tmp_path):
     loaded = DarkNet53(weights=str(tmp_path / "d53.pth"))
     assert all(torch.equal(a, b) for a, b in zip(ref.state_dict().values(), loaded.state_dict().values()))
     torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "wrong.pth")
-    with pytest.raises(WeightsError, match=r"(?s)missing keys \(\d+\): stages\.0\.0\.0\.weight.*unexpected keys \(\d+\): bn1\.bias"):
+    with pytest.raises(
+        WeightsError, match=r"(?s)missing keys \(\d+\): stages\.0\.0\.0\.weight.*unexpected keys \(\d+\): bn1\.bias"
+    ):
         DarkNet53(weights=str(tmp_path / "wrong.pth"))
     with pytest.raises(WeightsError, match="weights=/path/to/darknet53.pth"):
         DarkNet53(pretrained=True)

@@ -72,7 +72,9 @@ def test_many_boxes_and_chunking_are_consistent():
 def test_static_windows_match(opts, monkeypatch):
     # the accelerator path (windows of a size known without reading the boxes), forced on the CPU:
     # the reference's result, and bit for bit the CPU's fitted windows
-    fitted = encode_targets(*random_batch(3), num_classes=3, output_size=(H // opts.get("stride", 4), W // opts.get("stride", 4)), **opts)
+    fitted = encode_targets(
+        *random_batch(3), num_classes=3, output_size=(H // opts.get("stride", 4), W // opts.get("stride", 4)), **opts
+    )
     monkeypatch.setattr(windows, "_FIT_ON_CPU", False)
     static = _check(opts, seed=3)
     for f, s in zip(fitted, static):
@@ -93,7 +95,11 @@ def crowded_batch(seed: int, B: int = 2, M: int = 50, C: int = 80, size: int = 5
     return torch.stack((x1, y1, x1 + w, y1 + h), dim=-1), labels
 
 
-@pytest.mark.parametrize("opts", [{}, {"wh_gaussian": False, "beta": 0.54}, {"class_aware": True, "beta": 0.3}], ids=["released", "rect", "aware"])
+@pytest.mark.parametrize(
+    "opts",
+    [{}, {"wh_gaussian": False, "beta": 0.54}, {"class_aware": True, "beta": 0.3}],
+    ids=["released", "rect", "aware"],
+)
 def test_crowded_batch_matches_reference(opts):
     # 50 boxes per image on a 128 x 128 map with 80 classes: many windows overlap, many groups
     boxes, labels = crowded_batch(0)
@@ -134,7 +140,9 @@ def test_degenerate_boxes_are_finite_and_empty():
     boxes = torch.tensor([[[10.0, 10.0, 10.0, 10.0], [500.0, 500.0, 600.0, 600.0], [30.0, 30.0, 20.0, 20.0]]])
     for opts in VARIANTS:
         stride = opts.get("stride", 4)
-        out = encode_targets(boxes, torch.tensor([[0, 1, 2]]), num_classes=3, output_size=(32 // stride * 4, 32 // stride * 4), **opts)
+        out = encode_targets(
+            boxes, torch.tensor([[0, 1, 2]]), num_classes=3, output_size=(32 // stride * 4, 32 // stride * 4), **opts
+        )
         assert all(torch.isfinite(t).all() for t in out), opts
         # the box fully outside draws nothing
         assert out[0][0, 1].sum() == 0

@@ -52,7 +52,9 @@ def test_shapes_samples_are_valid():
         img, t = ds[i]
         assert isinstance(img, tv_tensors.Image) and img.dtype == torch.uint8 and img.shape == (3, 96, 128)
         b, lab = t["boxes"], t["labels"]
-        assert isinstance(b, tv_tensors.BoundingBoxes) and b.dtype == torch.float32 and tuple(b.canvas_size) == (96, 128)
+        assert (
+            isinstance(b, tv_tensors.BoundingBoxes) and b.dtype == torch.float32 and tuple(b.canvas_size) == (96, 128)
+        )
         assert lab.dtype == torch.int64 and len(lab) == len(b)
         assert (b[:, 0] >= 0).all() and (b[:, 1] >= 0).all() and (b[:, 2] <= 128).all() and (b[:, 3] <= 96).all()
         assert ((b[:, 2] - b[:, 0]) >= 4).all() and ((b[:, 3] - b[:, 1]) >= 4).all()
@@ -138,7 +140,9 @@ def test_transforms_resize_and_flip_follow_box():
     torch.testing.assert_close(ft["gt_boxes"], torch.tensor([[20.0, 10.0, 60.0, 50.0]]))
 
     noflip = build_transforms(input_size=(64, 64), train=True, hflip=0.0)
-    torch.testing.assert_close(noflip(img, t)[1]["boxes"].as_subclass(torch.Tensor), torch.tensor([[6.4, 6.4, 19.2, 32.0]]))
+    torch.testing.assert_close(
+        noflip(img, t)[1]["boxes"].as_subclass(torch.Tensor), torch.tensor([[6.4, 6.4, 19.2, 32.0]])
+    )
 
 
 def test_transforms_sanitize_drops_tiny_boxes_with_labels():
@@ -399,8 +403,12 @@ def test_coco_annotation_problems_are_listed_together(tmp_path: Path):
     with pytest.raises(DataError, match=r"4 problem\(s\)") as err:
         CocoDetection(root=root, split="val")
     msg = str(err.value)
-    for text in ("annotation id 55 has bbox", "annotation id 57 has category_id 99",
-                 "annotation id 58 refers to image_id 999", "annotation id 59 has bbox"):
+    for text in (
+        "annotation id 55 has bbox",
+        "annotation id 57 has category_id 99",
+        "annotation id 58 refers to image_id 999",
+        "annotation id 59 has bbox",
+    ):
         assert text in msg, msg
     assert "annotation id 56" not in msg
 
@@ -444,7 +452,9 @@ def _voc(tmp_path: Path, objects: dict[str, str]) -> Path:
     (root / "ImageSets" / "Main").mkdir(parents=True)
     for name, body in objects.items():
         size = "<size><width>40</width><height>30</height></size>"
-        (root / "Annotations" / f"{name}.xml").write_text(f"<annotation><filename>{name}.jpg</filename>{size}{body}</annotation>")
+        (root / "Annotations" / f"{name}.xml").write_text(
+            f"<annotation><filename>{name}.jpg</filename>{size}{body}</annotation>"
+        )
         _jpeg(root / "JPEGImages" / f"{name}.jpg")
     (root / "ImageSets" / "Main" / "train.txt").write_text("\n".join(objects) + "\n")
     return root
@@ -459,7 +469,10 @@ def _obj(name, box, difficult=0):
 
 
 def test_voc_tiny_set_difficult_and_classes(tmp_path: Path):
-    objects = {"a": _obj("dog", (1, 1, 10, 20)) + _obj("cat", (5, 6, 40, 30), difficult=1), "b": _obj("cat", (3, 3, 8, 8))}
+    objects = {
+        "a": _obj("dog", (1, 1, 10, 20)) + _obj("cat", (5, 6, 40, 30), difficult=1),
+        "b": _obj("cat", (3, 3, 8, 8)),
+    }
     root = _voc(tmp_path, objects)
     ds = VocDetection(root=root, split="train", min_boxes_per_class=1)
     assert ds.class_names == ["cat", "dog"] and ds.image_names == ["a", "b"]

@@ -50,9 +50,13 @@ def _coco(root: Path, split: str, file_names: list[str], *, ids=None, ann_ids=No
         if write and "/" not in fn and "\\" not in fn and not os.path.lexists(p):
             p.write_bytes(_jpeg(k))
     data = {
-        "images": [{"id": i, "file_name": fn, "width": w, "height": h} for i, fn, (w, h) in zip(ids, file_names, sizes)],
-        "annotations": [{"id": a, "image_id": i, "category_id": 1, "bbox": [2, 3, 20, 10], "iscrowd": 0, "area": 200.0}
-                        for a, i in zip(ann_ids, ids)],
+        "images": [
+            {"id": i, "file_name": fn, "width": w, "height": h} for i, fn, (w, h) in zip(ids, file_names, sizes)
+        ],
+        "annotations": [
+            {"id": a, "image_id": i, "category_id": 1, "bbox": [2, 3, 20, 10], "iscrowd": 0, "area": 200.0}
+            for a, i in zip(ann_ids, ids)
+        ],
         "categories": [{"id": 1, "name": "thing"}],
     }
     (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(data))
@@ -67,9 +71,14 @@ def _voc(root: Path, split: str, items: list[tuple[str, str]], size=(W, H)) -> P
     for k, (name, fn) in enumerate(items):
         xml = root / "Annotations" / f"{name}.xml"
         if "/" not in name and not xml.exists():
-            obj = "<object><name>dog</name><bndbox><xmin>3</xmin><ymin>4</ymin><xmax>30</xmax><ymax>40</ymax></bndbox></object>"
-            xml.write_text(f"<annotation><filename>{fn}</filename><size><width>{size[0]}</width>"
-                           f"<height>{size[1]}</height></size>{obj}</annotation>")
+            obj = (
+                "<object><name>dog</name><bndbox><xmin>3</xmin><ymin>4</ymin>"
+                "<xmax>30</xmax><ymax>40</ymax></bndbox></object>"
+            )
+            xml.write_text(
+                f"<annotation><filename>{fn}</filename><size><width>{size[0]}</width>"
+                f"<height>{size[1]}</height></size>{obj}</annotation>"
+            )
         img = root / "JPEGImages" / fn
         if "/" not in fn and "\\" not in fn and not os.path.lexists(img):
             img.write_bytes(_jpeg(k))
@@ -84,14 +93,35 @@ def _dm_kwargs(tmp_path: Path, **kw):
 # ============================================================ 1. paths never leave their folder
 
 
-@pytest.mark.parametrize("name, bad", [
-    ("a.jpg", False), ("sub/a.jpg", False), ("sub/../a.jpg", False), ("./a.jpg", False), ("a..b.jpg", False),
-    ("...jpg", False), ("a\\b.jpg", False),
-    ("/etc/hostname", True), ("C:\\Windows\\x.jpg", True), ("c:x.jpg", True), ("\\\\server\\share\\x.jpg", True),
-    ("//server/share/x.jpg", True), ("\\x.jpg", True), ("../x.jpg", True), ("a/../../x.jpg", True),
-    ("..\\..\\x.jpg", True), ("sub\\..\\..\\x.jpg", True), ("", True), (" ", True), (".", True), ("a/..", True),
-    ("a\x00.jpg", True), (7, True), (None, True),
-])
+@pytest.mark.parametrize(
+    "name, bad",
+    [
+        ("a.jpg", False),
+        ("sub/a.jpg", False),
+        ("sub/../a.jpg", False),
+        ("./a.jpg", False),
+        ("a..b.jpg", False),
+        ("...jpg", False),
+        ("a\\b.jpg", False),
+        ("/etc/hostname", True),
+        ("C:\\Windows\\x.jpg", True),
+        ("c:x.jpg", True),
+        ("\\\\server\\share\\x.jpg", True),
+        ("//server/share/x.jpg", True),
+        ("\\x.jpg", True),
+        ("../x.jpg", True),
+        ("a/../../x.jpg", True),
+        ("..\\..\\x.jpg", True),
+        ("sub\\..\\..\\x.jpg", True),
+        ("", True),
+        (" ", True),
+        (".", True),
+        ("a/..", True),
+        ("a\x00.jpg", True),
+        (7, True),
+        (None, True),
+    ],
+)
 def test_lexical_rules(name, bad: bool, tmp_path: Path):
     assert (lexical_problem(name) is not None) == bad
     # the same verdict from the folder check, whether it judges the names together or one by one
@@ -112,9 +142,17 @@ def test_coco_file_names_leaving_the_image_folder_are_refused_all_in_one_error(t
     (root / "val" / "link.jpg").symlink_to(secret / "s.jpg")
     (root / "val" / "linkdir").symlink_to(secret)
     (root / "val" / "sub" / "deep.jpg").symlink_to(secret / "s.jpg")
-    bad = {101: "../../secret/s.jpg", 102: str(secret / "s.jpg"), 103: "C:\\data\\s.jpg", 104: "\\\\server\\x\\s.jpg",
-           105: "sub/../../../secret/s.jpg", 106: "link.jpg", 107: "linkdir/s.jpg", 108: "sub/deep.jpg",
-           109: "LINK.JPG" if os.path.exists(root / "val" / "LINK.JPG") else "sub/../link.jpg"}
+    bad = {
+        101: "../../secret/s.jpg",
+        102: str(secret / "s.jpg"),
+        103: "C:\\data\\s.jpg",
+        104: "\\\\server\\x\\s.jpg",
+        105: "sub/../../../secret/s.jpg",
+        106: "link.jpg",
+        107: "linkdir/s.jpg",
+        108: "sub/deep.jpg",
+        109: "LINK.JPG" if os.path.exists(root / "val" / "LINK.JPG") else "sub/../link.jpg",
+    }
     names = ["inside.jpg", *bad.values(), "link_in.jpg"]
     ids = [100, *bad, 110]
     _coco(root, "val", names, ids=ids, write=False)
@@ -151,8 +189,17 @@ def test_voc_split_names_and_filenames_leaving_their_folder_are_refused_unread(t
     outside.mkdir()
     (outside / "evil.xml").write_text("<annotation><filename>x.jpg</filename></annotation>")
     (outside / "o.jpg").write_bytes(_jpeg(3))
-    root = _voc(tmp_path / "voc", "train", [("a", "a.jpg"), ("b", "../../outside/o.jpg"), ("c", "/etc/hostname"),
-                                            ("../../outside/evil", "x.jpg"), ("d", "d.jpg")])
+    root = _voc(
+        tmp_path / "voc",
+        "train",
+        [
+            ("a", "a.jpg"),
+            ("b", "../../outside/o.jpg"),
+            ("c", "/etc/hostname"),
+            ("../../outside/evil", "x.jpg"),
+            ("d", "d.jpg"),
+        ],
+    )
     (root / "Annotations" / "e.xml").symlink_to(outside / "evil.xml")
     (root / "JPEGImages" / "d.jpg").unlink()
     (root / "JPEGImages" / "d.jpg").symlink_to(outside / "o.jpg")
@@ -177,8 +224,15 @@ def test_voc_split_names_and_filenames_leaving_their_folder_are_refused_unread(t
 def test_check_command_lists_the_path_problems_of_both_splits(tmp_path: Path, capsys):
     root = _coco(tmp_path / "coco", "train", ["t.jpg", "../../../../etc/hostname"])
     _coco(root, "val", ["v.jpg", "/etc/passwd"])
-    code = data_check.main(["data=coco", f"data.datamodule.root={root}", "data.datamodule.train_split=train",
-                            "data.datamodule.val_split=val", f"data.datamodule.check_cache_dir={tmp_path / 'c'}"])
+    code = data_check.main(
+        [
+            "data=coco",
+            f"data.datamodule.root={root}",
+            "data.datamodule.train_split=train",
+            "data.datamodule.val_split=val",
+            f"data.datamodule.check_cache_dir={tmp_path / 'c'}",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 2
     assert "instances_val.json" in out and "image id 101: file name '/etc/passwd'" in out
@@ -193,9 +247,16 @@ def test_prepare_refuses_a_data_set_with_an_escaping_path(tmp_path: Path, capsys
     root = _coco(tmp_path / "coco", "train", ["t0.jpg", "../../secret.jpg"])
     _coco(root, "val", ["v0.jpg"])
     out = tmp_path / "stream"
-    code = data_prepare.main(["data=coco", f"data.datamodule.root={root}", "data.datamodule.train_split=train",
-                              "data.datamodule.val_split=val", f"data.datamodule.check_cache_dir={tmp_path / 'c'}",
-                              f"output={out}"])
+    code = data_prepare.main(
+        [
+            "data=coco",
+            f"data.datamodule.root={root}",
+            "data.datamodule.train_split=train",
+            "data.datamodule.val_split=val",
+            f"data.datamodule.check_cache_dir={tmp_path / 'c'}",
+            f"output={out}",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "image id 101: file name '../../secret.jpg' climbs out" in err
     assert not out.exists() or not any(out.rglob("*.bin"))  # nothing copied into stream chunks
@@ -282,7 +343,9 @@ def test_splits_sharing_images_are_reported(tmp_path: Path, caplog):
     assert data_check.shared_images({"train": sets["train"], "val": CocoDetection(root=root, split="val")}) != []
     assert data_check.shared_images({"train": sets["train"]}) == []
     # VOC: both split files list one image
-    voc = _voc(tmp_path / "voc", "train", [("a", "a.jpg"), ("b", "b.jpg"), ("c", "c.jpg"), ("d", "d.jpg"), ("e", "e.jpg")])
+    voc = _voc(
+        tmp_path / "voc", "train", [("a", "a.jpg"), ("b", "b.jpg"), ("c", "c.jpg"), ("d", "d.jpg"), ("e", "e.jpg")]
+    )
     _voc(voc, "val", [("x", "x.jpg"), ("c", "c.jpg")])
     caplog.clear()
     with caplog.at_level(logging.WARNING):
@@ -311,19 +374,35 @@ def test_other_modes_decode_to_sensible_rgb():
     gray = np.array([[0, 1000, 30000, 65535]], dtype=np.int32)
     cases = {
         "I": (Image.fromarray(gray, "I"), "TIFF", [[0, 0, 0], [4, 4, 4], [117, 117, 117], [255, 255, 255]]),
-        "F [0, 1]": (Image.fromarray(np.array([[0, 0.5, 1.0, 0.25]], np.float32), "F"), "TIFF",
-                     [[0, 0, 0], [128, 128, 128], [255, 255, 255], [64, 64, 64]]),
-        "F [0, 255]": (Image.fromarray(np.array([[0, 10, 200, 255]], np.float32), "F"), "TIFF",
-                       [[0, 0, 0], [10, 10, 10], [200, 200, 200], [255, 255, 255]]),
+        "F [0, 1]": (
+            Image.fromarray(np.array([[0, 0.5, 1.0, 0.25]], np.float32), "F"),
+            "TIFF",
+            [[0, 0, 0], [128, 128, 128], [255, 255, 255], [64, 64, 64]],
+        ),
+        "F [0, 255]": (
+            Image.fromarray(np.array([[0, 10, 200, 255]], np.float32), "F"),
+            "TIFF",
+            [[0, 0, 0], [10, 10, 10], [200, 200, 200], [255, 255, 255]],
+        ),
         "1": (Image.fromarray(np.array([[0, 1, 0, 1]], bool)), "PNG", [[0, 0, 0], [255, 255, 255]] * 2),
-        "CMYK": (Image.frombytes("CMYK", (4, 1), bytes([0, 0, 0, 0, 0, 255, 255, 0, 255, 0, 255, 0, 0, 0, 0, 255])),
-                 "TIFF", [[255, 255, 255], [255, 0, 0], [0, 255, 0], [0, 0, 0]]),
+        "CMYK": (
+            Image.frombytes("CMYK", (4, 1), bytes([0, 0, 0, 0, 0, 255, 255, 0, 255, 0, 255, 0, 0, 0, 0, 255])),
+            "TIFF",
+            [[255, 255, 255], [255, 0, 0], [0, 255, 0], [0, 0, 0]],
+        ),
         # transparency: composited over white; what hides under a transparent pixel never shows
-        "LA": (Image.fromarray(np.array([[[200, 255], [200, 0], [0, 128], [50, 255]]], np.uint8), "LA"), "PNG",
-               [[200, 200, 200], [255, 255, 255], [127, 127, 127], [50, 50, 50]]),
-        "RGBA": (Image.fromarray(np.array([[[255, 0, 255, 0], [10, 20, 30, 255], [0, 0, 0, 0], [0, 0, 255, 255]]],
-                                          np.uint8), "RGBA"), "PNG",
-                 [[255, 255, 255], [10, 20, 30], [255, 255, 255], [0, 0, 255]]),
+        "LA": (
+            Image.fromarray(np.array([[[200, 255], [200, 0], [0, 128], [50, 255]]], np.uint8), "LA"),
+            "PNG",
+            [[200, 200, 200], [255, 255, 255], [127, 127, 127], [50, 50, 50]],
+        ),
+        "RGBA": (
+            Image.fromarray(
+                np.array([[[255, 0, 255, 0], [10, 20, 30, 255], [0, 0, 0, 0], [0, 0, 255, 255]]], np.uint8), "RGBA"
+            ),
+            "PNG",
+            [[255, 255, 255], [10, 20, 30], [255, 255, 255], [0, 0, 255]],
+        ),
     }
     pal = Image.new("P", (4, 1))
     pal.putpalette([255, 0, 255, 10, 20, 30] + [0] * 762)  # index 0: a magenta key colour, transparent
@@ -353,8 +432,9 @@ def test_modes_without_a_defined_mapping_fail_clearly(tmp_path: Path):
 def _photo_jpeg(size=(64, 96)) -> bytes:
     """A smooth JPEG (a decoder that runs out of data fills a uniform colour below the cut)."""
     y = np.linspace(0, 255, size[1])[:, None, None]
-    arr = np.clip(y * np.array([1.0, 0.6, 0.3]) + np.random.default_rng(0).integers(-20, 20, (size[1], size[0], 3)),
-                  0, 255).astype(np.uint8)
+    arr = np.clip(
+        y * np.array([1.0, 0.6, 0.3]) + np.random.default_rng(0).integers(-20, 20, (size[1], size[0], 3)), 0, 255
+    ).astype(np.uint8)
     return _encode(Image.fromarray(arr), "JPEG", quality=90)
 
 
@@ -364,8 +444,11 @@ def test_truncated_image_says_how_much_is_missing_and_the_threshold_applies(tmp_
     (root / "val" / "half.jpg").write_bytes(data[: len(data) // 2])
     (root / "val" / "tail.jpg").write_bytes(data[:-20])
     ds = CocoDetection(root=root, split="val")
-    with pytest.raises(DataError, match=r"half\.jpg: about 4\d% of the image not decoded \(the bottom 4\d of 96 rows"
-                                        r".*max_truncated_fraction=0\.1"):
+    with pytest.raises(
+        DataError,
+        match=r"half\.jpg: about 4\d% of the image not decoded \(the bottom 4\d of 96 rows"
+        r".*max_truncated_fraction=0\.1",
+    ):
         ds[0]
     with caplog.at_level(logging.WARNING):
         ds[1]  # a few bytes short: loads, as always, and says how much is missing

@@ -56,8 +56,10 @@ def _coco_set(root: Path, split: str, kinds: list[str], *, anns=None) -> Path:
         "images": [{"id": 100 + i, "file_name": f"a{i}.jpg", "width": 64, "height": 48} for i in range(len(kinds))],
         "annotations": anns
         if anns is not None
-        else [{"id": 1 + i, "image_id": 100 + i, "category_id": 1, "bbox": [2, 3, 20, 10], "iscrowd": 0, "area": 150.0}
-              for i in range(len(kinds))],
+        else [
+            {"id": 1 + i, "image_id": 100 + i, "category_id": 1, "bbox": [2, 3, 20, 10], "iscrowd": 0, "area": 150.0}
+            for i in range(len(kinds))
+        ],
         "categories": [{"id": 1, "name": "thing"}],
     }
     (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(data))
@@ -76,7 +78,9 @@ def _voc_set(root: Path, splits: dict[str, dict[str, tuple[str, list[str]]]]) ->
                 for k, c in enumerate(classes)
             )
             size = "<size><width>64</width><height>48</height></size>"
-            (root / "Annotations" / f"{name}.xml").write_text(f"<annotation><filename>{name}.jpg</filename>{size}{objs}</annotation>")
+            (root / "Annotations" / f"{name}.xml").write_text(
+                f"<annotation><filename>{name}.jpg</filename>{size}{objs}</annotation>"
+            )
             _write_image(root / "JPEGImages" / f"{name}.jpg", kind)
         (root / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(images) + "\n")
     return root
@@ -112,7 +116,9 @@ def test_voc_has_the_same_bad_image_options_as_coco(tmp_path: Path, caplog):
     strict = VocDetection(root=voc, split="train", min_boxes_per_class=0)
     with pytest.raises(DataError, match=r"cannot read image .*b\.jpg"):
         strict[1]
-    train = VocDetection(root=voc, split="train", min_boxes_per_class=0, skip_bad_images=True, substitute_bad_images=True)
+    train = VocDetection(
+        root=voc, split="train", min_boxes_per_class=0, skip_bad_images=True, substitute_bad_images=True
+    )
     with caplog.at_level(logging.WARNING):
         _, t = train[1]
     assert t["image_id"] == 2 and train.num_skipped == 1 and "b.jpg" in caplog.text
@@ -157,10 +163,14 @@ def test_collate_refuses_a_batch_of_only_bad_images():
 
 
 def _messy_voc(tmp_path: Path) -> Path:
-    return _voc_set(tmp_path / "voc", {
-        "train": {f"t{i}": ("ok", ["dog"]) for i in range(5)} | {"t5": ("truncated", ["dog"]), "t6": ("corrupt", ["dog"])},
-        "val": {"v0": ("ok", ["dog"]), "v1": ("missing", ["dog"])},
-    })
+    return _voc_set(
+        tmp_path / "voc",
+        {
+            "train": {f"t{i}": ("ok", ["dog"]) for i in range(5)}
+            | {"t5": ("truncated", ["dog"]), "t6": ("corrupt", ["dog"])},
+            "val": {"v0": ("ok", ["dog"]), "v1": ("missing", ["dog"])},
+        },
+    )
 
 
 def test_preflight_lists_every_problem_before_training(tmp_path: Path):
@@ -182,7 +192,9 @@ def test_preflight_lists_every_problem_before_training(tmp_path: Path):
 
 
 def test_preflight_cache_notices_a_changed_file(tmp_path: Path):
-    root = _voc_set(tmp_path / "voc", {"train": {f"t{i}": ("ok", ["dog"]) for i in range(5)}, "val": {"v": ("ok", ["dog"])}})
+    root = _voc_set(
+        tmp_path / "voc", {"train": {f"t{i}": ("ok", ["dog"]) for i in range(5)}, "val": {"v": ("ok", ["dog"])}}
+    )
     dm = VocDataModule(root=root, **_dm_kwargs(tmp_path))
     assert dm.check_data().num_cached == 0 and not dm.check_data().problems
     (root / "JPEGImages" / "t2.jpg").write_bytes(_noise_jpeg(seed=7)[:-20])
@@ -209,17 +221,23 @@ def test_check_command(tmp_path: Path, capsys):
 
 
 def test_training_set_with_only_crowd_boxes_is_a_data_error(tmp_path: Path, caplog):
-    anns = [{"id": 1, "image_id": 100, "category_id": 1, "bbox": [2, 3, 20, 10], "iscrowd": 1},
-            {"id": 2, "image_id": 101, "category_id": 1, "bbox": [70, 60, 5, 5], "iscrowd": 0}]  # outside: degenerate
+    anns = [
+        {"id": 1, "image_id": 100, "category_id": 1, "bbox": [2, 3, 20, 10], "iscrowd": 1},
+        {"id": 2, "image_id": 101, "category_id": 1, "bbox": [70, 60, 5, 5], "iscrowd": 0},
+    ]  # outside: degenerate
     root = _coco_set(tmp_path / "coco", "train", ["ok", "ok", "ok"], anns=anns)
     _coco_set(root, "val", ["ok"])
     dm = CocoDataModule(root=root, train_split="train", val_split="val", **_dm_kwargs(tmp_path))
-    with pytest.raises(DataError, match=r"instances_train\.json.*1 with no annotations, 1 with only crowd boxes, "
-                                        r"1 with only degenerate boxes"):
+    with pytest.raises(
+        DataError,
+        match=r"instances_train\.json.*1 with no annotations, 1 with only crowd boxes, "
+        r"1 with only degenerate boxes",
+    ):
         dm.setup("fit")
     anns.append({"id": 3, "image_id": 102, "category_id": 1, "bbox": [2, 3, 20, 10], "iscrowd": 0})
     (root / "annotations" / "instances_train.json").write_text(
-        json.dumps(json.loads((root / "annotations" / "instances_train.json").read_text()) | {"annotations": anns}))
+        json.dumps(json.loads((root / "annotations" / "instances_train.json").read_text()) | {"annotations": anns})
+    )
     dm = CocoDataModule(root=root, train_split="train", val_split="val", **_dm_kwargs(tmp_path))
     with caplog.at_level(logging.INFO):
         dm.setup("fit")
@@ -228,8 +246,9 @@ def test_training_set_with_only_crowd_boxes_is_a_data_error(tmp_path: Path, capl
 
 def test_voc_training_set_without_usable_objects_is_a_data_error(tmp_path: Path):
     root = _voc_set(tmp_path / "voc", {"train": {"a": ("ok", ["dog"])}})
-    (root / "Annotations" / "a.xml").write_text((root / "Annotations" / "a.xml").read_text().replace(
-        "<difficult>0</difficult>", "<difficult>1</difficult>"))
+    (root / "Annotations" / "a.xml").write_text(
+        (root / "Annotations" / "a.xml").read_text().replace("<difficult>0</difficult>", "<difficult>1</difficult>")
+    )
     with pytest.raises(DataError, match=r"VOC split 'train'.*no image with a usable.*all 1 images dropped"):
         VocDataModule(root=root, class_names=["dog"], **_dm_kwargs(tmp_path))
 
@@ -255,8 +274,10 @@ def test_voc_discovered_rare_class_is_refused_unless_allowed(tmp_path: Path, cap
 
 
 def test_coco_annotation_area_reaches_the_metric_targets(tmp_path: Path):
-    anns = [{"id": 1, "image_id": 100, "category_id": 1, "bbox": [2, 3, 20, 10], "iscrowd": 0, "area": 77.5},
-            {"id": 2, "image_id": 100, "category_id": 1, "bbox": [30, 20, 10, 10], "iscrowd": 0}]  # no area: box area
+    anns = [
+        {"id": 1, "image_id": 100, "category_id": 1, "bbox": [2, 3, 20, 10], "iscrowd": 0, "area": 77.5},
+        {"id": 2, "image_id": 100, "category_id": 1, "bbox": [30, 20, 10, 10], "iscrowd": 0},
+    ]  # no area: box area
     root = _coco_set(tmp_path / "coco", "val", ["ok"], anns=anns)
     dm = CocoDataModule(root=root, train_split="val", val_split="val", **_dm_kwargs(tmp_path))
     dm.setup("validate")

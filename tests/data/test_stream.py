@@ -43,8 +43,13 @@ def prepared(tmp_path_factory) -> Path:
         pytest.skip(f"real COCO subset not found at {COCO_MINI}")
     tmp = tmp_path_factory.mktemp("stream")
     out = tmp / "coco-stream"
-    args = ["data=coco", f"data.datamodule.root={COCO_MINI}", f"data.datamodule.check_cache_dir={tmp / 'cache'}",
-            f"output={out}", "chunk_bytes=2MB"]
+    args = [
+        "data=coco",
+        f"data.datamodule.root={COCO_MINI}",
+        f"data.datamodule.check_cache_dir={tmp / 'cache'}",
+        f"output={out}",
+        "chunk_bytes=2MB",
+    ]
     assert data_prepare.main(args) == 0
     assert data_prepare.main(args) == 1  # an existing prepared folder is not overwritten ...
     assert data_prepare.main([*args, "overwrite=true"]) == 0  # ... unless asked
@@ -72,9 +77,13 @@ def test_stream_yields_the_folder_loaders_samples(prepared: Path):
     ref_val = CocoDetection(root=COCO_MINI, split="val2017")
     assert dm.class_names == ref_val.class_names and dm.label_to_cat_id == ref_val.label_to_cat_id
     assert Path(dm.val_ann_file).read_bytes() == ref_val.ann_file.read_bytes()
-    no_flip = build_transforms(input_size=SIZE, train=True, augment=False, hflip=0.0)  # training pipeline, no randomness
-    for split, stream, keep_empty, tf in (("train2017", dm.train_dataset, False, no_flip),
-                                          ("val2017", dm.val_dataset, True, dm.val_transforms())):
+    no_flip = build_transforms(
+        input_size=SIZE, train=True, augment=False, hflip=0.0
+    )  # training pipeline, no randomness
+    for split, stream, keep_empty, tf in (
+        ("train2017", dm.train_dataset, False, no_flip),
+        ("val2017", dm.val_dataset, True, dm.val_transforms()),
+    ):
         ref = CocoDetection(root=COCO_MINI, split=split, keep_empty=keep_empty, transforms=tf)
         stream.transforms = tf
         got = {t["image_id"]: (img, t) for img, t in stream}
@@ -121,7 +130,9 @@ def test_ranks_and_workers_share_the_images_out(prepared: Path, monkeypatch):
         dm = CocoStreamDataModule(input_dir=str(prepared), input_size=SIZE, batch_size=4, num_workers=2)
         dm.setup("fit")
         for name, ds in (("train", dm.train_dataset), ("val", dm.val_dataset)):
-            seen[name].append([i for b in StreamingDataLoader(ds, batch_size=4, num_workers=2, collate_fn=list) for i in b])
+            seen[name].append(
+                [i for b in StreamingDataLoader(ds, batch_size=4, num_workers=2, collate_fn=list) for i in b]
+            )
     val = seen["val"][0] + seen["val"][1]
     assert Counter(val) == Counter(dm.val_dataset.image_ids) and set(seen["val"][0]).isdisjoint(seen["val"][1])
     train = seen["train"][0] + seen["train"][1]
@@ -154,8 +165,10 @@ class Record(pl.LightningModule):  # records the image ids each rank sees, per e
 
 if __name__ == "__main__":
     dm = CocoStreamDataModule(input_dir=sys.argv[1], input_size=(64, 64), batch_size=4, num_workers=2)
-    pl.Trainer(accelerator="cpu", strategy="ddp", devices=2, max_epochs=2, logger=False, enable_checkpointing=False,
-               enable_progress_bar=False, num_sanity_val_steps=0, enable_model_summary=False).fit(Record(sys.argv[2]), datamodule=dm)
+    trainer = pl.Trainer(accelerator="cpu", strategy="ddp", devices=2, max_epochs=2, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, num_sanity_val_steps=0,
+                         enable_model_summary=False)
+    trainer.fit(Record(sys.argv[2]), datamodule=dm)
 """
 
 
@@ -165,14 +178,23 @@ def test_real_ddp_ranks_share_the_stream(prepared: Path, tmp_path: Path):
     disjoint images (all but the remainder that evens them out) and validate every image exactly once."""
     script = tmp_path / "ddp_stream.py"
     script.write_text(DDP_SCRIPT)
-    proc = subprocess.run([sys.executable, str(script), str(prepared), str(tmp_path)], capture_output=True, text=True,
-                          timeout=300, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, str(script), str(prepared), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     meta = json.loads((prepared / "metadata.json").read_text())
     for epoch in range(2):
         a, b = ranks[0][f"train{epoch}"], ranks[1][f"train{epoch}"]
-        assert len(a) == len(b) and len(set(a + b)) == len(a + b) and set(a + b) <= set(meta["splits"]["train"]["image_ids"])
+        assert (
+            len(a) == len(b)
+            and len(set(a + b)) == len(a + b)
+            and set(a + b) <= set(meta["splits"]["train"]["image_ids"])
+        )
         assert meta["splits"]["train"]["num_images"] - len(a + b) < 2 * 2 * 4
         a, b = ranks[0][f"val{epoch}"], ranks[1][f"val{epoch}"]
         assert Counter(a + b) == Counter(meta["splits"]["val"]["image_ids"])
@@ -183,9 +205,14 @@ def test_url_input_dir_downloads_into_the_cache(prepared: Path, tmp_path: Path):
     """A URL input_dir (litdata's ``local:`` scheme stands in for s3://: the same download path,
     no network): metadata, val annotations and chunks land in cache_dir; same samples."""
     cache = tmp_path / "cache"
-    dm = CocoStreamDataModule(input_dir=f"local:{prepared}", cache_dir=str(cache), input_size=SIZE, batch_size=4, num_workers=0)
+    dm = CocoStreamDataModule(
+        input_dir=f"local:{prepared}", cache_dir=str(cache), input_size=SIZE, batch_size=4, num_workers=0
+    )
     local = CocoStreamDataModule(input_dir=str(prepared), input_size=SIZE, batch_size=4, num_workers=0)
-    assert Path(dm.val_ann_file).is_relative_to(cache) and Path(dm.val_ann_file).read_bytes() == Path(local.val_ann_file).read_bytes()
+    assert (
+        Path(dm.val_ann_file).is_relative_to(cache)
+        and Path(dm.val_ann_file).read_bytes() == Path(local.val_ann_file).read_bytes()
+    )
     dm.setup("validate")
     local.setup("validate")
     for i in (0, len(local.val_dataset) - 1):
@@ -198,10 +225,22 @@ def test_url_input_dir_downloads_into_the_cache(prepared: Path, tmp_path: Path):
 def test_short_training_run_on_the_stream(prepared: Path, tmp_path: Path):
     from ttfnet_lightning.training.run import train
 
-    overrides = ["data=coco_stream", f"data.datamodule.input_dir={prepared}", "data.datamodule.input_size=[64,64]",
-                 "data.datamodule.batch_size=4", "data.datamodule.num_workers=0", "schedule.max_epochs=1",
-                 "schedule.warmup_steps=1", "trainer=cpu", "trainer.limit_train_batches=2", "trainer.limit_val_batches=2",
-                 "trainer.enable_progress_bar=false", "logger=csv", "callbacks.log_val_images=0", f"output_dir={tmp_path}"]
+    overrides = [
+        "data=coco_stream",
+        f"data.datamodule.input_dir={prepared}",
+        "data.datamodule.input_size=[64,64]",
+        "data.datamodule.batch_size=4",
+        "data.datamodule.num_workers=0",
+        "schedule.max_epochs=1",
+        "schedule.warmup_steps=1",
+        "trainer=cpu",
+        "trainer.limit_train_batches=2",
+        "trainer.limit_val_batches=2",
+        "trainer.enable_progress_bar=false",
+        "logger=csv",
+        "callbacks.log_val_images=0",
+        f"output_dir={tmp_path}",
+    ]
     train(compose("train", overrides))
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["status"] == "finished" and results["global_step"] == 2
@@ -231,21 +270,43 @@ def _messy_coco(root: Path) -> Path:
             data = _jpeg(i)
             if kind != "missing":
                 (root / split / f"a{i}.jpg").write_bytes(
-                    data[:-20] if kind == "truncated" else b"\xff\xd8 not a jpeg" if kind == "corrupt" else data)
-        (root / "annotations" / f"instances_{split}.json").write_text(json.dumps({
-            "images": [{"id": 100 + i, "file_name": f"a{i}.jpg", "width": 64, "height": 48} for i in range(len(ks))],
-            "annotations": [{"id": 1 + i, "image_id": 100 + i, "category_id": 3, "bbox": [2, 3, 20, 10], "iscrowd": 0, "area": 150.0}
-                            for i in range(len(ks))],
-            "categories": [{"id": 3, "name": "thing"}],
-        }))
+                    data[:-20] if kind == "truncated" else b"\xff\xd8 not a jpeg" if kind == "corrupt" else data
+                )
+        (root / "annotations" / f"instances_{split}.json").write_text(
+            json.dumps(
+                {
+                    "images": [
+                        {"id": 100 + i, "file_name": f"a{i}.jpg", "width": 64, "height": 48} for i in range(len(ks))
+                    ],
+                    "annotations": [
+                        {
+                            "id": 1 + i,
+                            "image_id": 100 + i,
+                            "category_id": 3,
+                            "bbox": [2, 3, 20, 10],
+                            "iscrowd": 0,
+                            "area": 150.0,
+                        }
+                        for i in range(len(ks))
+                    ],
+                    "categories": [{"id": 3, "name": "thing"}],
+                }
+            )
+        )
     return root
 
 
 def test_prepare_applies_the_folder_loaders_bad_image_policy(tmp_path: Path, capsys, caplog):
     root = _messy_coco(tmp_path / "coco")
     out = tmp_path / "stream"
-    args = ["data=coco", f"data.datamodule.root={root}", "data.datamodule.train_split=train", "data.datamodule.val_split=val",
-            f"data.datamodule.check_cache_dir={tmp_path / 'cache'}", f"output={out}"]
+    args = [
+        "data=coco",
+        f"data.datamodule.root={root}",
+        "data.datamodule.train_split=train",
+        "data.datamodule.val_split=val",
+        f"data.datamodule.check_cache_dir={tmp_path / 'cache'}",
+        f"output={out}",
+    ]
     assert data_prepare.main([*args, "data.datamodule.skip_bad_images=false"]) == 1  # bad images are fatal then
     assert not (out / "metadata.json").exists()
     assert data_prepare.main(args) == 0
@@ -261,9 +322,17 @@ def test_prepare_applies_the_folder_loaders_bad_image_policy(tmp_path: Path, cap
     assert sorted(m["image_id"] for m in batch["meta"]) == [100, 101] and not batch["excluded"]
     assert dm.train_dataset.num_truncated == 1 and any("a1.jpg" in r.getMessage() for r in caplog.records)
     # an item that does not decode (a damaged chunk) is dropped from its batch and counted, like a bad validation image
-    item = {"image": b"\xff\xd8 broken", "image_id": 7, "file_name": b"x.jpg", "height": 48, "width": 64,
-            "boxes": np.zeros((0, 4), np.float32), "labels": np.zeros(0, np.int64), "iscrowd": np.zeros(0, np.int64),
-            "area": np.zeros(0, np.float32)}
+    item = {
+        "image": b"\xff\xd8 broken",
+        "image_id": 7,
+        "file_name": b"x.jpg",
+        "height": 48,
+        "width": 64,
+        "boxes": np.zeros((0, 4), np.float32),
+        "labels": np.zeros(0, np.int64),
+        "iscrowd": np.zeros(0, np.int64),
+        "area": np.zeros(0, np.float32),
+    }
     bad = dm.val_dataset.to_sample(item)
     assert bad.image_id == 7 and dm.val_dataset.num_skipped == 1
     assert collate_detection([bad, dm.val_dataset[0]])["excluded"] == [bad]
@@ -275,8 +344,11 @@ def test_prepare_applies_the_folder_loaders_bad_image_policy(tmp_path: Path, cap
 
 def test_litdata_is_optional(monkeypatch):
     """The core never imports litdata; without it, the streaming parts say which extra to install."""
-    code = ("import sys, ttfnet_lightning, ttfnet_lightning.data, ttfnet_lightning.training.run, ttfnet_lightning.data.stream; "
-            "assert 'litdata' not in sys.modules, 'litdata imported'")
+    code = (
+        "import sys, ttfnet_lightning, ttfnet_lightning.data, ttfnet_lightning.training.run, "
+        "ttfnet_lightning.data.stream; "
+        "assert 'litdata' not in sys.modules, 'litdata imported'"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     monkeypatch.setitem(sys.modules, "litdata", None)  # as if not installed

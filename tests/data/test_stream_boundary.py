@@ -41,22 +41,45 @@ def _coco(root: Path) -> Path:
         (root / split).mkdir()
         for i in range(n):
             (root / split / f"a{i}.jpg").write_bytes(_jpeg(i))
-        (root / "annotations" / f"instances_{split}.json").write_text(json.dumps({
-            "images": [{"id": 100 + i, "file_name": f"a{i}.jpg", "width": 64, "height": 48} for i in range(n)],
-            "annotations": [{"id": 1 + i, "image_id": 100 + i, "category_id": 3, "bbox": [2, 3, 20, 10], "iscrowd": 0,
-                             "area": 200.0} for i in range(n)],
-            "categories": [{"id": 3, "name": "thing"}],
-        }))
+        (root / "annotations" / f"instances_{split}.json").write_text(
+            json.dumps(
+                {
+                    "images": [{"id": 100 + i, "file_name": f"a{i}.jpg", "width": 64, "height": 48} for i in range(n)],
+                    "annotations": [
+                        {
+                            "id": 1 + i,
+                            "image_id": 100 + i,
+                            "category_id": 3,
+                            "bbox": [2, 3, 20, 10],
+                            "iscrowd": 0,
+                            "area": 200.0,
+                        }
+                        for i in range(n)
+                    ],
+                    "categories": [{"id": 3, "name": "thing"}],
+                }
+            )
+        )
     return root
 
 
 def _args(root: Path, output: Path | str, *extra: str) -> list[str]:
-    return ["data=coco", f"data.datamodule.root={root}", "data.datamodule.train_split=train", "data.datamodule.val_split=val",
-            f"data.datamodule.check_cache_dir={root.parent / 'check-cache'}", f"output={output}", "chunk_bytes=20kb", *extra]
+    return [
+        "data=coco",
+        f"data.datamodule.root={root}",
+        "data.datamodule.train_split=train",
+        "data.datamodule.val_split=val",
+        f"data.datamodule.check_cache_dir={root.parent / 'check-cache'}",
+        f"output={output}",
+        "chunk_bytes=20kb",
+        *extra,
+    ]
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
-    return {p.relative_to(folder).as_posix(): p.read_bytes() if p.is_file() else b"<dir>" for p in sorted(folder.rglob("*"))}
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes() if p.is_file() else b"<dir>" for p in sorted(folder.rglob("*"))
+    }
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +111,14 @@ def _dm(path: Path | str, **kw) -> CocoStreamDataModule:
 @pytest.mark.parametrize("overwrite", [False, True])
 def test_output_equal_to_the_source_is_refused_and_the_source_kept(source: Path, overwrite: bool, capsys):
     before = _snapshot(source)
-    for output in (source, source.parent / "." / source.name, f"{source}/train/..", source / "train", source / "new",
-                   source.parent):
+    for output in (
+        source,
+        source.parent / "." / source.name,
+        f"{source}/train/..",
+        source / "train",
+        source / "new",
+        source.parent,
+    ):
         assert data_prepare.main(_args(source, output, f"overwrite={str(overwrite).lower()}")) == 1, output
         err = capsys.readouterr().err
         assert "source data" in err and str(source) in err, err
@@ -168,12 +197,16 @@ def test_an_intact_stream_sets_up_and_reads(stream: Path):
     assert ids == dm.train_dataset.image_ids and len(ids) == SPLIT_SIZES["train"]
 
 
-@pytest.mark.parametrize("damage, why", [
-    ("delete", "missing"),
-    ("zero", "content differs from the sha256"),
-    ("truncate", "bytes, the index says"),
-    ("grow", "bytes, the index says"),
-], ids=["delete", "zero", "truncate", "grow"])
+@pytest.mark.parametrize(
+    "damage, why",
+    [
+        ("delete", "missing"),
+        ("zero", "content differs from the sha256"),
+        ("truncate", "bytes, the index says"),
+        ("grow", "bytes, the index says"),
+    ],
+    ids=["delete", "zero", "truncate", "grow"],
+)
 def test_a_damaged_chunk_fails_setup_naming_it(stream: Path, damage: str, why: str):
     chunk = stream / CHUNK
     data = chunk.read_bytes()
@@ -275,6 +308,8 @@ def test_a_url_stream_checks_each_chunk_after_its_download(stream: Path, tmp_pat
     good = _dm(f"local:{stream}", cache_dir=str(tmp_path / "cache2"))
     good.setup("fit")
     _read_all(good.train_dataset)
-    (stream / "train" / "index.json").write_text((stream / "train" / "index.json").read_text().replace('"chunk_size": 1', '"chunk_size": 2'))
+    (stream / "train" / "index.json").write_text(
+        (stream / "train" / "index.json").read_text().replace('"chunk_size": 1', '"chunk_size": 2')
+    )
     with pytest.raises(DataError, match="split 'train'"):
         _dm(f"local:{stream}", cache_dir=str(tmp_path / "cache3")).setup("fit")

@@ -30,9 +30,15 @@ EXPORTERS = {"onnx": export_onnx, "pt2": export_pt2, "torchscript": export_torch
 
 def tiny_module(names=SHAPES, ids=None) -> TTFNetModule:
     torch.manual_seed(0)
-    return TTFNetModule(net={"backbone": "r18", "deformable": False, "frozen_stages": -1},
-                        data_info={"num_classes": len(names), "class_names": list(names), "input_size": [64, 64],
-                                   "label_to_cat_id": ids}).eval()
+    return TTFNetModule(
+        net={"backbone": "r18", "deformable": False, "frozen_stages": -1},
+        data_info={
+            "num_classes": len(names),
+            "class_names": list(names),
+            "input_size": [64, 64],
+            "label_to_cat_id": ids,
+        },
+    ).eval()
 
 
 def save_ckpt(path: Path, module: TTFNetModule) -> Path:
@@ -58,8 +64,19 @@ def images(folder: Path, names: list[str], seed: int = 0) -> dict[str, bytes]:
 
 
 def run_predict(ckpt: Path, src: Path, out: Path) -> dict:
-    return predict(compose("predict", [f"ckpt={ckpt}", f"input={src}", f"output={out}", "device=cpu", "inference.optimize=false",
-                                       "draw_threshold=0.5"]))
+    return predict(
+        compose(
+            "predict",
+            [
+                f"ckpt={ckpt}",
+                f"input={src}",
+                f"output={out}",
+                "device=cpu",
+                "inference.optimize=false",
+                "draw_threshold=0.5",
+            ],
+        )
+    )
 
 
 def unchanged(folder: Path, before: dict[str, bytes]) -> bool:
@@ -135,9 +152,13 @@ def test_predict_with_some_unreadable_inputs_names_them(ckpt, tmp_path, capsys):
     images(src, ["ok.png"])
     (src / "broken.jpg").write_bytes(b"not a jpeg")
     summary = run_predict(ckpt, src, out)
-    assert summary["num_images"] == 1 and summary["skipped"] == 1 and summary["skipped_files"] == [str(src / "broken.jpg")]
+    assert (
+        summary["num_images"] == 1 and summary["skipped"] == 1 and summary["skipped_files"] == [str(src / "broken.jpg")]
+    )
     assert "broken.jpg" in capsys.readouterr().out
-    assert [s["file_name"] for s in json.loads((out / "images.json").read_text())["skipped"]] == [str(src / "broken.jpg")]
+    assert [s["file_name"] for s in json.loads((out / "images.json").read_text())["skipped"]] == [
+        str(src / "broken.jpg")
+    ]
 
 
 @pytest.mark.slow
@@ -145,9 +166,21 @@ def test_predict_cli_exits_non_zero_when_nothing_was_processed(ckpt, tmp_path):
     src = tmp_path / "imgs"
     src.mkdir()
     (src / "broken.jpg").write_bytes(b"not a jpeg")
-    proc = subprocess.run([sys.executable, "-m", "ttfnet_lightning.predict", f"ckpt={ckpt}", f"input={src}",
-                           f"output={tmp_path / 'pred'}", "device=cpu"], capture_output=True, text=True, env=subprocess_env(),
-                          timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ttfnet_lightning.predict",
+            f"ckpt={ckpt}",
+            f"input={src}",
+            f"output={tmp_path / 'pred'}",
+            "device=cpu",
+        ],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=300,
+    )
     assert proc.returncode != 0 and "none of the 1 input file(s) could be read" in proc.stdout + proc.stderr
 
 
@@ -159,8 +192,12 @@ def test_export_refuses_bad_output_paths_before_any_work(tmp_path, fmt):
     folder = tmp_path / "exports"
     folder.mkdir()
     (tmp_path / "file").write_text("x")
-    cases = {str(folder): "is an existing directory", str(tmp_path / "file" / "m.onnx"): "is a file, not a folder",
-             str(tmp_path / "new") + "/": "names a folder", str(tmp_path / "m.json"): "the model itself"}
+    cases = {
+        str(folder): "is an existing directory",
+        str(tmp_path / "file" / "m.onnx"): "is a file, not a folder",
+        str(tmp_path / "new") + "/": "names a folder",
+        str(tmp_path / "m.json"): "the model itself",
+    }
     for output, message in cases.items():
         with pytest.raises(OutputPathError, match=message) as info:
             export_model(missing, output, format=fmt)
@@ -206,6 +243,7 @@ def test_export_creates_a_missing_folder_and_replaces_an_earlier_export(tmp_path
 # ------------------------------------------------------------------------------------- export: failures leave nothing
 def _fail_after_writing(exc: BaseException, arg: int = 1):
     """A stand-in for a writer: writes part of the file given as positional argument ``arg``, then raises ``exc``."""
+
     def write_then_fail(*args, **kwargs):
         f = args[arg]
         if hasattr(f, "write"):
@@ -213,6 +251,7 @@ def _fail_after_writing(exc: BaseException, arg: int = 1):
         else:
             Path(f).write_bytes(b"x" * 1000)
         raise exc
+
     return write_then_fail
 
 
@@ -258,14 +297,25 @@ def test_class_differences():
     assert diffs == ["label 1: checkpoint 'b' (category id 2), data 'c' (category id 3)"]
 
 
-@pytest.mark.parametrize("names, ids, shown", [
-    (SHAPES[::-1], None, "label 0: checkpoint 'cross' (category id 0), data 'circle'"),
-    (SHAPES, [1, 2, 3, 4, 5], "label 0: checkpoint 'circle' (category id 1), data 'circle' (category id 0)"),
-])
+@pytest.mark.parametrize(
+    "names, ids, shown",
+    [
+        (SHAPES[::-1], None, "label 0: checkpoint 'cross' (category id 0), data 'circle'"),
+        (SHAPES, [1, 2, 3, 4, 5], "label 0: checkpoint 'circle' (category id 1), data 'circle' (category id 0)"),
+    ],
+)
 def test_evaluate_refuses_other_class_names_or_ids(tmp_path, names, ids, shown):
     ckpt = save_ckpt(tmp_path / "m.ckpt", tiny_module(names, ids))
-    cfg = compose("evaluate", [f"ckpt={ckpt}", "data.datamodule.num_val=4", "data.datamodule.num_workers=0", "trainer=cpu",
-                               f"output_dir={tmp_path / 'eval'}"])
+    cfg = compose(
+        "evaluate",
+        [
+            f"ckpt={ckpt}",
+            "data.datamodule.num_val=4",
+            "data.datamodule.num_workers=0",
+            "trainer=cpu",
+            f"output_dir={tmp_path / 'eval'}",
+        ],
+    )
     with pytest.raises(DataError, match="other classes") as info:
         evaluate(cfg)
     assert shown in str(info.value) and f"{4 if ids is None else 5} difference(s)" in str(info.value)
@@ -276,13 +326,24 @@ def test_evaluate_refuses_other_coco_category_ids(tmp_path):
     root = tmp_path / "coco"
     images(root / "val2017", ["1.jpg"])
     cats = [{"id": i, "name": n} for i, n in zip([1, 2, 7], ["a", "b", "c"])]
-    ann = {"images": [{"id": 1, "file_name": "1.jpg", "height": 48, "width": 40}],
-           "annotations": [{"id": 1, "image_id": 1, "category_id": 7, "bbox": [2, 2, 20, 20], "area": 400, "iscrowd": 0}],
-           "categories": cats}
+    ann = {
+        "images": [{"id": 1, "file_name": "1.jpg", "height": 48, "width": 40}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 7, "bbox": [2, 2, 20, 20], "area": 400, "iscrowd": 0}],
+        "categories": cats,
+    }
     (root / "annotations").mkdir()
     (root / "annotations" / "instances_val2017.json").write_text(json.dumps(ann))
     ckpt = save_ckpt(tmp_path / "m.ckpt", tiny_module(["a", "b", "c"], [1, 2, 3]))
-    cfg = compose("evaluate", [f"ckpt={ckpt}", "data=coco", f"data.datamodule.root={root}", "data.datamodule.num_workers=0",
-                               "trainer=cpu", f"output_dir={tmp_path / 'eval'}"])
+    cfg = compose(
+        "evaluate",
+        [
+            f"ckpt={ckpt}",
+            "data=coco",
+            f"data.datamodule.root={root}",
+            "data.datamodule.num_workers=0",
+            "trainer=cpu",
+            f"output_dir={tmp_path / 'eval'}",
+        ],
+    )
     with pytest.raises(DataError, match=r"label 2: checkpoint 'c' \(category id 3\), data 'c' \(category id 7\)"):
         evaluate(cfg)

@@ -16,7 +16,8 @@ from torch import nn
 
 from conftest import compose
 from ttfnet_lightning.core.decode import decode_detections
-from ttfnet_lightning.deploy.export import DetectionExport, _exportable_net, export, export_onnx, export_pt2, export_torchscript, topk_detections
+from ttfnet_lightning.deploy.export import export, export_onnx, export_pt2, export_torchscript
+from ttfnet_lightning.deploy.graph import DetectionExport, exportable_net, topk_detections
 from ttfnet_lightning.deploy.onnx_runtime import OnnxDetector, compare_detections
 from ttfnet_lightning.training.lit_module import TTFNetModule
 
@@ -28,8 +29,10 @@ def detector_like(deformable: bool, *, num_classes: int = 5, seed: int = 0) -> T
     offsets that really move the taps, heatmap logits spread over a few units (distinct scores,
     so the top-K order is unambiguous) and boxes of tens of pixels."""
     torch.manual_seed(seed)
-    module = TTFNetModule(net={"backbone": "r18", "deformable": deformable, "frozen_stages": -1},
-                          data_info={"num_classes": num_classes, "input_size": [SIZE, SIZE]})
+    module = TTFNetModule(
+        net={"backbone": "r18", "deformable": deformable, "frozen_stages": -1},
+        data_info={"num_classes": num_classes, "input_size": [SIZE, SIZE]},
+    )
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in module.net.modules():
@@ -65,7 +68,11 @@ def test_topk_decoder_equals_decode_detections():
         boxes, scores, labels = topk_detections(hm, wh, input_size=(64, 80), k=50)
         ref = decode_detections(hm, wh, input_size=(64, 80), k=50, score_threshold=-1.0)
         for i, r in enumerate(ref):
-            assert torch.equal(boxes[i], r["boxes"]) and torch.equal(scores[i], r["scores"]) and torch.equal(labels[i], r["labels"])
+            assert (
+                torch.equal(boxes[i], r["boxes"])
+                and torch.equal(scores[i], r["scores"])
+                and torch.equal(labels[i], r["labels"])
+            )
     boxes, _, _ = topk_detections(torch.randn(1, 2, 4, 4), torch.rand(1, 4, 4, 4), input_size=(16, 16), k=100)
     assert boxes.shape == (1, 32, 4)  # K = min(k, C*h*w)
 
@@ -84,7 +91,7 @@ def test_onnx_parity_on_coco_images(coco_mini, tmp_path, deformable):
     det = OnnxDetector(tmp_path / "m.onnx")
     got = det.run(images)
     with torch.no_grad():
-        ref = DetectionExport(_exportable_net(module), input_size=(SIZE, SIZE)).eval()(images)
+        ref = DetectionExport(exportable_net(module), input_size=(SIZE, SIZE)).eval()(images)
     assert [tuple(g.shape) for g in got] == [(4, 100, 4), (4, 100), (4, 100)]
     c = compare_detections(ref, got, score_threshold=0.01)
     assert c["compared"] >= 390 and c["ambiguous"] <= 10, c  # distinct scores: the comparison is position-wise
@@ -95,7 +102,9 @@ def test_onnx_parity_on_coco_images(coco_mini, tmp_path, deformable):
 
     # the thresholded, rescaled detections equal the library's own path (TTFNetModule.predict_step)
     with torch.no_grad():
-        lib = module.predict_step({"images": module.normalize(images), "meta": [{"orig_size": s} for s in orig_sizes]}, 0)
+        lib = module.predict_step(
+            {"images": module.normalize(images), "meta": [{"orig_size": s} for s in orig_sizes]}, 0
+        )
     onnx_dets = det.detect(images, orig_sizes=orig_sizes)
     for a, b, (h0, w0) in zip(lib, onnx_dets, orig_sizes):
         assert len(a["scores"]) == len(b["scores"]) > 20
@@ -105,13 +114,31 @@ def test_onnx_parity_on_coco_images(coco_mini, tmp_path, deformable):
 
 
 def test_metadata_errors_and_missing_extras(tmp_path, monkeypatch):
-    module = TTFNetModule(net={"deformable": False}, data_info={"num_classes": 2, "class_names": ["cat", "dog"], "input_size": [64, 96],
-                                                                 "label_to_cat_id": [17, 18]}).eval()
+    module = TTFNetModule(
+        net={"deformable": False},
+        data_info={
+            "num_classes": 2,
+            "class_names": ["cat", "dog"],
+            "input_size": [64, 96],
+            "label_to_cat_id": [17, 18],
+        },
+    ).eval()
     meta = export_onnx(module, tmp_path / "m.onnx", topk=10)
     side = json.loads((tmp_path / "m.json").read_text())
-    assert side["class_names"] == ["cat", "dog"] and side["label_to_cat_id"] == [17, 18] and side["input_size"] == [64, 96]
-    assert side["topk"] == 10 and side["opset"] == 17 and side["score_threshold"] == 0.01 and side["input"]["dtype"] == "uint8"
-    assert side["normalization"]["mean"] == [0.485, 0.456, 0.406] and side["normalization"]["std"] == [0.229, 0.224, 0.225]
+    assert (
+        side["class_names"] == ["cat", "dog"] and side["label_to_cat_id"] == [17, 18] and side["input_size"] == [64, 96]
+    )
+    assert (
+        side["topk"] == 10
+        and side["opset"] == 17
+        and side["score_threshold"] == 0.01
+        and side["input"]["dtype"] == "uint8"
+    )
+    assert side["normalization"]["mean"] == [0.485, 0.456, 0.406] and side["normalization"]["std"] == [
+        0.229,
+        0.224,
+        0.225,
+    ]
     assert meta["check"]["batch1"]["max_score_diff"] < 1e-5  # export's own onnxruntime check ran
     # the ONNX file carries the same metadata: the runner works without the JSON file
     (tmp_path / "m.json").unlink()
@@ -134,8 +161,12 @@ def test_metadata_errors_and_missing_extras(tmp_path, monkeypatch):
 
 
 def test_core_library_imports_no_optional_package():
-    code = ("import sys, ttfnet_lightning, ttfnet_lightning.core.models, ttfnet_lightning.deploy.export, ttfnet_lightning.deploy.onnx_runtime, "
-            "ttfnet_lightning.deploy.predict, ttfnet_lightning.training.run; print(sorted(m for m in ('onnx', 'onnxruntime', 'timm') if m in sys.modules))")
+    code = (
+        "import sys, ttfnet_lightning, ttfnet_lightning.core.models, ttfnet_lightning.deploy.export, "
+        "ttfnet_lightning.deploy.onnx_runtime, "
+        "ttfnet_lightning.deploy.predict, ttfnet_lightning.training.run; print(sorted(m for m in ('onnx', "
+        "'onnxruntime', 'timm') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "[]"
 
@@ -144,7 +175,7 @@ def test_torchscript_and_pt2_formats(tmp_path):
     module = detector_like(True)
     x = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        ref = DetectionExport(_exportable_net(module), input_size=(64, 64), topk=50).eval()(x)
+        ref = DetectionExport(exportable_net(module), input_size=(64, 64), topk=50).eval()(x)
         export_torchscript(module, tmp_path / "m.pt", input_size=(64, 64), topk=50)
         with pytest.warns(FutureWarning):  # torch.jit is deprecated in favour of torch.export
             ts = torch.jit.load(str(tmp_path / "m.pt"))
@@ -200,7 +231,9 @@ def test_cli_export_then_predict_with_onnx_only(tmp_path, monkeypatch):
     key = lambda d: (d["image_id"], -d["score"])  # noqa: E731
     for da, db in zip(sorted(a, key=key), sorted(b, key=key)):
         assert da["image_id"] == db["image_id"] and da["category_id"] == db["category_id"]
-        assert abs(da["score"] - db["score"]) <= 2e-5 and max(abs(u - v) for u, v in zip(da["bbox"], db["bbox"])) <= 0.02
+        assert (
+            abs(da["score"] - db["score"]) <= 2e-5 and max(abs(u - v) for u, v in zip(da["bbox"], db["bbox"])) <= 0.02
+        )
     assert json.loads((onnx_out / "images.json").read_text()) == json.loads((torch_out / "images.json").read_text())
 
 
@@ -213,6 +246,10 @@ def test_export_config_and_console_script(tmp_path):
     exe = Path(sys.executable).parent / "ttfnet-export"
     if not exe.is_file():
         pytest.skip(f"ttfnet-export not installed next to {sys.executable} (pip install -e . installs it)")
-    proc = subprocess.run([str(exe), "ckpt=x.ckpt", "--cfg", "job"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
-    assert proc.returncode == 0 and "ckpt: x.ckpt" in proc.stdout and "output: model.onnx" in proc.stdout, proc.stderr[-2000:]
+    proc = subprocess.run(
+        [str(exe), "ckpt=x.ckpt", "--cfg", "job"], capture_output=True, text=True, cwd=tmp_path, timeout=120
+    )
+    assert proc.returncode == 0 and "ckpt: x.ckpt" in proc.stdout and "output: model.onnx" in proc.stdout, proc.stderr[
+        -2000:
+    ]
     assert list(tmp_path.iterdir()) == []  # no Hydra run directory or log file left behind

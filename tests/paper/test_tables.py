@@ -59,10 +59,22 @@ def test_presets_are_multiruns_with_resumable_dirs():
 
 def test_table1_paper_grid():
     jobs = grid_jobs("table1")
-    cells = values(jobs, lambda c: (c.kernel.area_weight, c.kernel.gaussian_weight if c.kernel.gaussian_weight is not None else c.kernel.wh_gaussian))
+    cells = values(
+        jobs,
+        lambda c: (
+            c.kernel.area_weight,
+            c.kernel.gaussian_weight if c.kernel.gaussian_weight is not None else c.kernel.wh_gaussian,
+        ),
+    )
     assert cells == [("none", False), ("norm", False), ("sqrt", False), ("log", False), ("sqrt", True), ("log", True)]
     for _, c in jobs:  # TTFNet-53 super-fast on COCO, Gaussian area, beta 0.54
-        assert (c.backbone.name, c.data.name, c.schedule.name, c.kernel.beta, c.kernel.wh_gaussian) == ("d53", "coco", "fast", 0.54, True)
+        assert (c.backbone.name, c.data.name, c.schedule.name, c.kernel.beta, c.kernel.wh_gaussian) == (
+            "d53",
+            "coco",
+            "fast",
+            0.54,
+            True,
+        )
         assert c.backbone.frozen_stages == 1 and c.trainer.accelerator == "gpu"
         assert c.backbone.pretrained and c.backbone.weights is None  # DarkNet-53: the user names a local file
     assert len(PAPER["table1"]["AP"]) == len(jobs)
@@ -108,7 +120,9 @@ def test_table6_paper_grid():
 
 
 # -------------------------------------------------------------------------------- CPU protocol
-@pytest.mark.parametrize("table,count", [("table1", 18), ("table2", 16), ("table3", 15), ("table4", 12), ("table5", 24), ("table6", 9)])
+@pytest.mark.parametrize(
+    "table,count", [("table1", 18), ("table2", 16), ("table3", 15), ("table4", 12), ("table5", 24), ("table6", 9)]
+)
 def test_cpu_protocol_grids(table, count):
     jobs = grid_jobs(table, "cpu")
     assert len(jobs) == count
@@ -147,7 +161,9 @@ def fake_sweep(tmp_path: Path, table: str, ap_of, extra: list[str] | None = None
         if i in skip:
             continue
         job = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
-        (d / "results.json").write_text(json.dumps({"status": "finished", "metrics": {"val/AP": ap_of(job), "time/train_seconds": 60.0}}))
+        (d / "results.json").write_text(
+            json.dumps({"status": "finished", "metrics": {"val/AP": ap_of(job), "time/train_seconds": 60.0}})
+        )
     return sweep
 
 
@@ -166,7 +182,10 @@ def test_aggregator_table5_layout_mean_std_and_paper(tmp_path):
     assert table.cells[("0.01", table.columns[3])].paper is None  # 2.4x: no paper column
     # the job that did not finish is marked (1 of 2 seeds)
     first = jobs[0]
-    key = ("0.01" if first.cfg.kernel.beta == 0.01 else str(first.cfg.kernel.beta), [c for c in table.columns if f"LR {first.cfg.schedule.lr:g} " in c][0])
+    key = (
+        "0.01" if first.cfg.kernel.beta == 0.01 else str(first.cfg.kernel.beta),
+        [c for c in table.columns if f"LR {first.cfg.schedule.lr:g} " in c][0],
+    )
     assert "(1/2)" in table.cells[key].text()
     md = table.markdown()
     assert "[32.5]" in md and "23 finished, 1 running" in md
@@ -205,7 +224,9 @@ def test_aggregator_logs_its_plot_to_the_sweeps_wandb_group(tmp_path, monkeypatc
     sweep = fake_sweep(tmp_path, "table4", lambda c: 5.0 + c.seed)
     aggregate(sweep, ratio=False, quiet=True)  # by default: files only
     assert (sweep / "table.png").is_file() and not (sweep / "wandb").exists()
-    assert main([str(sweep), "--wandb"]) == 0  # the jobs log to W&B (the default logger): one summary run in their group
+    assert (
+        main([str(sweep), "--wandb"]) == 0
+    )  # the jobs log to W&B (the default logger): one summary run in their group
     runs = list((sweep / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, runs
     keys = (b"table4/plot", b"table4/cells", b"table4-cpu", b"summary")
@@ -214,12 +235,16 @@ def test_aggregator_logs_its_plot_to_the_sweeps_wandb_group(tmp_path, monkeypatc
         assert key in data, f"{key!r} not in the offline W&B run"
     (tmp_path / "csv").mkdir()
     csv_only = fake_sweep(tmp_path / "csv", "table4", lambda c: 5.0, extra=["logger=csv"])
-    assert main([str(csv_only), "--wandb"]) == 0 and not (csv_only / "wandb").exists()  # jobs without W&B: nothing logged
+    assert (
+        main([str(csv_only), "--wandb"]) == 0 and not (csv_only / "wandb").exists()
+    )  # jobs without W&B: nothing logged
 
 
 def test_aggregator_marks_missing_and_failed_jobs(tmp_path):
     sweep = fake_sweep(tmp_path, "table4", lambda c: 5.0, skip=(0, 1))
-    (sweep / "model.shortcut_convs=[0,0,0],seed=1" / "results.json").write_text(json.dumps({"status": "failed", "error": "boom"}))
+    (sweep / "model.shortcut_convs=[0,0,0],seed=1" / "results.json").write_text(
+        json.dumps({"status": "failed", "error": "boom"})
+    )
     import shutil
 
     shutil.rmtree(sweep / "model.shortcut_convs=[1,1,1],seed=0")
@@ -248,7 +273,9 @@ def test_changed_config_is_not_resumed(tmp_path):
 def test_moving_the_streamed_data_does_not_block_a_resume(tmp_path):
     """data=coco_stream: the chunks copied elsewhere (another input_dir, cache_dir) are the same data;
     other data settings still are a different run."""
-    cfg = OmegaConf.to_container(compose("train", ["data=coco_stream", "data.datamodule.input_dir=/data/a"]), resolve=True)
+    cfg = OmegaConf.to_container(
+        compose("train", ["data=coco_stream", "data.datamodule.input_dir=/data/a"]), resolve=True
+    )
     (tmp_path / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg))
     cfg["data"]["datamodule"]["input_dir"] = "s3://bucket/a"
     cfg["data"]["datamodule"]["cache_dir"] = "/scratch/cache"
@@ -280,7 +307,14 @@ def random_r18_weights(path: Path) -> Path:
 
 def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     env = {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "1", "PATH": "/usr/bin:/bin"}
-    proc = subprocess.run([sys.executable, "-m", "ttfnet_lightning.train", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ttfnet_lightning.train", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
@@ -289,16 +323,31 @@ def test_cpu_mini_sweep_end_to_end_and_resume(tmp_path):
     weights = random_r18_weights(tmp_path / "r18.pth")
     sweep = tmp_path / "sweep"
     args = [
-        "-m", "experiment=table2", "protocol=cpu", f"hydra.sweep.dir={sweep}", f"pretrained_weights.r18={weights}",
+        "-m",
+        "experiment=table2",
+        "protocol=cpu",
+        f"hydra.sweep.dir={sweep}",
+        f"pretrained_weights.r18={weights}",
         'table.grid.cpu={kernel.beta: "0.1", kernel.class_aware: "false,true", seed: "0"}',
-        "data.datamodule.input_size=[64,64]", "data.datamodule.num_train=8", "data.datamodule.num_val=4",
-        "data.datamodule.batch_size=4", "data.datamodule.num_workers=0", "schedule.max_epochs=1",
-        "schedule.warmup_steps=1", "schedule.milestones=[1]", "logger=csv", "callbacks.log_val_images=0",
-        "trainer.check_val_every_n_epoch=2",  # the one epoch ends between validations: train() validates and saves last.ckpt
+        "data.datamodule.input_size=[64,64]",
+        "data.datamodule.num_train=8",
+        "data.datamodule.num_val=4",
+        "data.datamodule.batch_size=4",
+        "data.datamodule.num_workers=0",
+        "schedule.max_epochs=1",
+        "schedule.warmup_steps=1",
+        "schedule.milestones=[1]",
+        "logger=csv",
+        "callbacks.log_val_images=0",
+        # the one epoch ends between validations: train() validates and saves last.ckpt
+        "trainer.check_val_every_n_epoch=2",
     ]
     proc = run_cli(args, tmp_path)
     jobs = sorted(p.parent.name for p in sweep.glob("*/results.json"))
-    assert jobs == ["kernel.beta=0.1,kernel.class_aware=False,seed=0", "kernel.beta=0.1,kernel.class_aware=True,seed=0"], proc.stdout[-2000:]
+    assert jobs == [
+        "kernel.beta=0.1,kernel.class_aware=False,seed=0",
+        "kernel.beta=0.1,kernel.class_aware=True,seed=0",
+    ], proc.stdout[-2000:]
     md = (sweep / "table.md").read_text()  # written by the Hydra callback at the end of the sweep
     assert "Table 2" in md and "2 jobs, 2 finished" in md
     row = next(line for line in md.splitlines() if line.startswith("| Agnostic AP"))
@@ -314,7 +363,9 @@ def test_cpu_mini_sweep_end_to_end_and_resume(tmp_path):
     (interrupted / "results.json").unlink()
     before = (sweep / "kernel.beta=0.1,kernel.class_aware=False,seed=0" / "results.json").stat().st_mtime_ns
     proc = run_cli(args, tmp_path)
-    assert "skipping" in proc.stdout and "kernel.class_aware=False" in proc.stdout.split("skipping", 1)[1].splitlines()[0]
+    assert (
+        "skipping" in proc.stdout and "kernel.class_aware=False" in proc.stdout.split("skipping", 1)[1].splitlines()[0]
+    )
     assert f"resuming {interrupted}" in proc.stdout
     assert (sweep / "kernel.beta=0.1,kernel.class_aware=False,seed=0" / "results.json").stat().st_mtime_ns == before
     assert json.loads((interrupted / "results.json").read_text())["status"] == "finished"
@@ -326,8 +377,13 @@ def test_a_failed_job_is_marked_and_said_at_once(tmp_path):
     happens, not only when the sweep ends."""
     sweep = tmp_path / "sweep"
     args = [
-        "-m", "experiment=table2", "protocol=cpu", f"hydra.sweep.dir={sweep}", f"pretrained_weights.r18={tmp_path / 'absent.pth'}",
-        'table.grid.cpu={kernel.beta: "0.1", kernel.class_aware: "false", seed: "0"}', "logger=csv",
+        "-m",
+        "experiment=table2",
+        "protocol=cpu",
+        f"hydra.sweep.dir={sweep}",
+        f"pretrained_weights.r18={tmp_path / 'absent.pth'}",
+        'table.grid.cpu={kernel.beta: "0.1", kernel.class_aware: "false", seed: "0"}',
+        "logger=csv",
     ]
     cmd = [sys.executable, "-m", "ttfnet_lightning.train", *args]
     proc = subprocess.run(cmd, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=300)
@@ -341,7 +397,11 @@ def test_verdicts_follow_the_numbers(tmp_path):
     from ttfnet_lightning.paper.verdicts import verdicts
 
     # Table 1: Log + Gaussian clearly best (seed noise 0.5): reproduced
-    sweep = fake_sweep(tmp_path, "table1", lambda c: (20.0 if c.kernel.area_weight == "log" and c.kernel.gaussian_weight else 10.0) + 0.5 * c.seed)
+    sweep = fake_sweep(
+        tmp_path,
+        "table1",
+        lambda c: (20.0 if c.kernel.area_weight == "log" and c.kernel.gaussian_weight else 10.0) + 0.5 * c.seed,
+    )
     table, _ = build_table(sweep, ratio=False)
     v = verdicts(table)
     assert v[0].verdict == "reproduced" and v[1].verdict == "within noise"  # Norm == none here
@@ -361,7 +421,9 @@ def test_verdicts_follow_the_numbers(tmp_path):
         at_top = [v for v in verdicts(table) if f"to LR {lr_top:g}:" in v.claim]
         assert len(at_top) == 1 and at_top[0].verdict == expected, verdicts(table)
         # judged at every LR above both rows' best: the LRs between show no difference
-        assert [v.verdict for v in verdicts(table) if v.claim != at_top[0].claim] == ["within noise"] * 2, verdicts(table)
+        assert [v.verdict for v in verdicts(table) if v.claim != at_top[0].claim] == ["within noise"] * 2, verdicts(
+            table
+        )
 
 
 def test_table6_verdicts_with_one_seed_use_the_cpu_seed_spread(tmp_path):
@@ -371,7 +433,9 @@ def test_table6_verdicts_with_one_seed_use_the_cpu_seed_spread(tmp_path):
     from ttfnet_lightning.paper.verdicts import CPU_SEED_SPREAD
 
     def ap(c, gap):
-        row = {"2x": 0.0, "10x": gap}[str(c.schedule.name)] + (gap if c.backbone.pretrained and str(c.schedule.name) == "10x" else 0.0)
+        row = {"2x": 0.0, "10x": gap}[str(c.schedule.name)] + (
+            gap if c.backbone.pretrained and str(c.schedule.name) == "10x" else 0.0
+        )
         return 20.0 + row
 
     for gap, expected in ((20.0, "reproduced"), (2.0, "within noise"), (-20.0, "not reproduced")):
@@ -385,7 +449,9 @@ def test_table6_verdicts_with_one_seed_use_the_cpu_seed_spread(tmp_path):
     d.mkdir()
     table, _ = build_table(fake_sweep(d, "table6", lambda c: ap(c, 20.0), skip=(2, 5, 8)), ratio=False)  # D53 missing
     assert all(v.verdict == "not measured" for v in table.verdicts), table.verdicts
-    assert "R18: reproduced" in table.verdicts[0].evidence and "D53: not measured" in table.verdicts[0].evidence, table.verdicts[0]
+    assert "R18: reproduced" in table.verdicts[0].evidence and "D53: not measured" in table.verdicts[0].evidence, (
+        table.verdicts[0]
+    )
 
 
 def test_verdicts_pair_cells_by_seed(tmp_path):
@@ -421,7 +487,7 @@ def test_table2_peak_at_an_end_is_not_a_rise_and_fall(tmp_path):
 
 
 def write_box_losses(job_dir: Path, losses: list[float]) -> None:
-    rows = ["epoch,step,train/loss_box,val/AP"] + [f"0,{10 * i + 9},{v},"for i, v in enumerate(losses)]
+    rows = ["epoch,step,train/loss_box,val/AP"] + [f"0,{10 * i + 9},{v}," for i, v in enumerate(losses)]
     (job_dir / "metrics.csv").write_text("\n".join(rows) + "\n")
 
 
@@ -431,7 +497,10 @@ def test_box_collapse_flags_runs_whose_box_loss_never_fell(tmp_path):
     verdict built on it says so; runs whose box loss fell are not flagged."""
     from ttfnet_lightning.paper.sweeps import box_collapse
 
-    flat, learned = [5.03, 5.02, 5.04, 5.03, 5.03, 5.02, 5.03, 5.03, 5.02, 5.03], [4.9, 4.0, 3.1, 2.5, 2.0, 1.8, 1.6, 1.4, 1.3, 1.3]
+    flat, learned = (
+        [5.03, 5.02, 5.04, 5.03, 5.03, 5.02, 5.03, 5.03, 5.02, 5.03],
+        [4.9, 4.0, 3.1, 2.5, 2.0, 1.8, 1.6, 1.4, 1.3, 1.3],
+    )
     write_box_losses(tmp_path, flat)
     assert box_collapse(tmp_path / "metrics.csv") == pytest.approx((5.03, 5.026))
     write_box_losses(tmp_path, learned)
@@ -440,7 +509,9 @@ def test_box_collapse_flags_runs_whose_box_loss_never_fell(tmp_path):
     assert box_collapse(tmp_path / "metrics.csv") is None  # too short to judge
     assert box_collapse(tmp_path / "absent.csv") is None
 
-    sweep = fake_sweep(tmp_path, "table2", lambda c: 0.0 if c.kernel.beta == 0.9 else 10.0 + 20 * c.kernel.beta + c.seed)
+    sweep = fake_sweep(
+        tmp_path, "table2", lambda c: 0.0 if c.kernel.beta == 0.9 else 10.0 + 20 * c.kernel.beta + c.seed
+    )
     for d in sorted(p for p in sweep.iterdir() if p.is_dir()):
         write_box_losses(d, flat if "beta=0.9" in d.name else learned)
     table, _ = build_table(sweep, ratio=False)
@@ -472,7 +543,11 @@ def test_fps_remeasured_for_all_models_in_one_process(tmp_path):
     assert set(medians) == {d.name for d in jobs[:2]}
     for d in jobs[:2]:
         r = json.loads((d / "results.json").read_text())
-        assert r["fps"] == medians[d.name] > 1.0 and r["fps_at_end_of_training"] == 1.0 and "interleaved" in r["fps_method"]
+        assert (
+            r["fps"] == medians[d.name] > 1.0
+            and r["fps_at_end_of_training"] == 1.0
+            and "interleaved" in r["fps_method"]
+        )
     assert json.loads((jobs[2] / "results.json").read_text())["fps"] == 1.0
     table, _ = build_table(sweep, ratio=False)
     assert table.cells[("FPS", "(0,0,0)")].values  # the aggregator reads the new values

@@ -14,7 +14,7 @@ import torch
 from ttfnet_lightning import viz  # the command line
 from ttfnet_lightning.core import drawing
 from ttfnet_lightning.core.targets import encode_targets, regression_coverage
-from ttfnet_lightning.paper import figures, plots, workbench
+from ttfnet_lightning.paper import figures, plots, run_plots, workbench
 
 
 def needs_matplotlib():
@@ -45,14 +45,16 @@ def distribution(name, _real=md.distribution):
 md.distribution = distribution  # (torchmetrics asks the installed distributions)
 sys.meta_path.insert(0, NoMatplotlib())
 import torch
-import ttfnet_lightning, ttfnet_lightning.training.run, ttfnet_lightning.deploy.predict, ttfnet_lightning.training.evaluate, ttfnet_lightning.training.callbacks
+import ttfnet_lightning, ttfnet_lightning.training.run, ttfnet_lightning.deploy.predict
+import ttfnet_lightning.training.evaluate, ttfnet_lightning.training.callbacks
 from ttfnet_lightning.paper import layouts, tables
 from ttfnet_lightning.core import drawing
-from ttfnet_lightning.paper import figures, plots, workbench
-img = drawing.draw_detections(torch.zeros(3, 32, 32, dtype=torch.uint8), torch.tensor([[2., 2., 20., 20.]]), torch.tensor([1]),
-                          torch.tensor([0.9]), heatmap=torch.rand(8, 8))
+from ttfnet_lightning.paper import figures, plots, run_plots, workbench
+img = drawing.draw_detections(torch.zeros(3, 32, 32, dtype=torch.uint8), torch.tensor([[2., 2., 20., 20.]]),
+                              torch.tensor([1]), torch.tensor([0.9]), heatmap=torch.rand(8, 8))
 assert img.shape == (3, 32, 32)
-table = layouts.Table("table1", "t", ["AP"], ["none"], {{("AP", "none"): layouts.Cell(values=[1.0], statuses=["finished"])}})
+cell = layouts.Cell(values=[1.0], statuses=["finished"])
+table = layouts.Table("table1", "t", ["AP"], ["none"], {{("AP", "none"): cell}})
 assert tables.write_plot(table, {str(tmp_path)!r}) is None
 try:
     plots.table_figure(table.csv_rows())
@@ -65,10 +67,18 @@ else:
     assert not (tmp_path / "table.png").exists()
     # and no module but viz mentions matplotlib (viz imports it inside its figure functions only)
     src = Path(plots.__file__).parents[1]
-    users = sorted(str(p.relative_to(src)) for p in src.rglob("*.py") if "import matplotlib" in p.read_text() or "from matplotlib" in p.read_text())
+    users = sorted(
+        str(p.relative_to(src))
+        for p in src.rglob("*.py")
+        if "import matplotlib" in p.read_text() or "from matplotlib" in p.read_text()
+    )
     assert users == ["paper/figures.py", "paper/plots.py", "paper/tables.py", "viz.py"], users
     for name in users:  # each imports it inside functions only
-        assert not [line for line in (src / name).read_text().splitlines() if line.startswith(("import matplotlib", "from matplotlib"))]
+        assert not [
+            line
+            for line in (src / name).read_text().splitlines()
+            if line.startswith(("import matplotlib", "from matplotlib"))
+        ]
 
 
 def test_class_colors_are_stable_and_distinct():
@@ -102,12 +112,16 @@ def test_draw_detections_colours_classes_and_applies_the_threshold():
     img = torch.zeros(3, 100, 120, dtype=torch.uint8)
     boxes = torch.tensor([[10.0, 30.0, 50.0, 80.0], [60.0, 30.0, 110.0, 90.0]])
     labels = torch.tensor([0, 3])
-    out = drawing.draw_detections(img, boxes, labels, torch.tensor([0.9, 0.1]), class_names=["a", "b", "c", "d"], score_threshold=0.5, width=2)
+    out = drawing.draw_detections(
+        img, boxes, labels, torch.tensor([0.9, 0.1]), class_names=["a", "b", "c", "d"], score_threshold=0.5, width=2
+    )
     assert out.shape == img.shape and out.dtype == torch.uint8
     assert out[:, 55, 10].tolist() == list(drawing.class_color(0))  # left edge of the kept box, class 0's colour
     assert out[:, 60, 110].sum() == 0  # the box below the threshold is not drawn
     assert out[:, 20:29, 10:40].sum() > 0  # its label tag above the box
-    gt = drawing.draw_detections(img, boxes, labels, class_names=["a", "b", "c", "d"], colors=[(255, 255, 255)] * 4, width=1)
+    gt = drawing.draw_detections(
+        img, boxes, labels, class_names=["a", "b", "c", "d"], colors=[(255, 255, 255)] * 4, width=1
+    )
     assert gt[:, 60, 110].tolist() == [255, 255, 255]  # no scores: every box drawn, in the given colour
     heat = drawing.draw_detections(img, boxes[:0], labels[:0], torch.zeros(0), heatmap=torch.ones(5, 5))
     assert heat.float().mean() > 50  # the heatmap alone
@@ -117,7 +131,10 @@ def test_run_model_returns_detections_and_heatmaps_at_each_image_size():
     from ttfnet_lightning.training.lit_module import TTFNetModule
 
     model = TTFNetModule(data_info={"num_classes": 3, "input_size": [64, 64]}).eval()
-    images = [torch.randint(0, 255, (3, 48, 80), dtype=torch.uint8), torch.randint(0, 255, (3, 64, 64), dtype=torch.uint8)]
+    images = [
+        torch.randint(0, 255, (3, 48, 80), dtype=torch.uint8),
+        torch.randint(0, 255, (3, 64, 64), dtype=torch.uint8),
+    ]
     dets, heat = figures.run_model(model, images)
     assert len(dets) == 2 and [h.shape for h in heat] == [(16, 16), (16, 16)]
     assert all(0 <= float(h.min()) and float(h.max()) <= 1 for h in heat)
@@ -132,7 +149,9 @@ def test_target_maps_equal_the_encoder():
     m = figures.target_maps(boxes, labels, num_classes=2, image_size=(64, 64))
     hm, tgt, wt = encode_targets(boxes[None], labels[None], num_classes=2, output_size=(16, 16))
     cov = regression_coverage(boxes[None], labels[None], num_classes=2, output_size=(16, 16))
-    assert torch.equal(m.heatmap, hm[0].amax(0)) and torch.equal(m.weight, wt[0, 0]) and torch.equal(m.coverage, cov[0, 0])
+    assert (
+        torch.equal(m.heatmap, hm[0].amax(0)) and torch.equal(m.weight, wt[0, 0]) and torch.equal(m.coverage, cov[0, 0])
+    )
     assert m.num_samples == int((cov >= 1).sum()) and m.num_ambiguous == int((cov >= 2).sum()) > 0
     assert m.ambiguous_ratio == pytest.approx(100 * m.num_ambiguous / m.num_samples)
     # owner: the box whose coordinates the pixel regresses to
@@ -147,17 +166,30 @@ def test_target_maps_equal_the_encoder():
 
 def test_class_aware_maps_count_conflicts_per_class():
     boxes = torch.tensor([[8.0, 8.0, 56.0, 56.0], [16.0, 16.0, 48.0, 48.0]])
-    other = figures.target_maps(boxes, torch.tensor([0, 1]), num_classes=2, image_size=(64, 64), **figures.kernel_options("class_aware"))
-    same = figures.target_maps(boxes, torch.tensor([1, 1]), num_classes=2, image_size=(64, 64), **figures.kernel_options("class_aware"))
+    other = figures.target_maps(
+        boxes, torch.tensor([0, 1]), num_classes=2, image_size=(64, 64), **figures.kernel_options("class_aware")
+    )
+    same = figures.target_maps(
+        boxes, torch.tensor([1, 1]), num_classes=2, image_size=(64, 64), **figures.kernel_options("class_aware")
+    )
     assert other.num_ambiguous == 0 and same.num_ambiguous > 0
     assert other.num_samples > same.num_samples  # a pixel in both areas is a sample in each class channel
 
 
 def test_kernel_options_follow_the_config_group():
-    assert figures.kernel_names()[0] == "ttfnet" and {"rect", "isotropic", "class_aware", "uniform", "norm"} <= set(figures.kernel_names())
+    assert figures.kernel_names()[0] == "ttfnet" and {"rect", "isotropic", "class_aware", "uniform", "norm"} <= set(
+        figures.kernel_names()
+    )
     base = figures.kernel_options()
-    assert base == {"alpha": 0.54, "beta": 0.54, "wh_gaussian": True, "gaussian_weight": None, "area_weight": "log",
-                    "aspect_ratio": True, "class_aware": False}
+    assert base == {
+        "alpha": 0.54,
+        "beta": 0.54,
+        "wh_gaussian": True,
+        "gaussian_weight": None,
+        "area_weight": "log",
+        "aspect_ratio": True,
+        "class_aware": False,
+    }
     assert figures.kernel_options("rect", beta=0.3) == {**base, "wh_gaussian": False, "beta": 0.3}
     with pytest.raises(ValueError, match="unknown kernel"):
         figures.kernel_options("nope")
@@ -165,22 +197,40 @@ def test_kernel_options_follow_the_config_group():
 
 def test_figure3_variants():
     v = figures.figure3_variants(0.54, 0.54, 0.3)
-    assert list(v) == ["(a) CenterNet: centre pixel", "(b) FCOS: whole box", "(c) rectangle, beta=0.3", "(d) TTFNet, a=0.54 b=0.54"]
+    assert list(v) == [
+        "(a) CenterNet: centre pixel",
+        "(b) FCOS: whole box",
+        "(c) rectangle, beta=0.3",
+        "(d) TTFNet, a=0.54 b=0.54",
+    ]
     boxes = torch.tensor([[4.0, 4.0, 60.0, 36.0], [40.0, 30.0, 63.0, 63.0]])
     labels = torch.tensor([0, 0])
     maps = {k: figures.target_maps(boxes, labels, num_classes=1, image_size=(64, 64), **o) for k, o in v.items()}
     a = maps["(a) CenterNet: centre pixel"]
     assert a.num_samples == 2 and bool(((a.weight > 0) == (a.heatmap == 1)).all())  # one sample per box, at its peak
     whole = maps["(b) FCOS: whole box"]
-    assert whole.num_samples > maps["(d) TTFNet, a=0.54 b=0.54"].num_samples > maps["(c) rectangle, beta=0.3"].num_samples
-    assert set(figures.ablation_variants()) >= {"class_aware", "isotropic", "norm", "uniform", "rect, beta=0.3", "area weight sqrt"}
+    assert (
+        whole.num_samples > maps["(d) TTFNet, a=0.54 b=0.54"].num_samples > maps["(c) rectangle, beta=0.3"].num_samples
+    )
+    assert set(figures.ablation_variants()) >= {
+        "class_aware",
+        "isotropic",
+        "norm",
+        "uniform",
+        "rect, beta=0.3",
+        "area weight sqrt",
+    }
 
 
 def test_sample_images_falls_back_to_the_built_in_data(tmp_path):
-    samples, names, source = workbench.sample_images("auto", num_images=2, image_size=64, coco_root=tmp_path / "no-coco")
+    samples, names, source = workbench.sample_images(
+        "auto", num_images=2, image_size=64, coco_root=tmp_path / "no-coco"
+    )
     assert source == "shapes" and len(samples) == 2 and len(names) == 5
     img, boxes, labels = samples[0]
-    assert img.shape == (3, 64, 64) and img.dtype == torch.uint8 and boxes.shape == (len(labels), 4) and len(labels) >= 3
+    assert (
+        img.shape == (3, 64, 64) and img.dtype == torch.uint8 and boxes.shape == (len(labels), 4) and len(labels) >= 3
+    )
     with pytest.raises(ValueError, match="source"):
         workbench.sample_images("imagenet")
 
@@ -200,36 +250,78 @@ def write_metrics(path, rows):
 
 
 def test_read_validations_and_sweep_runs(tmp_path):
-    csv_path = write_metrics(tmp_path / "sweep" / "kernel.beta=0.1,seed=0" / "metrics.csv",
-                             ["0,9,,,3.0,,\n", "0,11,12.0,36.0,,10.0,20.0\n", "1,23,24.0,72.0,,15.0,30.0\n"])
-    v = plots.read_validations(csv_path)
-    assert [(r["hours"], r["step"], r["val/AP"], r["val/AP50"]) for r in v] == [(0.01, 12, 10.0, 20.0), (0.02, 24, 15.0, 30.0)]
+    csv_path = write_metrics(
+        tmp_path / "sweep" / "kernel.beta=0.1,seed=0" / "metrics.csv",
+        ["0,9,,,3.0,,\n", "0,11,12.0,36.0,,10.0,20.0\n", "1,23,24.0,72.0,,15.0,30.0\n"],
+    )
+    v = run_plots.read_validations(csv_path)
+    assert [(r["hours"], r["step"], r["val/AP"], r["val/AP50"]) for r in v] == [
+        (0.01, 12, 10.0, 20.0),
+        (0.02, 24, 15.0, 30.0),
+    ]
     write_metrics(tmp_path / "sweep" / "kernel.beta=0.1,seed=1" / "metrics.csv", ["0,11,12.0,30.0,,11.0,21.0\n"])
-    runs = plots.sweep_runs(tmp_path / "sweep")
+    runs = run_plots.sweep_runs(tmp_path / "sweep")
     assert list(runs) == ["kernel.beta=0.1,seed=0", "kernel.beta=0.1,seed=1"]
-    assert plots.sweep_runs(csv_path.parent) == {"kernel.beta=0.1,seed=0": csv_path}
-    assert plots._group_label("kernel.beta=0.1,seed=1") == "kernel.beta=0.1" == plots._group_label("seed=0,kernel.beta=0.1")
+    assert run_plots.sweep_runs(csv_path.parent) == {"kernel.beta=0.1,seed=0": csv_path}
+    assert (
+        run_plots._group_label("kernel.beta=0.1,seed=1")
+        == "kernel.beta=0.1"
+        == run_plots._group_label("seed=0,kernel.beta=0.1")
+    )
 
 
 def cell(table, row, column, values, paper=None, collapsed=0):
     mean = sum(values) / len(values) if values else None
     std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else None
-    return {"table": table, "row": row, "column": column, "mean": mean, "std": std, "n": len(values), "jobs": 2,
-            "values": " ".join(f"{v:.4f}" for v in values), "paper": paper, "statuses": "finished finished", "collapsed": collapsed}
+    return {
+        "table": table,
+        "row": row,
+        "column": column,
+        "mean": mean,
+        "std": std,
+        "n": len(values),
+        "jobs": 2,
+        "values": " ".join(f"{v:.4f}" for v in values),
+        "paper": paper,
+        "statuses": "finished finished",
+        "collapsed": collapsed,
+    }
 
 
 FAKE_TABLES = {
-    "table1": [cell("table1", "AP", c, [10.0 + i, 12.0 + i], p) for i, (c, p) in enumerate(zip(
-        ["none", "Norm", "Norm+Sqrt", "Norm+Log", "Norm+Sqrt+Gaussian", "Norm+Log+Gaussian"], [27.2, 31.7, 31.2, 32.0, 31.6, 32.9]))],
-    "table2": [cell("table2", f"{m} {k}", b, [v, v + 1], collapsed=int(b == "0.9")) for m in ("Agnostic", "Aware") for k in ("AP", "Ratio %")
-               for b, v in (("0.01", 5.0), ("0.3", 9.0), ("0.9", 0.0))],
-    "table3": [cell("table3", r, c, [5.0 + i, 6.0 + i] if c == "AP" else [40.0 + i, 44.0], 32.0 + i if c == "AP" else 7.0 + i)
-               for i, r in enumerate(("0.3 |  | ", "0.54 | X | X")) for c in ("AP", "Ratio %")],
-    "table4": [cell("table4", r, c, [20.0, 22.0] if r == "AP" else [50.0, 51.0], 30.0 if r == "AP" else 55.0)
-               for c in ("(0,0,0)", "(3,2,1)") for r in ("AP", "FPS")],
-    "table5": [cell("table5", b, f"LR {lr:g} ({m:g}x) 1x", [10.0 * float(b) + lr, 11.0], 30.0) for b in ("0.01", "0.1", "0.54")
-               for lr, m in ((0.0064, 0.4), (0.0384, 2.4))],
-    "table6": [cell("table6", r, c, [20.0, 21.0], 30.0) for r in ("2x pretrained", "10x scratch") for c in ("R18", "D53")],
+    "table1": [
+        cell("table1", "AP", c, [10.0 + i, 12.0 + i], p)
+        for i, (c, p) in enumerate(
+            zip(
+                ["none", "Norm", "Norm+Sqrt", "Norm+Log", "Norm+Sqrt+Gaussian", "Norm+Log+Gaussian"],
+                [27.2, 31.7, 31.2, 32.0, 31.6, 32.9],
+            )
+        )
+    ],
+    "table2": [
+        cell("table2", f"{m} {k}", b, [v, v + 1], collapsed=int(b == "0.9"))
+        for m in ("Agnostic", "Aware")
+        for k in ("AP", "Ratio %")
+        for b, v in (("0.01", 5.0), ("0.3", 9.0), ("0.9", 0.0))
+    ],
+    "table3": [
+        cell("table3", r, c, [5.0 + i, 6.0 + i] if c == "AP" else [40.0 + i, 44.0], 32.0 + i if c == "AP" else 7.0 + i)
+        for i, r in enumerate(("0.3 |  | ", "0.54 | X | X"))
+        for c in ("AP", "Ratio %")
+    ],
+    "table4": [
+        cell("table4", r, c, [20.0, 22.0] if r == "AP" else [50.0, 51.0], 30.0 if r == "AP" else 55.0)
+        for c in ("(0,0,0)", "(3,2,1)")
+        for r in ("AP", "FPS")
+    ],
+    "table5": [
+        cell("table5", b, f"LR {lr:g} ({m:g}x) 1x", [10.0 * float(b) + lr, 11.0], 30.0)
+        for b in ("0.01", "0.1", "0.54")
+        for lr, m in ((0.0064, 0.4), (0.0384, 2.4))
+    ],
+    "table6": [
+        cell("table6", r, c, [20.0, 21.0], 30.0) for r in ("2x pretrained", "10x scratch") for c in ("R18", "D53")
+    ],
     "tableX": [cell("tableX", "AP", "a", [1.0, 2.0], 3.0)],
 }
 
@@ -265,7 +357,8 @@ PAPER_FROM_CELLS = {"table1", "table3", "table4", "tableX"}
 @pytest.mark.parametrize("name", sorted(FAKE_TABLES))
 def test_table_figure_draws_every_table(name, tmp_path):
     """Every cell's mean and each seed's value are drawn (a bar, a line point or a dot; Table 4: the
-    mean and its std bar), and the paper's value where the cell carries it; the saved PNG has the figure's size and is not blank."""
+    mean and its std bar), and the paper's value where the cell carries it; the saved PNG has the figure's size and is
+    not blank."""
     needs_matplotlib()
     import csv
 
@@ -278,7 +371,11 @@ def test_table_figure_draws_every_table(name, tmp_path):
     for c in FAKE_TABLES[name]:
         assert shows(ours, c["mean"]), (c["row"], c["column"], "mean", c["mean"])
         if name == "table4":  # AP against FPS: means with std bars (their caps), no seed dots
-            assert shows(ours, c["mean"] + c["std"]) and shows(ours, c["mean"] - c["std"]), (c["row"], c["column"], "std")
+            assert shows(ours, c["mean"] + c["std"]) and shows(ours, c["mean"] - c["std"]), (
+                c["row"],
+                c["column"],
+                "std",
+            )
         for v in c["values"].split() if name != "table4" else []:
             assert shows(ours, float(v)), (c["row"], c["column"], "seed", v)
         if name in PAPER_FROM_CELLS and c["paper"] is not None:
@@ -301,22 +398,33 @@ def test_table_figure_draws_every_table(name, tmp_path):
 def test_time_to_accuracy_figure_with_the_papers_table7(tmp_path):
     needs_matplotlib()
     a = write_metrics(tmp_path / "a" / "metrics.csv", ["0,11,12.0,36.0,,10.0,20.0\n", "1,23,24.0,72.0,,15.0,30.0\n"])
-    fig = plots.time_to_accuracy_figure({"seed=0": a, "seed=1": a}, metric="val/AP50")
+    fig = run_plots.time_to_accuracy_figure({"seed=0": a, "seed=1": a}, metric="val/AP50")
     ours, paper = fig.axes[:2]
-    assert len(ours.lines) == 2 and list(ours.lines[0].get_ydata()) == [20.0, 30.0] and list(ours.lines[0].get_xdata()) == [0.6, 1.2]
+    assert (
+        len(ours.lines) == 2
+        and list(ours.lines[0].get_ydata()) == [20.0, 30.0]
+        and list(ours.lines[0].get_xdata()) == [0.6, 1.2]
+    )
     assert len(paper.collections) == len(plots._paper()["table7"]["rows"])
-    assert len(plots.time_to_accuracy_figure({"x": a}, paper=False).axes) == 1
+    assert len(run_plots.time_to_accuracy_figure({"x": a}, paper=False).axes) == 1
 
 
 def test_targets_and_detections_figures(tmp_path):
     needs_matplotlib()
     samples, names, _ = workbench.sample_images("shapes", num_images=2, image_size=64)
     img, boxes, labels = samples[0]
-    fig = figures.targets_figure(img, boxes, labels, num_classes=len(names), variants=figures.figure3_variants(), title="t")
+    fig = figures.targets_figure(
+        img, boxes, labels, num_classes=len(names), variants=figures.figure3_variants(), title="t"
+    )
     assert len(fig.axes) == 12 and "samples" in fig.axes[0].get_title()
     dets = [{"boxes": s[1], "labels": s[2], "scores": torch.linspace(0.9, 0.2, len(s[2]))} for s in samples]
-    fig = plots.detections_figure([s[0] for s in samples], dets, class_names=names, heatmaps=[torch.rand(16, 16)] * 2,
-                                targets=[{"boxes": s[1], "labels": s[2]} for s in samples])
+    fig = run_plots.detections_figure(
+        [s[0] for s in samples],
+        dets,
+        class_names=names,
+        heatmaps=[torch.rand(16, 16)] * 2,
+        targets=[{"boxes": s[1], "labels": s[2]} for s in samples],
+    )
     assert len(fig.axes) == 4 and "heatmap" in fig.axes[2].get_title()
     path = figures.save_figure(fig, tmp_path / "sub" / "d.png", dpi=30)
     from PIL import Image
@@ -337,8 +445,13 @@ def test_training_batch_as_the_network_sees_it(tmp_path):
     """`viz batch`: the configured datamodule's first training batch (augmentation included), its
     boxes inside the image and drawn; the CLI takes train's overrides."""
     needs_matplotlib()
-    overrides = ["data.datamodule.input_size=[64,64]", "data.datamodule.num_train=8", "data.datamodule.num_val=4",
-                 "data.datamodule.batch_size=4", "schedule.augment=true"]
+    overrides = [
+        "data.datamodule.input_size=[64,64]",
+        "data.datamodule.num_train=8",
+        "data.datamodule.num_val=4",
+        "data.datamodule.batch_size=4",
+        "schedule.augment=true",
+    ]
     batches, names = workbench.training_batches(overrides, num_batches=2)
     assert len(batches) == 2 and names
     b = batches[0]

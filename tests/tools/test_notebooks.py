@@ -30,7 +30,7 @@ def tiny_parameters(name: str, tmp_path: Path) -> dict:
         return {"SWEEPS": sweeps, "RUNS": runs, "BUILD_MISSING": False}
     if name == "03_inference.ipynb":
         return {"CKPT": None, "TRAIN_STEPS": 4, "TRAIN_SIZE": 64, "WORK_DIR": str(tmp_path / "work"), "NUM_IMAGES": 2}
-    raise AssertionError(f"{name}: add its tiny parameters to tests/test_notebooks.py")
+    raise AssertionError(f"{name}: add its tiny parameters to tests/tools/test_notebooks.py")
 
 
 def with_parameters(nb, overrides: dict):
@@ -44,7 +44,10 @@ def with_parameters(nb, overrides: dict):
     at = next((i for i, c in enumerate(nb.cells) if "parameters" in c.get("metadata", {}).get("tags", [])), None)
     assert at is not None, "the notebook has no cell tagged 'parameters'"
     src = [f"{k} = {v!r}" for k, v in overrides.items()]
-    src += ["import sys as _sys", f"assert _sys.prefix == {sys.prefix!r}, f'kernel runs {{_sys.executable}}, not the test environment'"]
+    src += [
+        "import sys as _sys",
+        f"assert _sys.prefix == {sys.prefix!r}, f'kernel runs {{_sys.executable}}, not the test environment'",
+    ]
     cell = nbformat.v4.new_code_cell("\n".join(src))
     cell.metadata["tags"] = ["injected-parameters"]
     nb.cells.insert(at + 1, cell)
@@ -90,7 +93,9 @@ def test_notebook_is_stored_without_outputs(path):
     for i, cell in enumerate(nb.cells):
         if cell.cell_type == "code":
             assert cell.outputs == [] and cell.execution_count is None, (
-                f"{path.name} cell {i} has outputs: python -m ttfnet_lightning.viz strip notebooks/*.ipynb before committing")
+                f"{path.name} cell {i} has outputs: python -m ttfnet_lightning.viz strip notebooks/*.ipynb before "
+                "committing"
+            )
     assert "widgets" not in nb.metadata, f"{path.name} stores widget state"
 
 

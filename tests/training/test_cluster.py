@@ -18,11 +18,22 @@ import pytest
 
 from conftest import TINY_TRAIN, compose, subprocess_env
 
-pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="the cluster extra (hydra-submitit-launcher) is not installed")
+pytest.importorskip(
+    "hydra_plugins.hydra_submitit_launcher", reason="the cluster extra (hydra-submitit-launcher) is not installed"
+)
 
 # one epoch of one step per job, no sanity validation: a sweep's plumbing, not its training
-JOB = [o for o in TINY_TRAIN if not o.startswith(("schedule.max_epochs", "data.datamodule.num_train", "data.datamodule.num_val", "schedule.milestones"))] + [
-    "schedule.max_epochs=1", "data.datamodule.num_train=8", "data.datamodule.num_val=4", "schedule.milestones=[]",
+JOB = [
+    o
+    for o in TINY_TRAIN
+    if not o.startswith(
+        ("schedule.max_epochs", "data.datamodule.num_train", "data.datamodule.num_val", "schedule.milestones")
+    )
+] + [
+    "schedule.max_epochs=1",
+    "data.datamodule.num_train=8",
+    "data.datamodule.num_val=4",
+    "schedule.milestones=[]",
     "trainer.num_sanity_val_steps=0",
 ]
 
@@ -56,8 +67,11 @@ def _sbatch_script(tmp_path: Path, monkeypatch, *overrides: str) -> tuple[object
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = hydra_compose("train", overrides=["hydra/launcher=slurm", f"hydra.sweep.dir={tmp_path / 'sweep'}", *overrides],
-                            return_hydra_config=True)
+        cfg = hydra_compose(
+            "train",
+            overrides=["hydra/launcher=slurm", f"hydra.sweep.dir={tmp_path / 'sweep'}", *overrides],
+            return_hydra_config=True,
+        )
     scripts: list[str] = []
 
     def submit(self, command: str):
@@ -65,7 +79,9 @@ def _sbatch_script(tmp_path: Path, monkeypatch, *overrides: str) -> tuple[object
         raise _Submitted
 
     monkeypatch.setattr(SlurmExecutor, "_submit_command", submit)
-    monkeypatch.setattr(SlurmExecutor, "affinity", classmethod(lambda cls: 2))  # "srun is on the PATH": a SLURM login node
+    monkeypatch.setattr(
+        SlurmExecutor, "affinity", classmethod(lambda cls: 2)
+    )  # "srun is on the PATH": a SLURM login node
     launcher = instantiate(cfg.hydra.launcher)
     launcher.config = cfg  # (what Hydra's setup() gives it; launch() reads only the sweep dir from it)
     with pytest.raises(_Submitted):
@@ -93,13 +109,29 @@ def test_slurm_launcher_config_and_its_sbatch_script(tmp_path, monkeypatch):
     assert "srun" in script and "submitit.core._submit" in script
 
     # every resource is overridable from the command line
-    launcher, script = _sbatch_script(tmp_path, monkeypatch, "hydra.launcher.gpus_per_node=4", "hydra.launcher.tasks_per_node=4",
-                                      "hydra.launcher.nodes=2", "hydra.launcher.timeout_min=60", "hydra.launcher.mem_gb=64",
-                                      "hydra.launcher.partition=gpu", "hydra.launcher.cpus_per_task=8")
+    launcher, script = _sbatch_script(
+        tmp_path,
+        monkeypatch,
+        "hydra.launcher.gpus_per_node=4",
+        "hydra.launcher.tasks_per_node=4",
+        "hydra.launcher.nodes=2",
+        "hydra.launcher.timeout_min=60",
+        "hydra.launcher.mem_gb=64",
+        "hydra.launcher.partition=gpu",
+        "hydra.launcher.cpus_per_task=8",
+    )
     flags = {line.split("=")[0]: line.partition("=")[2] for line in script.splitlines() if line.startswith("#SBATCH")}
-    assert (flags["#SBATCH --gpus-per-node"], flags["#SBATCH --ntasks-per-node"], flags["#SBATCH --nodes"]) == ("4", "4", "2")
-    assert (flags["#SBATCH --time"], flags["#SBATCH --mem"], flags["#SBATCH --partition"], flags["#SBATCH --cpus-per-task"]) == (
-        "60", "64GB", "gpu", "8")
+    assert (flags["#SBATCH --gpus-per-node"], flags["#SBATCH --ntasks-per-node"], flags["#SBATCH --nodes"]) == (
+        "4",
+        "4",
+        "2",
+    )
+    assert (
+        flags["#SBATCH --time"],
+        flags["#SBATCH --mem"],
+        flags["#SBATCH --partition"],
+        flags["#SBATCH --cpus-per-task"],
+    ) == ("60", "64GB", "gpu", "8")
 
     # trainer=ddp takes its node count from SLURM inside the job
     monkeypatch.setenv("SLURM_NNODES", "2")
@@ -114,8 +146,14 @@ def test_submitit_local_two_job_sweep(tmp_path):
     """``-m hydra/launcher=submitit_local seed=0,1``: each job runs in its own submitit process and
     trains, validates and writes its results into ``<sweep>/<job num>``."""
     sweep = tmp_path / "sweep"
-    proc = subprocess.run(train_cmd("-m", "hydra/launcher=submitit_local", *JOB, "seed=0,1", f"hydra.sweep.dir={sweep}"),
-                          capture_output=True, text=True, env=env(), timeout=900, cwd=tmp_path)
+    proc = subprocess.run(
+        train_cmd("-m", "hydra/launcher=submitit_local", *JOB, "seed=0,1", f"hydra.sweep.dir={sweep}"),
+        capture_output=True,
+        text=True,
+        env=env(),
+        timeout=900,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     seeds = []
     for job in ("0", "1"):
@@ -156,11 +194,26 @@ def test_submitit_job_preempted_requeues_and_resumes(tmp_path):
     from that checkpoint; the sweep ends successfully with the planned steps and a continuous
     metrics.csv (no step lost or repeated)."""
     sweep = tmp_path / "sweep"
-    job = [o for o in JOB if not o.startswith(("schedule.max_epochs", "data.datamodule.num_train", "data.datamodule.batch_size"))] + [
-        "schedule.max_epochs=2", "data.datamodule.num_train=32", "data.datamodule.batch_size=4", "callbacks.checkpoint_every_n_steps=1",
-        "trainer.log_every_n_steps=1", "exact_resume=true"]
-    proc = subprocess.Popen(train_cmd("-m", "hydra/launcher=submitit_local", *job, "seed=0", f"hydra.sweep.dir={sweep}"),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env(), cwd=tmp_path)
+    job = [
+        o
+        for o in JOB
+        if not o.startswith(("schedule.max_epochs", "data.datamodule.num_train", "data.datamodule.batch_size"))
+    ] + [
+        "schedule.max_epochs=2",
+        "data.datamodule.num_train=32",
+        "data.datamodule.batch_size=4",
+        "callbacks.checkpoint_every_n_steps=1",
+        "trainer.log_every_n_steps=1",
+        "exact_resume=true",
+    ]
+    proc = subprocess.Popen(
+        train_cmd("-m", "hydra/launcher=submitit_local", *job, "seed=0", f"hydra.sweep.dir={sweep}"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env(),
+        cwd=tmp_path,
+    )
     ckpts, deadline = sweep / "0" / "checkpoints", time.monotonic() + 600
     while not (ckpts / "latest-step2.ckpt").is_file():
         assert proc.poll() is None, proc.stdout.read()[-3000:]
@@ -193,7 +246,9 @@ def test_beta_lr_search_persists_and_a_relaunch_continues_the_study(tmp_path):
     assert cfg.optimized_metric == "val/AP"
 
     base = train_cmd("-m", "hparams_search=beta_lr", *JOB, f"hydra.sweep.dir={sweep}")
-    first = subprocess.run([*base, "hydra.sweeper.n_trials=3"], capture_output=True, text=True, env=env(), timeout=900, cwd=tmp_path)
+    first = subprocess.run(
+        [*base, "hydra.sweeper.n_trials=3"], capture_output=True, text=True, env=env(), timeout=900, cwd=tmp_path
+    )
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-3000:]
     storage = f"sqlite:///{sweep / 'optuna.db'}"
     study = optuna.load_study(study_name="beta_lr", storage=storage)
@@ -207,7 +262,9 @@ def test_beta_lr_search_persists_and_a_relaunch_continues_the_study(tmp_path):
         assert results(run)["metrics"]["val/AP"] == pytest.approx(t.value)
     assert (sweep / "optimization_results.yaml").is_file()
 
-    again = subprocess.run([*base, "hydra.sweeper.n_trials=1"], capture_output=True, text=True, env=env(), timeout=900, cwd=tmp_path)
+    again = subprocess.run(
+        [*base, "hydra.sweeper.n_trials=1"], capture_output=True, text=True, env=env(), timeout=900, cwd=tmp_path
+    )
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-3000:]
     study = optuna.load_study(study_name="beta_lr", storage=storage)
     assert len(study.trials) == 4 and all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)

@@ -18,8 +18,11 @@ def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
-DATA_ROOT = {"coco": ["data.datamodule.root=/nonexistent/coco"], "voc": ["data.datamodule.root=/nonexistent/voc"],
-             "coco_stream": ["data.datamodule.input_dir=/nonexistent/stream"]}
+DATA_ROOT = {
+    "coco": ["data.datamodule.root=/nonexistent/coco"],
+    "voc": ["data.datamodule.root=/nonexistent/voc"],
+    "coco_stream": ["data.datamodule.input_dir=/nonexistent/stream"],
+}
 
 
 def resolved(overrides: list[str]) -> dict:
@@ -38,7 +41,8 @@ def test_default_config_is_the_readme_command():
 
 
 @pytest.mark.parametrize(
-    "group,option", [(g, o) for g in ("backbone", "schedule", "kernel", "data", "trainer", "logger") for o in options(g)]
+    "group,option",
+    [(g, o) for g in ("backbone", "schedule", "kernel", "data", "trainer", "logger") for o in options(g)],
 )
 def test_every_group_option_composes(group, option):
     cfg = resolved([f"{group}={option}", *DATA_ROOT.get(option if group == "data" else "", [])])
@@ -67,8 +71,15 @@ def _differences(own: object, got: object, key: str = "") -> list[str]:
     if isinstance(own, dict):
         if not isinstance(got, dict):
             return [f"{key}: a mapping in the file, {got!r} after composing"]
-        return [d for k, v in own.items() for d in (_differences(v, got[k], f"{key}.{k}".lstrip(".")) if k in got
-                                                    else [f"{key}.{k}: not a key of the composed config"])]
+        return [
+            d
+            for k, v in own.items()
+            for d in (
+                _differences(v, got[k], f"{key}.{k}".lstrip("."))
+                if k in got
+                else [f"{key}.{k}: not a key of the composed config"]
+            )
+        ]
     return [] if own == got else [f"{key}: the file sets {own!r}, composed {got!r}"]
 
 
@@ -85,11 +96,25 @@ def test_every_experiment_composes_with_the_values_it_sets(option):
     assert _differences(own, cfg) == []
 
 
-KERNEL_BASE = {"alpha": 0.54, "beta": 0.54, "wh_gaussian": True, "gaussian_weight": None, "area_weight": "log",
-               "aspect_ratio": True, "class_aware": False,  # TTFNet's released kernel (the paper's alpha = beta = 0.54)
-               "radius_formula": "centernet", "min_overlap": 0.7}  # the schema's defaults, used by aspect_ratio=false
-KERNEL_CHANGES = {"ttfnet": {}, "class_aware": {"class_aware": True}, "isotropic": {"aspect_ratio": False},
-                  "norm": {"area_weight": "norm"}, "rect": {"wh_gaussian": False}, "uniform": {"gaussian_weight": False}}
+KERNEL_BASE = {
+    "alpha": 0.54,
+    "beta": 0.54,
+    "wh_gaussian": True,
+    "gaussian_weight": None,
+    "area_weight": "log",
+    "aspect_ratio": True,
+    "class_aware": False,  # TTFNet's released kernel (the paper's alpha = beta = 0.54)
+    "radius_formula": "centernet",
+    "min_overlap": 0.7,
+}  # the schema's defaults, used by aspect_ratio=false
+KERNEL_CHANGES = {
+    "ttfnet": {},
+    "class_aware": {"class_aware": True},
+    "isotropic": {"aspect_ratio": False},
+    "norm": {"area_weight": "norm"},
+    "rect": {"wh_gaussian": False},
+    "uniform": {"gaussian_weight": False},
+}
 
 
 def _encode(**kernel):
@@ -115,8 +140,13 @@ def test_kernel_presets_are_encoder_options(option):
 
 @pytest.mark.parametrize(
     "override,key",
-    [("model.neck_channel=[1]", "model.neck_channel"), ("kernel.beta=abc", "kernel.beta"), ("schedule.lr=abc", "schedule.lr"),
-     ("model.deformable=maybe", "model.deformable"), ("backbone.frozen_stages=1.5", "backbone.frozen_stages")],
+    [
+        ("model.neck_channel=[1]", "model.neck_channel"),
+        ("kernel.beta=abc", "kernel.beta"),
+        ("schedule.lr=abc", "schedule.lr"),
+        ("model.deformable=maybe", "model.deformable"),
+        ("backbone.frozen_stages=1.5", "backbone.frozen_stages"),
+    ],
 )
 def test_schema_rejects_unknown_keys_and_wrong_types_at_compose_time(override, key):
     with pytest.raises(Exception) as info:
@@ -172,7 +202,14 @@ def test_schema_matches_the_code_it_configures():
 
 
 def test_module_arguments_are_the_config_groups(tmp_path):
-    from ttfnet_lightning.training.config import DataInfo, DecodeConfig, KernelConfig, LossConfig, NetConfig, OptimConfig
+    from ttfnet_lightning.training.config import (
+        DataInfo,
+        DecodeConfig,
+        KernelConfig,
+        LossConfig,
+        NetConfig,
+        OptimConfig,
+    )
     from ttfnet_lightning.training.run import build_module
 
     class DM:
@@ -181,8 +218,14 @@ def test_module_arguments_are_the_config_groups(tmp_path):
     cfg = compose("train", ["model.topk=7", "kernel.beta=0.3", "schedule.lr=0.01", "model.deformable=false"])
     module = build_module(cfg, DM())
     hp = module.hparams
-    for group, cls in [("net", NetConfig), ("kernel", KernelConfig), ("loss", LossConfig), ("optim", OptimConfig),
-                       ("decode", DecodeConfig), ("data_info", DataInfo)]:
+    for group, cls in [
+        ("net", NetConfig),
+        ("kernel", KernelConfig),
+        ("loss", LossConfig),
+        ("optim", OptimConfig),
+        ("decode", DecodeConfig),
+        ("data_info", DataInfo),
+    ]:
         assert set(hp[group]) == {f.name for f in dataclasses.fields(cls)}, group
     assert (hp.decode["topk"], hp.kernel["beta"], hp.optim["lr"], hp.net["deformable"]) == (7, 0.3, 0.01, False)
     assert module.num_classes == 3 and module.input_size == (64, 64) and hp.data_info["batch_size"] == 8
@@ -192,15 +235,45 @@ def test_module_arguments_are_the_config_groups(tmp_path):
 
 def test_checkpoints_of_the_previous_release_still_load(tmp_path):
     """Flat hyper-parameters (the previous TTFNetModule signature) load into the groups."""
-    module = TTFNetModule(net={"deformable": False}, data_info={"num_classes": 3, "input_size": [64, 64]}, decode={"topk": 5})
+    module = TTFNetModule(
+        net={"deformable": False}, data_info={"num_classes": 3, "input_size": [64, 64]}, decode={"topk": 5}
+    )
     old_hparams = {  # what a checkpoint of the previous release stores
-        "num_classes": 3, "class_names": ["a", "b", "c"], "input_size": [64, 64], "label_to_cat_id": None, "backbone": "r18",
-        "pretrained": False, "weights": None, "frozen_stages": 1, "neck_channels": [256, 128, 64], "shortcut_convs": [3, 2, 1],
-        "deformable": False, "deform_impl": "native", "heatmap_convs": 2, "heatmap_channels": 128, "box_convs": None,
-        "box_channels": 64, "wh_scale": 16.0, "kernel": {"alpha": 0.54, "beta": 0.3}, "wloc": 1.0, "wreg": 5.0, "plus_one": True,
-        "lr": 0.02, "reference_batch": 16, "scale_lr": True, "momentum": 0.9, "weight_decay": 4e-4, "bias_lr_mult": 2.0,
-        "bias_decay": 0.0, "warmup_steps": 500, "warmup_ratio": 0.2, "milestones": [9, 11], "gamma": 0.1, "topk": 5,
-        "score_threshold": 0.01, "results_json": True,
+        "num_classes": 3,
+        "class_names": ["a", "b", "c"],
+        "input_size": [64, 64],
+        "label_to_cat_id": None,
+        "backbone": "r18",
+        "pretrained": False,
+        "weights": None,
+        "frozen_stages": 1,
+        "neck_channels": [256, 128, 64],
+        "shortcut_convs": [3, 2, 1],
+        "deformable": False,
+        "deform_impl": "native",
+        "heatmap_convs": 2,
+        "heatmap_channels": 128,
+        "box_convs": None,
+        "box_channels": 64,
+        "wh_scale": 16.0,
+        "kernel": {"alpha": 0.54, "beta": 0.3},
+        "wloc": 1.0,
+        "wreg": 5.0,
+        "plus_one": True,
+        "lr": 0.02,
+        "reference_batch": 16,
+        "scale_lr": True,
+        "momentum": 0.9,
+        "weight_decay": 4e-4,
+        "bias_lr_mult": 2.0,
+        "bias_decay": 0.0,
+        "warmup_steps": 500,
+        "warmup_ratio": 0.2,
+        "milestones": [9, 11],
+        "gamma": 0.1,
+        "topk": 5,
+        "score_threshold": 0.01,
+        "results_json": True,
     }
     import pytorch_lightning as pl
 
@@ -212,7 +285,11 @@ def test_checkpoints_of_the_previous_release_still_load(tmp_path):
     ckpt["hyper_parameters"] = old_hparams
     torch.save(ckpt, path)
     loaded = TTFNetModule.load_from_checkpoint(str(path), map_location="cpu")
-    assert loaded.hparams.optim["lr"] == 0.02 and loaded.hparams.kernel["beta"] == 0.3 and loaded.hparams.decode["topk"] == 5
+    assert (
+        loaded.hparams.optim["lr"] == 0.02
+        and loaded.hparams.kernel["beta"] == 0.3
+        and loaded.hparams.decode["topk"] == 5
+    )
     assert loaded.class_names == ["a", "b", "c"] and loaded.hparams.kernel["alpha"] == 0.54
     assert all(torch.equal(a, b) for a, b in zip(module.state_dict().values(), loaded.state_dict().values()))
     with pytest.raises(TypeError, match="'lrate'"):
@@ -249,14 +326,22 @@ def test_tool_configs_compose(name):
         assert plain["inference"] == {"optimize": True, "precision": "fp32", "compile": False}
         assert plain["device"] == "auto" and plain["draw_heatmap"] is False
     else:
-        assert run_dir.startswith("outputs/evaluate/") and len(run_dir) == len("outputs/evaluate/2026-01-01_00-00-00"), run_dir
+        assert run_dir.startswith("outputs/evaluate/") and len(run_dir) == len(
+            "outputs/evaluate/2026-01-01_00-00-00"
+        ), run_dir
         assert "schedule" not in plain and plain["data"]["datamodule"]["_target_"].startswith("ttfnet_lightning.data.")
         assert plain["inference"] == {"optimize": True, "precisions": ["fp32"], "compile": False}
         assert plain["input_size"] is None and plain["output_dir"] is None and plain["speed_iters"] == 20
 
 
-@pytest.mark.parametrize("script,args", [("ttfnet-train", ["backbone=r34"]), ("ttfnet-evaluate", ["ckpt=x.ckpt"]),
-                                         ("ttfnet-predict", ["ckpt=x.ckpt", "input=x.jpg"])])
+@pytest.mark.parametrize(
+    "script,args",
+    [
+        ("ttfnet-train", ["backbone=r34"]),
+        ("ttfnet-evaluate", ["ckpt=x.ckpt"]),
+        ("ttfnet-predict", ["ckpt=x.ckpt", "input=x.jpg"]),
+    ],
+)
 def test_console_scripts_find_the_packaged_configs(script, args, tmp_path):
     """The console scripts (pyproject [project.scripts]) compose from the installed package's
     configs, from any working directory."""

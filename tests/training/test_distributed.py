@@ -45,12 +45,22 @@ def test_ddp_trainer_configs_and_lr_scaling_by_world_size(monkeypatch):
     assert cfg.trainer.strategy == "ddp" and cfg.trainer.accelerator == "gpu" and cfg.trainer.devices == "auto"
     assert cfg.trainer.sync_batchnorm is False and cfg.trainer.num_nodes == 1
     monkeypatch.setenv("SLURM_NNODES", "4")
-    assert compose("train", ["trainer=ddp", "trainer.sync_batchnorm=true"]).trainer.num_nodes == 4  # an int, as Lightning wants
+    assert (
+        compose("train", ["trainer=ddp", "trainer.sync_batchnorm=true"]).trainer.num_nodes == 4
+    )  # an int, as Lightning wants
     monkeypatch.delenv("SLURM_NNODES")
 
     # trainer=ddp_cpu, 2 processes x 2 nodes (no launch: the Trainer knows its world already)
-    cfg = compose("train", [*TINY_TRAIN, "trainer=ddp_cpu", "trainer.num_nodes=2", "trainer.accumulate_grad_batches=3",
-                            "data.datamodule.batch_size=4"])
+    cfg = compose(
+        "train",
+        [
+            *TINY_TRAIN,
+            "trainer=ddp_cpu",
+            "trainer.num_nodes=2",
+            "trainer.accumulate_grad_batches=3",
+            "data.datamodule.batch_size=4",
+        ],
+    )
     assert cfg.trainer.strategy == "ddp" and cfg.trainer.accelerator == "cpu" and cfg.trainer.devices == 2
     trainer = instantiate(cfg.trainer, logger=False, _convert_="all")
     assert trainer.world_size == 4 and type(trainer.strategy).__name__ == "DDPStrategy"
@@ -125,8 +135,14 @@ def _metric_worker(rank: int, world: int, init_file: str, out_file: str, data: d
     res = metric.compute()
     per_rank = gather_to_rank_zero(SimpleNamespace(world_size=world, global_rank=rank), writer.results)
     if rank == 0:
-        torch.save({"metric": {k: v for k, v in res.items() if k != "classes"}, "json": dedupe_by_image(per_rank),
-                    "raw": [r for results in per_rank for r in results]}, out_file)
+        torch.save(
+            {
+                "metric": {k: v for k, v in res.items() if k != "classes"},
+                "json": dedupe_by_image(per_rank),
+                "raw": [r for results in per_rank for r in results],
+            },
+            out_file,
+        )
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()
 
@@ -141,7 +157,13 @@ def _synthetic(n: int, seed: int = 0) -> dict:
         gts.append({"boxes": boxes, "labels": labels})
         noisy = boxes + torch.randn(3, 4, generator=g) * 3
         fp = torch.cat([xy[:1] + 20, xy[:1] + 30], 1)  # a false positive per image
-        preds.append({"boxes": torch.cat([noisy, fp]), "scores": torch.rand(4, generator=g), "labels": torch.cat([labels, labels[:1]])})
+        preds.append(
+            {
+                "boxes": torch.cat([noisy, fp]),
+                "scores": torch.rand(4, generator=g),
+                "labels": torch.cat([labels, labels[:1]]),
+            }
+        )
     return {"preds": preds, "gts": gts, "ids": [100 + i for i in range(n)]}
 
 
@@ -172,30 +194,46 @@ def test_metric_and_coco_json_count_each_image_once_across_two_processes(tmp_pat
 
 
 # --------------------------------------------------------------------- a real 2-process run
-DDP_RUN = [o for o in TINY_TRAIN if not o.startswith(("trainer=", "data.datamodule.batch_size", "data.datamodule.num_val"))] + [
-    "trainer=ddp_cpu", "data.datamodule.batch_size=4", "data.datamodule.num_val=7", "trainer.log_every_n_steps=1",
+DDP_RUN = [
+    o for o in TINY_TRAIN if not o.startswith(("trainer=", "data.datamodule.batch_size", "data.datamodule.num_val"))
+] + [
+    "trainer=ddp_cpu",
+    "data.datamodule.batch_size=4",
+    "data.datamodule.num_val=7",
+    "trainer.log_every_n_steps=1",
     "model.score_threshold=0.0",  # every image has detections: the JSON shows each image once
     # the same training order as one process (sharded: each step's two batches are one process's two
     # micro-batches with accumulate_grad_batches=2)
     "exact_resume=true",
 ]
 # the same run on one process with the same total batch (4 images x 2 accumulated)
-ONE_PROCESS = [o for o in DDP_RUN if not o.startswith("trainer=")] + ["trainer=cpu", "trainer.accumulate_grad_batches=2"]
+ONE_PROCESS = [o for o in DDP_RUN if not o.startswith("trainer=")] + [
+    "trainer=cpu",
+    "trainer.accumulate_grad_batches=2",
+]
 
 
 def _run(args: list[str], out: Path, cwd: Path, timeout: int = 600) -> tuple[subprocess.CompletedProcess, float]:
     """A training run in its own process; one thread per process (as Lightning sets for each DDP
     process on a CPU), so that 1-process and 2-process runs round alike."""
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "ttfnet_lightning.train", *args, f"output_dir={out}"], capture_output=True, text=True,
-                          env=env() | {"OMP_NUM_THREADS": "1"}, timeout=timeout, cwd=cwd)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ttfnet_lightning.train", *args, f"output_dir={out}"],
+        capture_output=True,
+        text=True,
+        env=env() | {"OMP_NUM_THREADS": "1"},
+        timeout=timeout,
+        cwd=cwd,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     return proc, time.perf_counter() - t0
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:
     state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
-    return {k: v.float() for k, v in state.items() if v.is_floating_point() and "running_" not in k}  # (BN running stats: rank 0's)
+    return {
+        k: v.float() for k, v in state.items() if v.is_floating_point() and "running_" not in k
+    }  # (BN running stats: rank 0's)
 
 
 def _relative_differences(a: Path, b: Path) -> list[float]:
@@ -225,11 +263,17 @@ def test_two_process_run_matches_one_process_with_the_same_total_batch(tmp_path)
 
     table = rows(two / "metrics.csv")
     lr = by_step(table, "train/lr/weights")
-    base = scaled_lr(0.016, total_batch=8, reference_batch=16)  # r18's LR per 16 images (data/shapes.yaml), 4 x 2 images
+    base = scaled_lr(
+        0.016, total_batch=8, reference_batch=16
+    )  # r18's LR per 16 images (data/shapes.yaml), 4 x 2 images
     for step, value in lr.items():
-        f = lr_factor(step, steps_per_epoch=2, milestones=[1], gamma=0.1, warmup_steps=2, warmup_ratio=0.2)  # 16 images / 8 per step
+        f = lr_factor(
+            step, steps_per_epoch=2, milestones=[1], gamma=0.1, warmup_steps=2, warmup_ratio=0.2
+        )  # 16 images / 8 per step
         assert value == pytest.approx(base * f, rel=1e-6), (step, value)
-    assert sorted(lr) == [0, 1, 2, 3] and by_step(rows(one / "metrics.csv"), "train/lr/weights") == pytest.approx(lr, rel=1e-9)
+    assert sorted(lr) == [0, 1, 2, 3] and by_step(rows(one / "metrics.csv"), "train/lr/weights") == pytest.approx(
+        lr, rel=1e-9
+    )
     assert sorted(by_step(table, "val/AP")) == [1, 3]  # one row per validation (rank 0 logs)
 
     diffs = _relative_differences(two, one)
@@ -252,8 +296,14 @@ def test_two_process_run_matches_one_process_with_the_same_total_batch(tmp_path)
 # of 8) reaches 28.95: per-process BatchNorm, not DDP, makes that difference; trainer=ddp offers
 # sync_batchnorm=true on GPUs.
 PRETRAINED = REPO / "results" / "cpu-pretrained" / "r18.pth"
-COMPARE = ["protocol=cpu", f"backbone.weights={PRETRAINED}", "logger=csv", "callbacks.log_val_images=0", "exact_resume=true",
-           "data.datamodule.batch_size=8"]
+COMPARE = [
+    "protocol=cpu",
+    f"backbone.weights={PRETRAINED}",
+    "logger=csv",
+    "callbacks.log_val_images=0",
+    "exact_resume=true",
+    "data.datamodule.batch_size=8",
+]
 AP_TOLERANCE = 0.5  # AP points (measured difference: 0.02)
 
 
@@ -269,8 +319,14 @@ def test_two_processes_match_one_process_on_the_cpu_protocol(tmp_path):
     _, t1 = _run([*COMPARE, "trainer=cpu", "trainer.accumulate_grad_batches=2"], one, tmp_path, timeout=3000)
     _, t2 = _run([*COMPARE, "trainer=ddp_cpu"], two, tmp_path, timeout=3000)
     r1, r2 = (json.loads((d / "results.json").read_text())["metrics"] for d in (one, two))
-    print(f"\n1 process:   val/AP {r1['val/AP']:.2f} AP50 {r1['val/AP50']:.2f}, wall {t1:.1f} s, train {r1['time/train_seconds']:.1f} s")
-    print(f"2 processes: val/AP {r2['val/AP']:.2f} AP50 {r2['val/AP50']:.2f}, wall {t2:.1f} s, train {r2['time/train_seconds']:.1f} s")
+    print(
+        f"\n1 process:   val/AP {r1['val/AP']:.2f} AP50 {r1['val/AP50']:.2f}, wall {t1:.1f} s, train "
+        f"{r1['time/train_seconds']:.1f} s"
+    )
+    print(
+        f"2 processes: val/AP {r2['val/AP']:.2f} AP50 {r2['val/AP50']:.2f}, wall {t2:.1f} s, train "
+        f"{r2['time/train_seconds']:.1f} s"
+    )
     lr1, lr2 = (by_step(rows(d / "metrics.csv"), "train/lr/weights") for d in (one, two))
     assert len(lr1) >= 24 and lr1 == pytest.approx(lr2, rel=1e-9)  # logged every 10 steps
     assert r1["val/AP"] > 3.0, "the comparison needs a trained model"
@@ -295,7 +351,9 @@ def test_two_process_run_sigterm_then_resume(tmp_path):
     own handler this deadlocked in a gloo broadcast.)"""
     out = tmp_path / "run"
     run = [o for o in DDP_RUN if not o.startswith("data.datamodule.num_train")] + [
-        "data.datamodule.num_train=48", "callbacks.checkpoint_every_n_steps=1"]
+        "data.datamodule.num_train=48",
+        "callbacks.checkpoint_every_n_steps=1",
+    ]
     cmd = [sys.executable, "-m", "ttfnet_lightning.train", *run, f"output_dir={out}"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env(), cwd=tmp_path)
     deadline = time.monotonic() + 600
@@ -310,7 +368,9 @@ def test_two_process_run_sigterm_then_resume(tmp_path):
     assert (out / "checkpoints" / "interrupted.ckpt").is_file(), text[-3000:]
     for pid in children:  # the other rank ended too
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
-    stopped = torch.load(out / "checkpoints" / "interrupted.ckpt", map_location="cpu", weights_only=False)["global_step"]
+    stopped = torch.load(out / "checkpoints" / "interrupted.ckpt", map_location="cpu", weights_only=False)[
+        "global_step"
+    ]
     assert 2 <= stopped < 12
 
     again = subprocess.run(cmd, capture_output=True, text=True, env=env(), timeout=900, cwd=tmp_path)
@@ -327,8 +387,16 @@ def test_ddp_jobs_inside_a_multirun(tmp_path):
     starts its own second rank with the job's command (not the sweep's, which Lightning would run
     again) and ends its process group, so the next job starts afresh."""
     sweep = tmp_path / "sweep"
-    run = [o for o in DDP_RUN if not o.startswith(("schedule.max_epochs", "data.datamodule.num_train", "schedule.milestones"))] + [
-        "schedule.max_epochs=1", "data.datamodule.num_train=8", "schedule.milestones=[]", "trainer.num_sanity_val_steps=0"]
+    run = [
+        o
+        for o in DDP_RUN
+        if not o.startswith(("schedule.max_epochs", "data.datamodule.num_train", "schedule.milestones"))
+    ] + [
+        "schedule.max_epochs=1",
+        "data.datamodule.num_train=8",
+        "schedule.milestones=[]",
+        "trainer.num_sanity_val_steps=0",
+    ]
     cmd = [sys.executable, "-m", "ttfnet_lightning.train", "-m", *run, "seed=0,1", f"hydra.sweep.dir={sweep}"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env(), timeout=900, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]

@@ -40,10 +40,14 @@ def _jittered_detections(meta: dict, num_classes: int, gen: torch.Generator) -> 
 
 
 def test_val_metric_equals_official_cocoeval(coco_mini: Path, tmp_path: Path):
-    dm = CocoDataModule(root=coco_mini, input_size=(64, 64), batch_size=16, num_workers=0, check_cache_dir=tmp_path / "c")
+    dm = CocoDataModule(
+        root=coco_mini, input_size=(64, 64), batch_size=16, num_workers=0, check_cache_dir=tmp_path / "c"
+    )
     dm.setup("validate")
-    module = TTFNetModule(net={"deformable": False},
-                          data_info={"num_classes": dm.num_classes, "label_to_cat_id": dm.label_to_cat_id, "input_size": [64, 64]})
+    module = TTFNetModule(
+        net={"deformable": False},
+        data_info={"num_classes": dm.num_classes, "label_to_cat_id": dm.label_to_cat_id, "input_size": [64, 64]},
+    )
     writer = CocoResultsWriter()
     gen = torch.Generator().manual_seed(0)
     for batch in dm.val_dataloader():  # the metric path of validation_step, with jittered ground truth
@@ -69,19 +73,37 @@ def test_evaluate_prints_ours_and_the_official_numbers(coco_mini: Path, tmp_path
     # an untrained model scores AP 0 on both sides: its decoder returns jittered ground truth instead,
     # so that ours and COCOeval are compared on a non-trivial case
     gen = torch.Generator().manual_seed(1)
-    monkeypatch.setattr(TTFNetModule, "decode", lambda self, hm, wh, meta, size: [_jittered_detections(m, self.num_classes, gen) for m in meta])
+    monkeypatch.setattr(
+        TTFNetModule,
+        "decode",
+        lambda self, hm, wh, meta, size: [_jittered_detections(m, self.num_classes, gen) for m in meta],
+    )
 
     dm = CocoDataModule(root=coco_mini, input_size=(64, 64), batch_size=16, num_workers=0, preflight=False)
-    model = TTFNetModule(net={"deformable": False}, decode={"topk": 10},
-                         data_info={"num_classes": dm.num_classes, "label_to_cat_id": dm.label_to_cat_id, "input_size": [64, 64]})
+    model = TTFNetModule(
+        net={"deformable": False},
+        decode={"topk": 10},
+        data_info={"num_classes": dm.num_classes, "label_to_cat_id": dm.label_to_cat_id, "input_size": [64, 64]},
+    )
     trainer = pl.Trainer(logger=False, enable_checkpointing=False, accelerator="cpu", enable_progress_bar=False)
     trainer.strategy.connect(model)
     ckpt = tmp_path / "tiny.ckpt"
     trainer.save_checkpoint(ckpt)
-    cfg = compose("evaluate", [f"ckpt={ckpt}", "data=coco", f"data.datamodule.root={coco_mini}", "data.datamodule.num_workers=0",
-                               f"data.datamodule.check_cache_dir={tmp_path / 'c'}", "trainer=cpu", "+trainer.limit_val_batches=1",
-                               "data.datamodule.batch_size=8", "speed_iters=2",
-                               f"output_dir={tmp_path / 'eval'}"])
+    cfg = compose(
+        "evaluate",
+        [
+            f"ckpt={ckpt}",
+            "data=coco",
+            f"data.datamodule.root={coco_mini}",
+            "data.datamodule.num_workers=0",
+            f"data.datamodule.check_cache_dir={tmp_path / 'c'}",
+            "trainer=cpu",
+            "+trainer.limit_val_batches=1",
+            "data.datamodule.batch_size=8",
+            "speed_iters=2",
+            f"output_dir={tmp_path / 'eval'}",
+        ],
+    )
     metrics = evaluate(cfg)
     out = capsys.readouterr().out
     assert "COCOeval" in out and "instances_val2017.json" in out and metrics["num_images"] == 8

@@ -26,7 +26,9 @@ def test_milestones_are_epochs_and_compound():
     assert lr_factor(109, **kw) == pytest.approx(0.1)
     assert lr_factor(110, **kw) == pytest.approx(0.01)
     # warm-up and a milestone at once multiply
-    assert lr_factor(5, steps_per_epoch=1, milestones=[2], gamma=0.5, warmup_steps=10, warmup_ratio=0.0) == pytest.approx(0.25)
+    assert lr_factor(
+        5, steps_per_epoch=1, milestones=[2], gamma=0.5, warmup_steps=10, warmup_ratio=0.0
+    ) == pytest.approx(0.25)
 
 
 def test_linear_scaling_rule():
@@ -58,7 +60,9 @@ def test_bias_groups_get_their_lr_and_decay_and_frozen_parameters_none():
 
 
 def test_build_optimizer_scales_warms_up_and_steps_down():
-    optim = checked(OptimConfig, {"lr": 0.016, "reference_batch": 128, "warmup_steps": 4, "warmup_ratio": 0.5, "milestones": [2]})
+    optim = checked(
+        OptimConfig, {"lr": 0.016, "reference_batch": 128, "warmup_steps": 4, "warmup_ratio": 0.5, "milestones": [2]}
+    )
     net = Tiny()
     opt, sched = build_optimizer(net.named_parameters(), optim, total_batch=64, steps_per_epoch=3)
     assert isinstance(opt, torch.optim.SGD) and opt.defaults["momentum"] == 0.9

@@ -14,7 +14,9 @@ from ttfnet_lightning.core.targets import encode_targets
 def test_overfit_two_images():
     torch.manual_seed(0)
     S = 64
-    boxes = torch.tensor([[[8.0, 10.0, 36.0, 30.0], [40.0, 36.0, 60.0, 62.0]], [[16.0, 16.0, 52.0, 48.0], [0.0, 0.0, 0.0, 0.0]]])
+    boxes = torch.tensor(
+        [[[8.0, 10.0, 36.0, 30.0], [40.0, 36.0, 60.0, 62.0]], [[16.0, 16.0, 52.0, 48.0], [0.0, 0.0, 0.0, 0.0]]]
+    )
     labels = torch.tensor([[0, 1], [1, -1]])
     images = torch.rand(2, 3, S, S) * 0.2
     for b in range(2):  # paint the objects so there is something to see

@@ -6,6 +6,7 @@ resumed seeded run ends with exactly the weights and metrics of an uninterrupted
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -20,9 +21,17 @@ from conftest import TINY_TRAIN, subprocess_env
 
 # 4 batches of 4 per epoch, 2 epochs, a latest-step checkpoint after every step (the test's
 # "training has started" marker and a hard kill's resume point)
-RUN = [o for o in TINY_TRAIN if not o.startswith(("data.datamodule.num_train", "data.datamodule.batch_size", "data.datamodule.num_val"))] + [
-    "data.datamodule.num_train=16", "data.datamodule.batch_size=4", "data.datamodule.num_val=4",
-    "callbacks.checkpoint_every_n_steps=1", "trainer.log_every_n_steps=1", "hydra.job.chdir=false",
+RUN = [
+    o
+    for o in TINY_TRAIN
+    if not o.startswith(("data.datamodule.num_train", "data.datamodule.batch_size", "data.datamodule.num_val"))
+] + [
+    "data.datamodule.num_train=16",
+    "data.datamodule.batch_size=4",
+    "data.datamodule.num_val=4",
+    "callbacks.checkpoint_every_n_steps=1",
+    "trainer.log_every_n_steps=1",
+    "hydra.job.chdir=false",
     "exact_resume=true",
 ]
 TIME_COLUMNS = ("time/train_seconds", "time/train_hours")
@@ -55,7 +64,13 @@ def logged_steps(out: Path) -> set[int]:
 
 
 def start_and_signal(
-    cmd: list[str], out: Path, sig: int, *, after_step: int, env_: dict[str, str] | None = None, row_logged: bool = False
+    cmd: list[str],
+    out: Path,
+    sig: int,
+    *,
+    after_step: int,
+    env_: dict[str, str] | None = None,
+    row_logged: bool = False,
 ) -> subprocess.Popen:
     """Start a training process and send it ``sig`` once the latest-step checkpoint of
     ``after_step`` exists (training has really started) and, with ``row_logged``, once
@@ -116,20 +131,28 @@ def test_sigterm_mid_epoch_checkpoints_exits_nonzero_and_resumes_exactly(referen
     assert rc != 0, f"SIGTERM exited with status 0:\n{text[-3000:]}"
     ckpt = out / "checkpoints" / "interrupted.ckpt"
     assert ckpt.is_file(), text[-3000:]
-    step = torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"]
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    step = state["global_step"]
     assert 2 <= step < 8, step  # stopped before the end (mid-epoch when step != 4)
     assert "run the same command again" in text
     again = run(command(out))
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resuming" in again.stdout and "interrupted.ckpt" in again.stdout
     assert_same_run(reference, out)
+    # the wall clock of both sessions: the first up to its interrupt checkpoint, then the second's
+    first = next(v for k, v in state["callbacks"].items() if k.startswith("TimeToAccuracy"))
+    done, ref = (json.loads((p / "results.json").read_text()) for p in (out, reference))
+    assert (done["sessions"], ref["sessions"], first["sessions"]) == (2, 1, 1)
+    assert done["wall_seconds_total"] == pytest.approx(first["wall_seconds"] + done["wall_seconds_last_session"])
+    assert first["wall_seconds"] > first["train_seconds"] > 0
+    assert ref["wall_seconds_total"] == ref["wall_seconds_last_session"]
 
 
 def test_hard_kill_resumes_from_the_latest_step_checkpoint_exactly(reference, tmp_path):
     out = tmp_path / "run"
     # Lightning writes a step's metrics row just after the step's periodic checkpoint; a kill in
     # between (a few ms) loses that row for good, as the resumed run does not train the step
-    # again (known, README "Interruptions"): the kill waits for the row
+    # again (known, docs/training.md "Interruptions, failures and SLURM"): the kill waits for the row
     proc = start_and_signal(command(out), out, signal.SIGKILL, after_step=3, row_logged=True)
     rc, _ = finish(proc)
     assert rc == -signal.SIGKILL
@@ -167,7 +190,9 @@ def test_sigterm_to_the_process_group_with_workers_is_an_interruption(tmp_path):
     sweep = tmp_path / "sweep"
     run_ = [o for o in RUN if not o.startswith("data.datamodule.num_workers")] + ["data.datamodule.num_workers=2"]
     cmd = [sys.executable, "-m", "ttfnet_lightning.train", "-m", "seed=0,1", *run_, f"hydra.sweep.dir={sweep}"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env(), start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env(), start_new_session=True
+    )
     deadline = time.monotonic() + 600
     while latest_step(sweep / "0") < 1:
         assert proc.poll() is None, proc.stdout.read()[-3000:]
@@ -190,13 +215,26 @@ def test_slurm_sigusr1_saves_and_requeues_then_sigterm(tmp_path):
     bin_dir.mkdir()
     record = tmp_path / "scontrol.args"
     scontrol = bin_dir / "scontrol"
-    scontrol.write_text(f"#!/bin/sh\necho \"$@\" > {record}\n")
+    scontrol.write_text(f'#!/bin/sh\necho "$@" > {record}\n')
     scontrol.chmod(0o755)
-    slurm = env() | {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "SLURM_NTASKS": "1", "SLURM_JOB_ID": "4242",
-                     "SLURM_JOB_NAME": "ttfnet", "SLURM_NODELIST": "localhost", "SLURM_PROCID": "0", "SLURM_LOCALID": "0"}
-    proc = start_and_signal(command(out, "callbacks.checkpoint_every_n_steps=1"), out, signal.SIGUSR1, after_step=1, env_=slurm)
+    slurm = env() | {
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "SLURM_NTASKS": "1",
+        "SLURM_JOB_ID": "4242",
+        "SLURM_JOB_NAME": "ttfnet",
+        "SLURM_NODELIST": "localhost",
+        "SLURM_PROCID": "0",
+        "SLURM_LOCALID": "0",
+    }
+    proc = start_and_signal(
+        command(out, "callbacks.checkpoint_every_n_steps=1"), out, signal.SIGUSR1, after_step=1, env_=slurm
+    )
     deadline = time.monotonic() + 300
-    while not (record.is_file() and list(out.glob("hpc_ckpt_*.ckpt"))) and proc.poll() is None and time.monotonic() < deadline:
+    while (
+        not (record.is_file() and list(out.glob("hpc_ckpt_*.ckpt")))
+        and proc.poll() is None
+        and time.monotonic() < deadline
+    ):
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     rc, text = finish(proc)
@@ -245,11 +283,25 @@ def test_sigterm_during_validation_reruns_that_validation_after_resume(tmp_path,
     assert_same_run(tmp_path / "reference", out)  # incl. val/loss over all 8 images, bitwise
 
 
+# runs the train command as ``python -m`` would, then writes whether torch's deterministic mode was on
+# when the process ended (Lightning turns it on for trainer.deterministic=true and never off)
+_PROBE = """
+import atexit, json, runpy, sys, torch
+before, probe = torch.are_deterministic_algorithms_enabled(), sys.argv[1]
+atexit.register(lambda: open(probe, "w").write(json.dumps([before, torch.are_deterministic_algorithms_enabled()])))
+sys.argv = ["ttfnet_lightning.train", *sys.argv[2:]]
+runpy.run_module("ttfnet_lightning.train", run_name="__main__")
+"""
+
+
 def test_deterministic_algorithms_change_nothing_on_cpu(reference, tmp_path):
-    """`trainer.deterministic=true` (torch.use_deterministic_algorithms) runs every op of a
-    training run and gives bitwise the reference's weights and metrics: on CPU the default kernels
-    are already deterministic (its cost is measured in the README)."""
-    out = tmp_path / "deterministic"
-    proc = run(command(out, "trainer.deterministic=true"))
+    """`trainer.deterministic=true` reaches torch (torch.use_deterministic_algorithms is on for the
+    run, off before it), runs every op of a training run under it and gives bitwise the reference's
+    weights and metrics: on CPU the default kernels are already deterministic (its cost:
+    docs/training.md)."""
+    out, probe = tmp_path / "deterministic", tmp_path / "probe.json"
+    cmd = command(out, "trainer.deterministic=true")
+    proc = run([sys.executable, "-c", _PROBE, str(probe), *cmd[3:]])
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(probe.read_text()) == [False, True]
     assert_same_run(reference, out)

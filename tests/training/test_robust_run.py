@@ -19,7 +19,10 @@ from ttfnet_lightning.training.run import train
 
 # 2 batches of 4 per epoch
 SMALL = [o for o in TINY_TRAIN if not o.startswith(("data.datamodule.num_train", "data.datamodule.batch_size"))] + [
-    "data.datamodule.num_train=8", "data.datamodule.batch_size=4", "data.datamodule.num_val=4", "callbacks.checkpoint_every_n_steps=0",
+    "data.datamodule.num_train=8",
+    "data.datamodule.batch_size=4",
+    "data.datamodule.num_val=4",
+    "callbacks.checkpoint_every_n_steps=0",
 ]
 
 
@@ -133,8 +136,19 @@ def test_lr_milestones_are_epochs_of_the_real_loader_with_max_steps(tmp_path):
     """2 batches per epoch, milestone at epoch 1, max_steps=3 of 12 epochs: the LR drops at step 2
     (before: steps per epoch were estimated as 3 // 12 -> 1, the drop came at step 1)."""
     overrides = [o for o in SMALL if not o.startswith("schedule.max_epochs")]
-    train(compose("train", [*overrides, "schedule.max_epochs=12", "trainer.max_steps=3", "schedule.warmup_steps=0",
-                            "trainer.log_every_n_steps=1", f"output_dir={tmp_path}"]))
+    train(
+        compose(
+            "train",
+            [
+                *overrides,
+                "schedule.max_epochs=12",
+                "trainer.max_steps=3",
+                "schedule.warmup_steps=0",
+                "trainer.log_every_n_steps=1",
+                f"output_dir={tmp_path}",
+            ],
+        )
+    )
     lrs = [float(r["train/lr/weights"]) for r in rows(tmp_path / "metrics.csv") if r.get("train/lr/weights")]
     assert len(lrs) == 3 and lrs[0] == lrs[1] and lrs[2] == pytest.approx(lrs[0] * 0.1), lrs
 
@@ -173,7 +187,12 @@ def test_train_seconds_count_every_training_second(tmp_path, monkeypatch):
     monkeypatch.setattr(train_mod, "build_callbacks", lambda cfg, out: [Tick(), *build(cfg, out)])
     overrides = [o for o in SMALL if not o.startswith("schedule.max_epochs")]
     with pytest.raises(RuntimeError, match="simulated crash"):
-        train(compose("train", [*overrides, "schedule.max_epochs=4", "+trainer.val_check_interval=0.5", f"output_dir={tmp_path}"]))
+        train(
+            compose(
+                "train",
+                [*overrides, "schedule.max_epochs=4", "+trainer.val_check_interval=0.5", f"output_dir={tmp_path}"],
+            )
+        )
     val = [r for r in rows(tmp_path / "metrics.csv") if r.get("time/step")]
     steps = [float(r["time/step"]) for r in val]
     seconds = [float(r["time/train_seconds"]) for r in val]

@@ -24,13 +24,19 @@ from PIL import Image
 from conftest import TINY_TRAIN, compose, subprocess_env
 from ttfnet_lightning.training.run import train
 
-ONE_EPOCH = [o for o in TINY_TRAIN if not o.startswith("schedule.max_epochs")] + ["schedule.max_epochs=1", "callbacks.checkpoint_every_n_steps=0"]
+ONE_EPOCH = [o for o in TINY_TRAIN if not o.startswith("schedule.max_epochs")] + [
+    "schedule.max_epochs=1",
+    "callbacks.checkpoint_every_n_steps=0",
+]
 
 
 def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
     """Every file under ``folder`` (the lock file aside): content and mtime."""
-    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
-            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".run.lock"}
+    return {
+        str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != ".run.lock"
+    }
 
 
 # ------------------------------------------------------------------------------------ 3. the lock
@@ -52,8 +58,13 @@ with run_lock(sys.argv[1]):
 def start_holder(out: Path, *extra: str) -> tuple[subprocess.Popen, int]:
     """A process that holds ``out``'s run lock (and, with ``extra``, a forked child that does not
     exit with it); returns it once it holds the lock, and the child's pid (0: none)."""
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(out), *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env=subprocess_env())
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(out), *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=subprocess_env(),
+    )
     line = proc.stdout.readline()
     if not line.startswith("locked"):
         proc.kill()
@@ -72,7 +83,9 @@ def test_a_second_run_into_a_running_folder_is_refused_and_changes_nothing(tmp_p
         with pytest.raises(RuntimeError, match=r"in use by another training run") as info:
             train(compose("train", [*ONE_EPOCH, f"output_dir={out}"]))
         msg = str(info.value)
-        assert f"pid {holder.pid} on host {socket.gethostname()}" in msg and "started 20" in msg and "command: " in msg, msg
+        assert (
+            f"pid {holder.pid} on host {socket.gethostname()}" in msg and "started 20" in msg and "command: " in msg
+        ), msg
         assert snapshot(out) == before, "the refused run changed files of the running one"
         assert not (out / "checkpoints").exists()
     finally:
@@ -86,8 +99,13 @@ def test_the_command_line_refuses_before_hydra_writes_into_the_folder(tmp_path):
     out = tmp_path / "run"
     holder, _ = start_holder(out)
     try:
-        proc = subprocess.run([sys.executable, "-m", "ttfnet_lightning.train", *ONE_EPOCH, f"output_dir={out}"], capture_output=True,
-                              text=True, env=subprocess_env(), timeout=300)
+        proc = subprocess.run(
+            [sys.executable, "-m", "ttfnet_lightning.train", *ONE_EPOCH, f"output_dir={out}"],
+            capture_output=True,
+            text=True,
+            env=subprocess_env(),
+            timeout=300,
+        )
         assert proc.returncode != 0
         assert f"in use by another training run (pid {holder.pid}" in proc.stderr, proc.stderr[-3000:]
         assert sorted(p.name for p in out.iterdir()) == [".run.lock"], sorted(out.iterdir())
@@ -166,10 +184,13 @@ def finished_run(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.mark.parametrize("override, match", [
-    ("kernel.beta=0.3", r"kernel.beta: stored 0.54, now 0.3"),
-    ("backbone=r34", r"backbone.name: stored 'r18', now 'r34'"),
-])
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        ("kernel.beta=0.3", r"kernel.beta: stored 0.54, now 0.3"),
+        ("backbone=r34", r"backbone.name: stored 'r18', now 'r34'"),
+    ],
+)
 def test_explicit_ckpt_path_gets_the_stored_config_check(finished_run, tmp_path, override, match):
     ckpt = finished_run / "checkpoints" / "last.ckpt"
     with pytest.raises(ValueError, match=match) as info:
@@ -193,11 +214,21 @@ def test_files_that_are_not_training_checkpoints_get_clear_errors(tmp_path):
 
     weights = tmp_path / "resnet18.pth"
     torch.save(torchvision.models.resnet18().state_dict(), weights)
-    with pytest.raises(ValueError, match=rf"{weights} is not a ttfnet-lightning training checkpoint but a plain state dict of 122 "
-                                         r"tensors \(keys conv1.weight, .*backbone.weights="):
+    with pytest.raises(
+        ValueError,
+        match=rf"{weights} is not a ttfnet-lightning training checkpoint but a plain state dict of 122 "
+        r"tensors \(keys conv1.weight, .*backbone.weights=",
+    ):
         train(compose("train", [*ONE_EPOCH, f"output_dir={tmp_path / 'a'}", f"ckpt_path={weights}"]))
     other = tmp_path / "other.ckpt"
-    torch.save({"state_dict": {"layer.weight": torch.zeros(2)}, "pytorch-lightning_version": "2.0", "hyper_parameters": {"lr": 1}}, other)
+    torch.save(
+        {
+            "state_dict": {"layer.weight": torch.zeros(2)},
+            "pytorch-lightning_version": "2.0",
+            "hyper_parameters": {"lr": 1},
+        },
+        other,
+    )
     with pytest.raises(ValueError, match=rf"{other} is a Lightning checkpoint of another model"):
         train(compose("train", [*ONE_EPOCH, f"output_dir={tmp_path / 'b'}", f"ckpt_path={other}"]))
     assert not (tmp_path / "a" / "config_resolved.yaml").exists()
@@ -209,10 +240,14 @@ def _coco_split(root: Path, split: str, *, x: int) -> None:
     (root / "annotations").mkdir(exist_ok=True)
     for i in range(4):
         Image.new("RGB", (64, 64), (30 * i, 90, 200)).save(root / split / f"{i}.jpg")
-    data = {"images": [{"id": i, "file_name": f"{i}.jpg", "width": 64, "height": 64} for i in range(4)],
-            "annotations": [{"id": i + 1, "image_id": i, "category_id": 1, "bbox": [x, 8, 24, 24], "area": 576, "iscrowd": 0}
-                            for i in range(4)],
-            "categories": [{"id": 1, "name": "box"}]}
+    data = {
+        "images": [{"id": i, "file_name": f"{i}.jpg", "width": 64, "height": 64} for i in range(4)],
+        "annotations": [
+            {"id": i + 1, "image_id": i, "category_id": 1, "bbox": [x, 8, 24, 24], "area": 576, "iscrowd": 0}
+            for i in range(4)
+        ],
+        "categories": [{"id": 1, "name": "box"}],
+    }
     (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(data))
 
 
@@ -223,11 +258,26 @@ def _coco(root: Path, *, x: int = 8) -> Path:
 
 
 def coco_run(root: Path, out: Path, *extra: str) -> list[str]:
-    return ["data=coco", f"data.datamodule.root={root}", "data.datamodule.train_split=train", "data.datamodule.val_split=val",
-            "data.datamodule.input_size=[64,64]", "data.datamodule.batch_size=2", "data.datamodule.num_workers=0",
-            "data.datamodule.preflight=false", "schedule.max_epochs=1", "schedule.warmup_steps=1", "schedule.milestones=[1]",
-            "trainer=cpu", "trainer.enable_progress_bar=false", "logger=csv", "callbacks.log_val_images=0",
-            "callbacks.checkpoint_every_n_steps=0", f"output_dir={out}", *extra]
+    return [
+        "data=coco",
+        f"data.datamodule.root={root}",
+        "data.datamodule.train_split=train",
+        "data.datamodule.val_split=val",
+        "data.datamodule.input_size=[64,64]",
+        "data.datamodule.batch_size=2",
+        "data.datamodule.num_workers=0",
+        "data.datamodule.preflight=false",
+        "schedule.max_epochs=1",
+        "schedule.warmup_steps=1",
+        "schedule.milestones=[1]",
+        "trainer=cpu",
+        "trainer.enable_progress_bar=false",
+        "logger=csv",
+        "callbacks.log_val_images=0",
+        "callbacks.checkpoint_every_n_steps=0",
+        f"output_dir={out}",
+        *extra,
+    ]
 
 
 def test_a_run_is_not_resumed_or_skipped_on_other_data(tmp_path, capsys, caplog):
@@ -244,7 +294,9 @@ def test_a_run_is_not_resumed_or_skipped_on_other_data(tmp_path, capsys, caplog)
     (out / "results.json").unlink()  # an interrupted run (its checkpoints remain)
     with pytest.raises(ValueError, match=r"trained on other data"):
         train(compose("train", coco_run(other, out)))
-    with pytest.raises(ValueError, match=r"checkpoint .*last.ckpt was trained on other data"):  # its checkpoint, elsewhere
+    with pytest.raises(
+        ValueError, match=r"checkpoint .*last.ckpt was trained on other data"
+    ):  # its checkpoint, elsewhere
         train(compose("train", coco_run(other, tmp_path / "new", f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}")))
 
 
@@ -285,7 +337,7 @@ def test_data_fingerprints_follow_the_annotations_not_the_location(tmp_path):
     stream = tmp_path / "stream"
     for rel in ("metadata.json", "train/index.json", "val/index.json"):
         (stream / rel).parent.mkdir(parents=True, exist_ok=True)
-        (stream / rel).write_text(f"{{\"{rel}\": 1}}")
+        (stream / rel).write_text(f'{{"{rel}": 1}}')
     before = CocoStreamDataModule.data_fingerprint(input_dir=str(stream))
     (stream / "val" / "index.json").write_text('{"chunks": []}')
     after = CocoStreamDataModule.data_fingerprint(input_dir=str(stream))
@@ -327,7 +379,7 @@ def test_resume_passes_over_a_damaged_newest_checkpoint(tmp_path, capsys, damage
     if damage == "truncated":
         data = data[: len(data) // 2]
     else:
-        data[len(data) // 2: len(data) // 2 + 4096] = bytes(4096)
+        data[len(data) // 2 : len(data) // 2 + 4096] = bytes(4096)
     bad = out / "checkpoints" / "latest-step3.ckpt"  # e.g. the periodic checkpoint a hard kill or a full disk cut short
     bad.write_bytes(bytes(data))
     os.utime(bad, ns=(last.stat().st_mtime_ns + 10**9,) * 2)
@@ -359,12 +411,18 @@ def test_run_records_are_written_atomically_and_durably(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "replace", replace)
     out = tmp_path / "run"
     train(compose("train", [*ONE_EPOCH, f"output_dir={out}", f"export_backbone={tmp_path / 'bb.pth'}"]))
-    for target in [out / "results.json", out / "detections_val.json", out / "config_resolved.yaml", out / "data_fingerprint.json",
-                   out / "checkpoints" / "last.ckpt", tmp_path / "bb.pth"]:
+    for target in [
+        out / "results.json",
+        out / "detections_val.json",
+        out / "config_resolved.yaml",
+        out / "data_fingerprint.json",
+        out / "checkpoints" / "last.ckpt",
+        tmp_path / "bb.pth",
+    ]:
         tmp = f"{target}.tmp"
         i = events.index(("replace", f"{tmp} -> {target}"))
         assert ("fsync", tmp) in events[:i], f"{target} renamed before its bytes were synced"
-        assert ("fsync", str(target.parent)) in events[i + 1:], f"{target.parent} not synced after the rename"
+        assert ("fsync", str(target.parent)) in events[i + 1 :], f"{target.parent} not synced after the rename"
 
 
 def test_an_export_path_that_is_a_directory_fails_before_training(tmp_path):
@@ -413,11 +471,15 @@ def test_unsafe_checkpoints_are_refused_without_advice_to_load_them_unsafely(tmp
 
     bad = tmp_path / "pickled.ckpt"
     torch.save({"state_dict": {}, "payload": socket.socket}, bad)
-    with pytest.raises(ValueError, match=rf"checkpoint {bad} holds Python objects other than tensors .*socket.socket") as info:
+    with pytest.raises(
+        ValueError, match=rf"checkpoint {bad} holds Python objects other than tensors .*socket.socket"
+    ) as info:
         load_model(bad)
     msg = str(info.value)
     assert "weights_only" not in msg and "can still be loaded" not in msg, msg
-    with pytest.raises(RuntimeError, match=rf"could not read backbone weights from {bad}") as info:  # backbone.weights=...
+    with pytest.raises(
+        RuntimeError, match=rf"could not read backbone weights from {bad}"
+    ) as info:  # backbone.weights=...
         load_state_dict_strict(torch.nn.Linear(1, 1), bad)
     msg = str(info.value)
     assert "weights_only" not in msg and "can still be loaded" not in msg, msg
@@ -425,13 +487,21 @@ def test_unsafe_checkpoints_are_refused_without_advice_to_load_them_unsafely(tmp
 
 # ------------------------------------------------------------------ 3. with real training processes (slow)
 REAL = [o for o in TINY_TRAIN if not o.startswith(("schedule.max_epochs", "data.datamodule.num_workers"))] + [
-    "schedule.max_epochs=6", "callbacks.checkpoint_every_n_steps=1", "data.datamodule.num_workers=2"]
+    "schedule.max_epochs=6",
+    "callbacks.checkpoint_every_n_steps=1",
+    "data.datamodule.num_workers=2",
+]
 
 
 def start_training(out: Path, *extra: str) -> subprocess.Popen:
     """A training process into ``out``, returned once it has trained a step (a periodic checkpoint)."""
-    proc = subprocess.Popen([sys.executable, "-m", "ttfnet_lightning.train", *REAL, f"output_dir={out}", *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=subprocess_env())
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ttfnet_lightning.train", *REAL, f"output_dir={out}", *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=subprocess_env(),
+    )
     deadline = time.monotonic() + 300
     while not list((out / "checkpoints").glob("latest-step*.ckpt")):
         assert proc.poll() is None, proc.stdout.read()[-3000:]
@@ -447,14 +517,29 @@ def test_two_trainings_into_one_folder(tmp_path):
     ended up beside the first one's config)."""
     out = tmp_path / "run"
     first = start_training(out)
-    second = subprocess.run([sys.executable, "-m", "ttfnet_lightning.train", *REAL, "kernel.beta=0.3", f"output_dir={out}"],
-                            capture_output=True, text=True, env=subprocess_env(), timeout=300)
-    assert second.returncode != 0 and f"in use by another training run (pid {first.pid}" in second.stderr, second.stderr[-3000:]
+    second = subprocess.run(
+        [sys.executable, "-m", "ttfnet_lightning.train", *REAL, "kernel.beta=0.3", f"output_dir={out}"],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=300,
+    )
+    assert second.returncode != 0 and f"in use by another training run (pid {first.pid}" in second.stderr, (
+        second.stderr[-3000:]
+    )
     text, _ = first.communicate(timeout=600)
     assert first.returncode == 0, text[-3000:]
-    assert "kernel.beta=0.3" not in (out / "results.json").read_text() and "beta: 0.54" in (out / "config_resolved.yaml").read_text()
-    again = subprocess.run([sys.executable, "-m", "ttfnet_lightning.train", *REAL, f"output_dir={out}"], capture_output=True, text=True,
-                           env=subprocess_env(), timeout=300)
+    assert (
+        "kernel.beta=0.3" not in (out / "results.json").read_text()
+        and "beta: 0.54" in (out / "config_resolved.yaml").read_text()
+    )
+    again = subprocess.run(
+        [sys.executable, "-m", "ttfnet_lightning.train", *REAL, f"output_dir={out}"],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=300,
+    )
     assert again.returncode == 0 and "skipping" in again.stdout, again.stderr[-3000:]
 
 

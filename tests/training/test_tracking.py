@@ -62,7 +62,9 @@ def read_offline_run(run_dir: Path) -> dict[str, Any]:
         kind = rec.WhichOneof("record_type")
         if kind == "run":
             r = rec.run
-            run.update(group=r.run_group, job_type=r.job_type, tags=list(r.tags), name=r.display_name, project=r.project)
+            run.update(
+                group=r.run_group, job_type=r.job_type, tags=list(r.tags), name=r.display_name, project=r.project
+            )
             run["config"].update({u.key: json.loads(u.value_json) for u in r.config.update})
         elif kind == "config":
             run["config"].update({u.key: json.loads(u.value_json) for u in rec.config.update})
@@ -75,7 +77,9 @@ def read_offline_run(run_dir: Path) -> dict[str, Any]:
             m = rec.metric
             run["metrics"][m.name or m.glob_name] = m.step_metric
         elif kind == "history":
-            run["history"].append({it.key or "/".join(it.nested_key): json.loads(it.value_json) for it in rec.history.item})
+            run["history"].append(
+                {it.key or "/".join(it.nested_key): json.loads(it.value_json) for it in rec.history.item}
+            )
     return run
 
 
@@ -101,7 +105,9 @@ def hydra_job():
 
 
 def test_flatten_config_gives_flat_scalar_keys():
-    flat = flatten_config(compose("train", ["kernel.beta=0.3", "schedule.lr=0.01", "data.datamodule.input_size=[96,96]"]))
+    flat = flatten_config(
+        compose("train", ["kernel.beta=0.3", "schedule.lr=0.01", "data.datamodule.input_size=[96,96]"])
+    )
     assert flat["kernel.beta"] == 0.3 and flat["backbone.name"] == "r18" and flat["schedule.lr"] == 0.01
     assert flat["table"] is None and flat["group"] is None
     assert flat["data.datamodule.input_size"] == "[96, 96]"  # lists as text: groupable
@@ -114,12 +120,21 @@ def test_run_identity_without_hydra():
     assert run_identity(plain) == {"group": None, "job_type": "train", "tags": ["mine"]}
     assert run_identity(compose("train", ["group=g"]))["group"] == "g"
     table = compose("train", ["table={name:table2,protocol:cpu}", "tags=[mine]"])
-    ident = run_identity(table, overrides=["kernel.beta=0.3", "+seed=1", "output_dir=/tmp/x", "~callbacks", "experiment=table2"])
-    assert ident == {"group": "table2-cpu", "job_type": "ablation",
-                     "tags": ["mine", "table2", "protocol=cpu", "kernel.beta=0.3", "seed=1", "experiment=table2"]}
+    ident = run_identity(
+        table, overrides=["kernel.beta=0.3", "+seed=1", "output_dir=/tmp/x", "~callbacks", "experiment=table2"]
+    )
+    assert ident == {
+        "group": "table2-cpu",
+        "job_type": "ablation",
+        "tags": ["mine", "table2", "protocol=cpu", "kernel.beta=0.3", "seed=1", "experiment=table2"],
+    }
     # explicit group wins, job_type/group from the table dict when given
     table = compose("train", ["table={name:table4,protocol:paper,job_type:speed}", "group=mine"])
-    assert run_identity(table, overrides=[]) == {"group": "mine", "job_type": "speed", "tags": ["table4", "protocol=paper"]}
+    assert run_identity(table, overrides=[]) == {
+        "group": "mine",
+        "job_type": "speed",
+        "tags": ["table4", "protocol=paper"],
+    }
     assert override_tags(["data.datamodule.root=" + "x" * 64, "schedule=2x"]) == ["schedule=2x"]
 
 
@@ -133,8 +148,20 @@ def test_table_job_offline_run_files(hydra_job, tmp_path, monkeypatch):
     val/* x axis as written to the offline run file."""
     monkeypatch.setenv("WANDB_MODE", "offline")
     base = [o for o in TINY_TRAIN if not o.startswith(("logger=", "schedule.max_epochs"))]
-    cfg = hydra_job([*base, "schedule.max_epochs=1", "logger=wandb", f"output_dir={tmp_path}", "kernel.beta=0.3", "seed=1",
-                     "schedule.lr=0.01", "table={name:table2,protocol:cpu}", "hydra.mode=MULTIRUN", "trainer.log_every_n_steps=1"])
+    cfg = hydra_job(
+        [
+            *base,
+            "schedule.max_epochs=1",
+            "logger=wandb",
+            f"output_dir={tmp_path}",
+            "kernel.beta=0.3",
+            "seed=1",
+            "schedule.lr=0.01",
+            "table={name:table2,protocol:cpu}",
+            "hydra.mode=MULTIRUN",
+            "trainer.log_every_n_steps=1",
+        ]
+    )
     train(cfg)
     (run_dir,) = (tmp_path / "wandb").glob("offline-run-*")
     run = read_offline_run(run_dir)
@@ -149,7 +176,9 @@ def test_table_job_offline_run_files(hydra_job, tmp_path, monkeypatch):
     assert "config" not in config  # no longer one nested key
     nested = {k: v for k, v in config.items() if isinstance(v, (dict, list))}
     assert not nested, f"config not flat (Lightning's module hparams too): {sorted(nested)}"
-    assert config["data_info.num_classes"] >= 3 and config["net.backbone"] == "r18"  # the module's argument groups, flattened as well
+    assert (
+        config["data_info.num_classes"] >= 3 and config["net.backbone"] == "r18"
+    )  # the module's argument groups, flattened as well
 
     # val/* against training hours; the clock itself against the global step
     assert run["metrics"]["val/AP"] == "time/train_hours" and run["metrics"]["val/AP50"] == "time/train_hours"
@@ -178,8 +207,13 @@ def test_wandb_goes_online_only_with_credentials_wandb_itself_finds(tmp_path):
     (wandb.login(prompt=False): never prompts). Fresh processes: a login is remembered per process."""
     # os._exit: with credentials, wandb's exit handlers may wait on the (unreachable) server;
     # only the decision is tested here
-    code = "import os; from ttfnet_lightning.training.tracking import wandb_offline as o; print(o(None), o(False), o(True), flush=True); os._exit(0)"
-    base = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")} | {"PYTHONPATH": os.pathsep.join(sys.path)}
+    code = (
+        "import os; from ttfnet_lightning.training.tracking import wandb_offline as o; "
+        "print(o(None), o(False), o(True), flush=True); os._exit(0)"
+    )
+    base = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")} | {
+        "PYTHONPATH": os.pathsep.join(sys.path)
+    }
     empty = tmp_path / "empty"
     empty.mkdir()
     keyed = tmp_path / "keyed"
@@ -188,8 +222,14 @@ def test_wandb_goes_online_only_with_credentials_wandb_itself_finds(tmp_path):
     (keyed / ".netrc").chmod(0o600)
 
     def ask(home, **env):
-        proc = subprocess.run([sys.executable, "-c", code], env=base | {"HOME": str(home)} | env, capture_output=True, text=True,
-                              timeout=120, stdin=subprocess.DEVNULL)
+        proc = subprocess.run(
+            [sys.executable, "-c", code],
+            env=base | {"HOME": str(home)} | env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            stdin=subprocess.DEVNULL,
+        )
         assert proc.returncode == 0, proc.stderr[-2000:]
         return proc.stdout.split()[-3:]
 
@@ -210,11 +250,27 @@ def test_plain_command_without_wandb_mode_or_key_trains_offline(tmp_path):
     """The README's entry point on a machine with no W&B key and no WANDB_MODE: the W&B logger
     runs offline (before the fix, wandb.init asked for an API key after the credentials probe)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")} | {
-        "HOME": str(tmp_path / "home"), "PYTHONPATH": os.pathsep.join(sys.path)}
+        "HOME": str(tmp_path / "home"),
+        "PYTHONPATH": os.pathsep.join(sys.path),
+    }
     (tmp_path / "home").mkdir()
     out = tmp_path / "run"
     args = [o for o in TINY_TRAIN if not o.startswith(("logger=", "schedule.max_epochs"))]
-    proc = subprocess.run([sys.executable, "-m", "ttfnet_lightning.train", *args, "schedule.max_epochs=1", "logger=wandb",
-                           f"output_dir={out}"], env=env, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ttfnet_lightning.train",
+            *args,
+            "schedule.max_epochs=1",
+            "logger=wandb",
+            f"output_dir={out}",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        stdin=subprocess.DEVNULL,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert list((out / "wandb").glob("offline-run-*")), list(out.iterdir())

@@ -138,10 +138,7 @@ def decode_detections(
         scale = torch.stack((sizes[:, 1] / W, sizes[:, 0] / H, sizes[:, 1] / W, sizes[:, 0] / H), dim=-1)
         boxes = boxes * scale.unsqueeze(1)
     keep = scores > score_threshold
-    return [
-        {"boxes": boxes[i][keep[i]], "scores": scores[i][keep[i]], "labels": labels[i][keep[i]]}
-        for i in range(B)
-    ]
+    return [{"boxes": boxes[i][keep[i]], "scores": scores[i][keep[i]], "labels": labels[i][keep[i]]} for i in range(B)]
 
 
 def coco_results(

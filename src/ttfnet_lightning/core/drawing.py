@@ -16,10 +16,32 @@ from torch import Tensor
 _GOLDEN = 0.618033988749895
 # anchor colours of matplotlib's "inferno" (t = 0, 1/8, ..., 1), so that heatmaps look the same
 # with and without matplotlib
-_INFERNO = [(0, 0, 4), (33, 12, 74), (87, 16, 110), (138, 34, 106), (188, 55, 84), (228, 90, 49), (249, 142, 9), (249, 203, 53), (252, 255, 164)]
+_INFERNO = [
+    (0, 0, 4),
+    (33, 12, 74),
+    (87, 16, 110),
+    (138, 34, 106),
+    (188, 55, 84),
+    (228, 90, 49),
+    (249, 142, 9),
+    (249, 203, 53),
+    (252, 255, 164),
+]
 # box colours of the target panels: no red (red marks ambiguous pixels there)
-BOX_PALETTE = [(31, 119, 180), (44, 160, 44), (148, 103, 189), (23, 190, 207), (188, 189, 34), (140, 86, 75), (227, 119, 194),
-                (127, 127, 127), (174, 199, 232), (152, 223, 138), (255, 187, 120), (197, 176, 213)]
+BOX_PALETTE = [
+    (31, 119, 180),
+    (44, 160, 44),
+    (148, 103, 189),
+    (23, 190, 207),
+    (188, 189, 34),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+    (174, 199, 232),
+    (152, 223, 138),
+    (255, 187, 120),
+    (197, 176, 213),
+]
 AMBIGUOUS_RGB = (255, 0, 0)
 
 
@@ -114,7 +136,9 @@ def draw_detections(
     if scores is not None:
         scores = scores.detach().float().cpu().reshape(-1)
         keep = scores >= score_threshold
-    order = torch.argsort(scores, stable=True) if scores is not None else torch.arange(len(boxes))  # best drawn last (on top)
+    order = (
+        torch.argsort(scores, stable=True) if scores is not None else torch.arange(len(boxes))
+    )  # best drawn last (on top)
     width = width or max(1, round(max(H, W) / 250))
     font = _font(font_size or max(10, round(max(H, W) / 30)))
     pil = Image.fromarray(image.cpu().permute(1, 2, 0).contiguous().numpy())

@@ -56,7 +56,11 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 def _fold_into(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
     """Fold ``bn`` (eval statistics) into ``conv`` in place: y = bn(conv(x)) = conv'(x)."""
     w = conv.weight
-    scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps) if bn.affine else 1.0 / torch.sqrt(bn.running_var + bn.eps)
+    scale = (
+        bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
+        if bn.affine
+        else 1.0 / torch.sqrt(bn.running_var + bn.eps)
+    )
     shift = (bn.bias.detach() if bn.affine else 0.0) - bn.running_mean * scale
     bias = conv.bias.detach() if conv.bias is not None else torch.zeros_like(bn.running_mean)
     with torch.no_grad():
@@ -249,7 +253,11 @@ def use_inference_deform_convs(net: nn.Module) -> int:
     count = 0
     for parent in list(net.modules()):
         for name, child in list(parent.named_children()):
-            if isinstance(child, ModulatedDeformConv2d) and child.deform_impl == "native" and not isinstance(child, InferenceDeformConv2d):
+            if (
+                isinstance(child, ModulatedDeformConv2d)
+                and child.deform_impl == "native"
+                and not isinstance(child, InferenceDeformConv2d)
+            ):
                 setattr(parent, name, InferenceDeformConv2d(child))
                 count += 1
     return count

@@ -15,7 +15,13 @@ streaming format (litdata, the ``stream`` extra): :mod:`~ttfnet_lightning.data.p
 
 from ttfnet_lightning.data.coco import CocoDetection
 from ttfnet_lightning.data.collate import collate_detection
-from ttfnet_lightning.data.datamodules import CocoDataModule, DetectionDataModule, ImageFileDataModule, ShapesDataModule, VocDataModule
+from ttfnet_lightning.data.datamodules import (
+    CocoDataModule,
+    DetectionDataModule,
+    ImageFileDataModule,
+    ShapesDataModule,
+    VocDataModule,
+)
 from ttfnet_lightning.data.errors import DataError
 from ttfnet_lightning.data.sample import BadImage, ImageFileDataset
 from ttfnet_lightning.data.shapes import DEFAULT_SHAPE_CLASSES, SHAPE_KINDS, ShapesDataset, render_shapes

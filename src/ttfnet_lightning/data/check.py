@@ -2,7 +2,8 @@
 before the first training step.
 
     python -m ttfnet_lightning.data.check data=voc data.datamodule.root=/data/voc
-    python -m ttfnet_lightning.data.check data=coco data.datamodule.root=/data/coco data.datamodule.check_cache_dir=/tmp/c
+    python -m ttfnet_lightning.data.check data=coco data.datamodule.root=/data/coco \
+        data.datamodule.check_cache_dir=/tmp/c
 
 (the same overrides as ``ttfnet_lightning.training.run``, composed with the package's ``conf/train.yaml``).
 Exit status 0: no fatal problem (warnings, e.g. truncated images, are listed); 1: fatal problems
@@ -92,7 +93,12 @@ def check_image(path: Path) -> dict[str, Any]:
     except DataError as e:
         return {"status": "bad", "message": str(e), "hw": None, "missing": 1.0}
     except OSError as e:  # decoded a moment ago: the file changed in between
-        return {"status": "bad", "message": f"cannot read image {path}: {type(e).__name__}: {e}", "hw": None, "missing": 1.0}
+        return {
+            "status": "bad",
+            "message": f"cannot read image {path}: {type(e).__name__}: {e}",
+            "hw": None,
+            "missing": 1.0,
+        }
     if d.truncated is not None and _reduced(d, hw):
         try:  # rare: measured again at full size, as the data set will when it reads the image
             d = decode(path)
@@ -145,16 +151,21 @@ class _Cache:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({"version": CACHE_VERSION, "folder": str(folder.resolve()), "files": self.entries}))
+            tmp.write_text(
+                json.dumps({"version": CACHE_VERSION, "folder": str(folder.resolve()), "files": self.entries})
+            )
             os.replace(tmp, self.path)
         except OSError as e:
-            log.warning("data check: cannot write the cache %s (%s); the next check reads every image again", self.path, e)
+            log.warning(
+                "data check: cannot write the cache %s (%s); the next check reads every image again", self.path, e
+            )
 
 
 @dataclass
 class CheckReport:
     """Outcome of :func:`check_datasets`: ``problems`` every problem found (one line each),
-    ``fatal`` the ones that stop training, ``notes`` how to change that, ``bad`` per data set name the image indices to exclude
+    ``fatal`` the ones that stop training, ``notes`` how to change that, ``bad`` per data set name the image indices to
+    exclude
     (index -> reason), counts."""
 
     problems: list[str] = field(default_factory=list)
@@ -199,9 +210,7 @@ def check_datasets(
     return report
 
 
-def _image_results(
-    paths: list[Path], cache_dir: Path | None, workers: int
-) -> tuple[dict[Path, dict[str, Any]], int]:
+def _image_results(paths: list[Path], cache_dir: Path | None, workers: int) -> tuple[dict[Path, dict[str, Any]], int]:
     """Check result per path (cached ones looked up, the others decoded in a thread pool, then
     cached), and how many came from the cache."""
     caches = {folder: _Cache(cache_dir, folder) for folder in {p.parent for p in paths}}
@@ -224,7 +233,10 @@ def _image_results(
 
 
 def _classify(
-    ds: ImageFileDataset, paths: list[Path], results: dict[Path, dict[str, Any]], report: CheckReport,
+    ds: ImageFileDataset,
+    paths: list[Path],
+    results: dict[Path, dict[str, Any]],
+    report: CheckReport,
     truncated_seen: set[Path],
 ) -> dict[int, str]:
     """The bad images of ``ds`` (index -> reason); truncated images it may load become warnings."""
@@ -243,8 +255,9 @@ def _classify(
                 bad[i] = problem
             elif path not in truncated_seen:
                 truncated_seen.add(path)
-                report.problems.append(f"truncated/damaged image {path}: loads only with truncation allowed "
-                                       f"({res['message']})")
+                report.problems.append(
+                    f"truncated/damaged image {path}: loads only with truncation allowed ({res['message']})"
+                )
     return bad
 
 
@@ -285,7 +298,7 @@ def _file_keys(ds: ImageFileDataset, paths: list[Path], plain: bool) -> list[str
     if folder is None:
         return [os.path.realpath(p) for p in paths]
     prefix = str(folder.folder)
-    return [folder.real + t[len(prefix):] if t.startswith(prefix) else os.path.realpath(t) for t in map(str, paths)]
+    return [folder.real + t[len(prefix) :] if t.startswith(prefix) else os.path.realpath(t) for t in map(str, paths)]
 
 
 def _folders_overlap(a: ImageFileDataset, b: ImageFileDataset) -> bool:
@@ -341,11 +354,13 @@ def shared_images(datasets: dict[str, ImageFileDataset], paths: dict[str, list[P
     names = list(datasets)
     out = []
     for k, a in enumerate(names):
-        for b in names[k + 1:]:
+        for b in names[k + 1 :]:
             shared = _shared_pair(datasets[a], datasets[b], paths[a], paths[b], b)
             if shared:
-                out.append(f"{a} and {b} share {len(shared)} image(s) (the same file, or the same image id and file "
-                           f"name; an image in both inflates the validation metric), e.g. {', '.join(shared[:3])}")
+                out.append(
+                    f"{a} and {b} share {len(shared)} image(s) (the same file, or the same image id and file "
+                    f"name; an image in both inflates the validation metric), e.g. {', '.join(shared[:3])}"
+                )
     return out
 
 
@@ -376,7 +391,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     from hydra import compose, initialize_config_dir
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
-
 
     overrides = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

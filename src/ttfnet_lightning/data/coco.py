@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["CocoDetection", "index_coco", "load_coco_json", "load_rgb_image"]
 
+
 def _is_number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
@@ -56,7 +57,8 @@ def duplicate_ids(entries: list[Any], detail: str, *, what: str, of: str, why: s
     return problems + [
         f"{what} {key} is listed {len(found)} times ({of} {', '.join(map(repr, found[:5]))}"
         f"{', ...' if len(found) > 5 else ''}): ids must be unique ({why})"
-        for key, found in seen.items() if len(found) > 1
+        for key, found in seen.items()
+        if len(found) > 1
     ]
 
 
@@ -77,8 +79,9 @@ def _image_problems(images: list[Any]) -> tuple[list[str], set[int]]:
         ids.add(img["id"])
         valid += 1
     if len(ids) < valid:
-        problems += duplicate_ids(images, "file_name", what="image id", of="file names",
-                                  why="each image would get the others' boxes")
+        problems += duplicate_ids(
+            images, "file_name", what="image id", of="file names", why="each image would get the others' boxes"
+        )
     return problems, ids
 
 
@@ -265,12 +268,16 @@ class CocoDetection(ImageFileDataset):
     ) -> None:
         self.root = Path(root)
         self.split = split
-        self.ann_file = Path(ann_file) if ann_file is not None else self.root / "annotations" / f"instances_{split}.json"
+        self.ann_file = (
+            Path(ann_file) if ann_file is not None else self.root / "annotations" / f"instances_{split}.json"
+        )
         self.image_dir = Path(image_dir) if image_dir is not None else self.root / split
         self.transforms = transforms
         self.keep_empty = bool(keep_empty)
         self.init_image_policy(
-            skip_bad_images=skip_bad_images, max_bad_images=max_bad_images, substitute_bad_images=substitute_bad_images,
+            skip_bad_images=skip_bad_images,
+            max_bad_images=max_bad_images,
+            substitute_bad_images=substitute_bad_images,
             max_truncated_fraction=max_truncated_fraction,
         )
 
@@ -279,9 +286,13 @@ class CocoDetection(ImageFileDataset):
             raise DataError(f"COCO image folder not found: {self.image_dir} (annotations: {self.ann_file})")
         self.image_folder = ImageFolder(self.image_dir)
         images = data["images"]
-        problems = self.image_folder.problems([img["file_name"] for img in images], lambda k: f"image id {images[k]['id']}")
+        problems = self.image_folder.problems(
+            [img["file_name"] for img in images], lambda k: f"image id {images[k]['id']}"
+        )
         coco, id_problems = index_coco(data)
-        raise_problems(problems + id_problems, where=f"COCO annotation file {self.ann_file} (image folder {self.image_dir})")
+        raise_problems(
+            problems + id_problems, where=f"COCO annotation file {self.ann_file} (image folder {self.image_dir})"
+        )
         self.coco = coco
 
         self.cat_ids: list[int] = sorted(coco.cats)
@@ -308,14 +319,19 @@ class CocoDetection(ImageFileDataset):
                 why = "only crowd boxes" if len(crowd) else "only degenerate boxes" if anns else "no annotations"
                 self.dropped[why] += 1
                 continue
-            for name, value in zip(self.per_image, (img["id"], str(img["file_name"]), (h, w), boxes, labels, crowd, area)):
+            for name, value in zip(
+                self.per_image, (img["id"], str(img["file_name"]), (h, w), boxes, labels, crowd, area)
+            ):
                 getattr(self, name).append(value)
 
     def _report_drops(self, num_images: int) -> None:
         """Log the degenerate boxes and the dropped images; no image left raises :class:`DataError`."""
         if self.num_degenerate:
-            log.warning("%s: dropped %d degenerate box(es) (no area left after clipping to the image)", self.ann_file,
-                        self.num_degenerate)
+            log.warning(
+                "%s: dropped %d degenerate box(es) (no area left after clipping to the image)",
+                self.ann_file,
+                self.num_degenerate,
+            )
         if self.keep_empty:
             return
         drops = ", ".join(f"{n} with {why}" for why, n in self.dropped.items() if n)
@@ -325,7 +341,9 @@ class CocoDetection(ImageFileDataset):
                 f"non-degenerate) box: all {num_images} images dropped ({drops})"
             )
         if drops:
-            log.info("%s: dropped %d image(s) without a usable box (%s)", self.ann_file, sum(self.dropped.values()), drops)
+            log.info(
+                "%s: dropped %d image(s) without a usable box (%s)", self.ann_file, sum(self.dropped.values()), drops
+            )
 
     @property
     def num_classes(self) -> int:

@@ -158,7 +158,12 @@ class ImageFileDataModule(DetectionDataModule):
         for name, bad in report.bad.items():
             if bad:
                 todo[name].exclude(bad)
-                log.warning("%s: excluded %d bad image(s) from the index: %s", name, len(bad), sorted(todo[name].excluded_images))
+                log.warning(
+                    "%s: excluded %d bad image(s) from the index: %s",
+                    name,
+                    len(bad),
+                    sorted(todo[name].excluded_images),
+                )
 
 
 class ShapesDataModule(DetectionDataModule):
@@ -203,10 +208,20 @@ class ShapesDataModule(DetectionDataModule):
     def data_fingerprint(cls, **options: Any) -> dict[str, str | None]:
         """The generating parameters of each split (the images are rendered from them)."""
         o = with_defaults(cls, options)
-        common = {"input_size": list(as_size(o["input_size"], name="input_size", multiple=STRIDE)), "classes": list(o["classes"]),
-                  "min_objects": int(o["min_objects"]), "max_objects": int(o["max_objects"])}
-        return {"train (generated shapes)": params_digest(dict(common, num_images=int(o["num_train"]), seed=int(o["seed"]))),
-                "val (generated shapes)": params_digest(dict(common, num_images=int(o["num_val"]), seed=int(o["val_seed"])))}
+        common = {
+            "input_size": list(as_size(o["input_size"], name="input_size", multiple=STRIDE)),
+            "classes": list(o["classes"]),
+            "min_objects": int(o["min_objects"]),
+            "max_objects": int(o["max_objects"]),
+        }
+        return {
+            "train (generated shapes)": params_digest(
+                dict(common, num_images=int(o["num_train"]), seed=int(o["seed"]))
+            ),
+            "val (generated shapes)": params_digest(
+                dict(common, num_images=int(o["num_val"]), seed=int(o["val_seed"]))
+            ),
+        }
 
     def _dataset(self, *, num_images: int, seed: int, train: bool) -> ShapesDataset:
         return ShapesDataset(
@@ -228,8 +243,16 @@ class ShapesDataModule(DetectionDataModule):
 
 # ImageFileDataModule's arguments, passed on from the subclasses' own
 _BASE_ARGS = (
-    "input_size", "batch_size", "num_workers", "augment",
-    "skip_bad_images", "max_bad_images", "preflight", "preflight_workers", "check_cache_dir", "max_truncated_fraction",
+    "input_size",
+    "batch_size",
+    "num_workers",
+    "augment",
+    "skip_bad_images",
+    "max_bad_images",
+    "preflight",
+    "preflight_workers",
+    "check_cache_dir",
+    "max_truncated_fraction",
 )
 _CHECK_ARGS = """        skip_bad_images, max_bad_images: bad-image policy (see :class:`ImageFileDataset`): skip
             (training: substitute the next image; validation: exclude it from the metric) or raise.
@@ -240,7 +263,8 @@ _CHECK_ARGS = """        skip_bad_images, max_bad_images: bad-image policy (see 
 
 
 class CocoDataModule(ImageFileDataModule):
-    """COCO (:class:`CocoDetection`). The val annotation file is read at construction (it fixes
+    (
+        """COCO (:class:`CocoDetection`). The val annotation file is read at construction (it fixes
     the classes and ``label_to_cat_id``); the train file in ``setup`` (its categories must match).
 
     Args:
@@ -250,7 +274,9 @@ class CocoDataModule(ImageFileDataModule):
         batch_size, num_workers: dataloader settings.
         augment: SSD-style augmentations for training.
         train_keep_empty, val_keep_empty: keep images without non-crowd boxes.
-    """ + _CHECK_ARGS
+    """
+        + _CHECK_ARGS
+    )
 
     def __init__(
         self,
@@ -292,7 +318,10 @@ class CocoDataModule(ImageFileDataModule):
         """The content digest of each split's annotation file (``annotations/instances_{split}.json``)."""
         o = with_defaults(cls, options)
         root = Path(o["root"])
-        files = {name: f"annotations/instances_{o[key]}.json" for name, key in (("train", "train_split"), ("val", "val_split"))}
+        files = {
+            name: f"annotations/instances_{o[key]}.json"
+            for name, key in (("train", "train_split"), ("val", "val_split"))
+        }
         return {f"{name} {rel}": file_digest(root / rel, cache_dir=o["check_cache_dir"]) for name, rel in files.items()}
 
     def setup(self, stage: str | None = None) -> None:
@@ -307,14 +336,16 @@ class CocoDataModule(ImageFileDataModule):
             if train.cat_ids != self.label_to_cat_id:
                 raise DataError(
                     f"categories of {train.ann_file} ({len(train.cat_ids)}) differ from those of "
-                    f"{self.val_ann_file} ({len(self.label_to_cat_id or [])}): both splits must list the same categories"
+                    f"{self.val_ann_file} ({len(self.label_to_cat_id or [])}): both splits must list the same "
+                    "categories"
                 )
             self.train_dataset = train
         self.run_preflight()
 
 
 class VocDataModule(ImageFileDataModule):
-    """Pascal VOC layout (:class:`VocDetection`). The train split is read at construction (it
+    (
+        """Pascal VOC layout (:class:`VocDetection`). The train split is read at construction (it
     fixes the classes when ``class_names`` is None); the val split uses the same classes.
 
     Args:
@@ -327,7 +358,9 @@ class VocDataModule(ImageFileDataModule):
         input_size: (H, W), multiples of 32.
         batch_size, num_workers: dataloader settings.
         augment: SSD-style augmentations for training.
-    """ + _CHECK_ARGS
+    """
+        + _CHECK_ARGS
+    )
 
     def __init__(
         self,
@@ -369,8 +402,12 @@ class VocDataModule(ImageFileDataModule):
         XML file it lists."""
         o = with_defaults(cls, options)
         root = Path(o["root"])
-        return {f"{name} ImageSets/Main/{o[key]}.txt + Annotations/*.xml": voc_split_digest(root, str(o[key]), cache_dir=o["check_cache_dir"])
-                for name, key in (("train", "train_split"), ("val", "val_split"))}
+        return {
+            f"{name} ImageSets/Main/{o[key]}.txt + Annotations/*.xml": voc_split_digest(
+                root, str(o[key]), cache_dir=o["check_cache_dir"]
+            )
+            for name, key in (("train", "train_split"), ("val", "val_split"))
+        }
 
     def setup(self, stage: str | None = None) -> None:
         if self.val_dataset is None:

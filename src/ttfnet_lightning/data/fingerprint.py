@@ -30,8 +30,15 @@ from ttfnet_lightning.data.paths import ImageFolder
 
 log = logging.getLogger(__name__)
 
-__all__ = ["file_digest", "params_digest", "combine_digests", "with_defaults", "voc_split_digest", "datamodule_fingerprint",
-           "describe_data"]
+__all__ = [
+    "file_digest",
+    "params_digest",
+    "combine_digests",
+    "with_defaults",
+    "voc_split_digest",
+    "datamodule_fingerprint",
+    "describe_data",
+]
 
 # files at least this large get their digest cached on disk too (small files hash faster than a cache look-up)
 DISK_CACHE_MIN_BYTES = 8 << 20
@@ -113,7 +120,11 @@ def voc_split_digest(root: Path, split: str, *, cache_dir: str | Path | None = N
     listed = file_digest(split_file, cache_dir=cache_dir)
     if listed is None:
         return None
-    names = [line.split()[0] for line in split_file.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    names = [
+        line.split()[0]
+        for line in split_file.read_text(encoding="utf-8", errors="replace").splitlines()
+        if line.strip()
+    ]
     annotations = ImageFolder(root / "Annotations")
     parts: list[tuple[str, str | None]] = [(f"ImageSets/Main/{split}.txt", listed)]
     for n in names:

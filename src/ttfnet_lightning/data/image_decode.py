@@ -92,8 +92,10 @@ def _integer_to_rgb(im: Image.Image) -> Image.Image:
     arr = np.asarray(im).astype(np.int64)
     lo, hi = (int(arr.min()), int(arr.max())) if arr.size else (0, 0)
     if lo < 0 or hi > 65535:
-        raise ModeError(f"{im.mode} image with values in [{lo}, {hi}]: no defined 8-bit mapping "
-                        "(16-bit 0..65535 is scaled; convert other ranges to 8 bits)")
+        raise ModeError(
+            f"{im.mode} image with values in [{lo}, {hi}]: no defined 8-bit mapping "
+            "(16-bit 0..65535 is scaled; convert other ranges to 8 bits)"
+        )
     return _gray_to_rgb(((arr * 255 + 32767) // 65535).astype(np.uint8))  # round(v / 257)
 
 
@@ -200,8 +202,12 @@ def decode(path: Path | bytes, *, reduce_to: int | None = None, name: str | None
             ImageFile.LOAD_TRUNCATED_IMAGES = before
     rows = missing_rows(rgb)
     missing = rows / max(1, rgb.height)
-    what = (f"about {missing:.0%} of the image not decoded (the bottom {rows} of {rgb.height} rows are one uniform "
-            "fill colour)" if rows else f"no full row of {rgb.height} missing (at most part of the last block row)")
+    what = (
+        f"about {missing:.0%} of the image not decoded (the bottom {rows} of {rgb.height} rows are one uniform "
+        "fill colour)"
+        if rows
+        else f"no full row of {rgb.height} missing (at most part of the last block row)"
+    )
     return Decoded(rgb, f"{what} (the strict decoder: {strict_error})", missing)
 
 

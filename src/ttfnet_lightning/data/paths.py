@@ -15,7 +15,8 @@ Cost (see ``benchmarks/bench_data_checks.py``): the folder is listed once (``os.
 ``stat`` per file); a plain name (no separator) that is not a link in that listing is inside by
 construction and needs no further system call (all names of a folder without links are judged at
 once, in two regular-expression scans); only links and names with sub-folders are resolved
-(``os.path.realpath``, ~20 us each), and the folder itself only when one is. Matching against the listing ignores case and Unicode
+(``os.path.realpath``, ~20 us each), and the folder itself only when one is. Matching against the listing ignores case
+and Unicode
 normalization, so a case-insensitive file system cannot slip a link past it (a false match costs
 one ``realpath``, never a wrong answer).
 """
@@ -175,8 +176,10 @@ class ImageFolder:
                     by_key.setdefault(key, []).append(label(k))
             for key, named in by_key.items():
                 if len(named) > 1:
-                    out.append(f"file {key!r} is named by {len(named)} entries ({', '.join(named[:5])}"
-                               f"{', ...' if len(named) > 5 else ''}): each file may be listed once")
+                    out.append(
+                        f"file {key!r} is named by {len(named)} entries ({', '.join(named[:5])}"
+                        f"{', ...' if len(named) > 5 else ''}): each file may be listed once"
+                    )
         return out
 
     def verify(self, path: str | Path, *, entry: str = "") -> None:
@@ -187,8 +190,10 @@ class ImageFolder:
         """
         real = os.path.realpath(path)
         if not self.inside(real):
-            raise DataError(f"refusing to read {path}{f' ({entry})' if entry else ''}: it resolves to {real}, "
-                            f"outside the image folder {self.real}")
+            raise DataError(
+                f"refusing to read {path}{f' ({entry})' if entry else ''}: it resolves to {real}, "
+                f"outside the image folder {self.real}"
+            )
 
 
 def raise_problems(problems: Sequence[str], *, where: str) -> None:

@@ -67,7 +67,9 @@ def _read(path: Path) -> bytes | DataError:
         return DataError(f"cannot read image file {path}: {type(e).__name__}: {e}")
 
 
-def write_split(ds: CocoDetection, out_dir: Path, *, chunk_bytes: str | int = "64MB", workers: int = 8) -> dict[str, Any]:
+def write_split(
+    ds: CocoDetection, out_dir: Path, *, chunk_bytes: str | int = "64MB", workers: int = 8
+) -> dict[str, Any]:
     """Write every image of ``ds`` (its index, after any exclusions) as litdata chunks in ``out_dir``.
 
     Returns the split's metadata: ``num_images``, ``num_boxes`` (non-crowd), ``image_ids`` in
@@ -94,17 +96,20 @@ def write_split(ds: CocoDetection, out_dir: Path, *, chunk_bytes: str | int = "6
                     continue
                 ann = ds.annotations(i)
                 h, w = ds.orig_sizes[i]
-                writer.add_item(len(image_ids), {
-                    "image": data,
-                    "image_id": int(ds.image_ids[i]),
-                    "file_name": ds.file_names[i].encode("utf-8"),  # bytes: litdata would read a str naming a file
-                    "height": int(h),
-                    "width": int(w),
-                    "boxes": np.ascontiguousarray(ann["boxes"], dtype=np.float32).reshape(-1, 4),
-                    "labels": np.ascontiguousarray(ann["labels"], dtype=np.int64),
-                    "iscrowd": np.ascontiguousarray(ann["iscrowd"], dtype=np.int64),
-                    "area": np.ascontiguousarray(ann["area"], dtype=np.float32),
-                })
+                writer.add_item(
+                    len(image_ids),
+                    {
+                        "image": data,
+                        "image_id": int(ds.image_ids[i]),
+                        "file_name": ds.file_names[i].encode("utf-8"),  # bytes: litdata would read a str naming a file
+                        "height": int(h),
+                        "width": int(w),
+                        "boxes": np.ascontiguousarray(ann["boxes"], dtype=np.float32).reshape(-1, 4),
+                        "labels": np.ascontiguousarray(ann["labels"], dtype=np.int64),
+                        "iscrowd": np.ascontiguousarray(ann["iscrowd"], dtype=np.int64),
+                        "area": np.ascontiguousarray(ann["area"], dtype=np.float32),
+                    },
+                )
                 image_ids.append(int(ds.image_ids[i]))
                 num_boxes += int((ann["iscrowd"] == 0).sum())
     if not image_ids:
@@ -114,7 +119,9 @@ def write_split(ds: CocoDetection, out_dir: Path, *, chunk_bytes: str | int = "6
     return {"num_images": len(image_ids), "num_boxes": num_boxes, "image_ids": image_ids, "skipped": skipped}
 
 
-def prepare_coco(dm: Any, output: str | Path, *, chunk_bytes: str | int = "64MB", workers: int = 8, overwrite: bool = False) -> dict[str, Any]:
+def prepare_coco(
+    dm: Any, output: str | Path, *, chunk_bytes: str | int = "64MB", workers: int = 8, overwrite: bool = False
+) -> dict[str, Any]:
     """Write the train and val sets of a set-up :class:`~ttfnet_lightning.data.CocoDataModule`
     (``dm.setup("fit")`` and its pre-flight check done) into ``output``; returns the metadata
     (also written, last, as ``output/metadata.json``).
@@ -125,8 +132,10 @@ def prepare_coco(dm: Any, output: str | Path, *, chunk_bytes: str | int = "64MB"
             (:func:`~ttfnet_lightning.data.stream_folder.check_output`).
     """
     if is_url(output):
-        raise DataError(f"output={output}: prepare writes a local folder; copy it to the object store afterwards "
-                        f"(e.g. aws s3 sync DIR {output}) and stream from there")
+        raise DataError(
+            f"output={output}: prepare writes a local folder; copy it to the object store afterwards "
+            f"(e.g. aws s3 sync DIR {output}) and stream from there"
+        )
     sets = {"train": dm.train_dataset, "val": dm.val_dataset}
     out, clear = check_output(output, sources=_sources(dm), overwrite=overwrite)
     if clear:
@@ -139,19 +148,17 @@ def prepare_coco(dm: Any, output: str | Path, *, chunk_bytes: str | int = "64MB"
     splits: dict[str, Any] = {}
     for name, ds in sets.items():
         info = write_split(ds, out / name, chunk_bytes=chunk_bytes, workers=workers)
-        excluded = dict(ds.excluded_images) | info.pop("skipped")
-        splits[name] = {
-            **info,
-            "source_split": ds.split,
-            "ann_file": str(ds.ann_file),
-            "image_dir": str(ds.image_dir),
-            "keep_empty": ds.keep_empty,
-            "dropped_without_boxes": {k: v for k, v in ds.dropped.items() if v},
-            "num_excluded": len(excluded),
-            "excluded": excluded,
-        }
-        log.info("%s: %d image(s), %d box(es) written to %s; %d bad image(s) left out%s", name, info["num_images"],
-                 info["num_boxes"], out / name, len(excluded), "".join(f"\n  {p}: {r}" for p, r in excluded.items()))
+        splits[name] = _split_record(ds, info)
+        excluded = splits[name]["excluded"]
+        log.info(
+            "%s: %d image(s), %d box(es) written to %s; %d bad image(s) left out%s",
+            name,
+            info["num_images"],
+            info["num_boxes"],
+            out / name,
+            len(excluded),
+            "".join(f"\n  {p}: {r}" for p, r in excluded.items()),
+        )
     val_ann = Path("annotations") / dm.val_dataset.ann_file.name
     (out / "annotations").mkdir(exist_ok=True)
     shutil.copyfile(dm.val_dataset.ann_file, out / val_ann)
@@ -176,11 +183,31 @@ def prepare_coco(dm: Any, output: str | Path, *, chunk_bytes: str | int = "64MB"
     return meta
 
 
+def _split_record(ds: Any, info: dict[str, Any]) -> dict[str, Any]:
+    """metadata.json's entry of one split: what :func:`write_split` wrote (``info``) and where it came from;
+    ``excluded`` = the data set's bad images and the ones skipped while writing."""
+    excluded = dict(ds.excluded_images) | info.pop("skipped")
+    return {
+        **info,
+        "source_split": ds.split,
+        "ann_file": str(ds.ann_file),
+        "image_dir": str(ds.image_dir),
+        "keep_empty": ds.keep_empty,
+        "dropped_without_boxes": {k: v for k, v in ds.dropped.items() if v},
+        "num_excluded": len(excluded),
+        "excluded": excluded,
+    }
+
+
 def _sources(dm: Any) -> list[Path]:
     """The data ``dm`` reads: its root, each split's image folder and annotation file."""
     found = [Path(dm.root)] if getattr(dm, "root", None) else []
     for ds in (dm.train_dataset, dm.val_dataset):
-        found += [Path(p) for p in (getattr(ds, "root", None), getattr(ds, "image_dir", None), getattr(ds, "ann_file", None)) if p]
+        found += [
+            Path(p)
+            for p in (getattr(ds, "root", None), getattr(ds, "image_dir", None), getattr(ds, "ann_file", None))
+            if p
+        ]
     return found
 
 
@@ -200,31 +227,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
-
-    args = list(sys.argv[1:] if argv is None else argv)
-    own = dict(OWN_KEYS)
-    overrides = []
-    for a in args:
-        key = a.split("=", 1)[0]
-        if key in own and "=" in a:
-            own[key] = a.split("=", 1)[1]
-        else:
-            overrides.append(a)
+    own, overrides = _split_args(list(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if not own["output"]:
-        print("usage: python -m ttfnet_lightning.data.prepare data=coco data.datamodule.root=/data/coco output=DIR "
-              "[chunk_bytes=64MB] [workers=8] [overwrite=false] [other overrides of train]", file=sys.stderr)
+        print(
+            "usage: python -m ttfnet_lightning.data.prepare data=coco data.datamodule.root=/data/coco output=DIR "
+            "[chunk_bytes=64MB] [workers=8] [overwrite=false] [other overrides of train]",
+            file=sys.stderr,
+        )
         return 2
     require_litdata()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides)
     target = str(cfg.data.datamodule.get("_target_", ""))
     if not target.endswith("CocoDataModule"):
-        print(f"prepare writes COCO data sets (data=coco), not data '{cfg.data.get('name')}' ({target})", file=sys.stderr)
+        print(
+            f"prepare writes COCO data sets (data=coco), not data '{cfg.data.get('name')}' ({target})", file=sys.stderr
+        )
         return 2
     try:  # before the (slow) data set build and pre-flight check; prepare_coco checks again with every source path
         if not is_url(own["output"]):
-            check_output(own["output"], sources=[cfg.data.datamodule.get("root") or "."], overwrite=_bool(own["overwrite"]))
+            check_output(
+                own["output"], sources=[cfg.data.datamodule.get("root") or "."], overwrite=_bool(own["overwrite"])
+            )
     except DataError as e:
         print(f"prepare: {e}", file=sys.stderr)
         return 1
@@ -240,18 +265,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         dm.preflight = True  # the folder loader's bad-image policy, always (cached)
         dm.run_preflight()
-        meta = prepare_coco(dm, own["output"], chunk_bytes=own["chunk_bytes"], workers=int(own["workers"]),
-                            overwrite=_bool(own["overwrite"]))
+        meta = prepare_coco(
+            dm,
+            own["output"],
+            chunk_bytes=own["chunk_bytes"],
+            workers=int(own["workers"]),
+            overwrite=_bool(own["overwrite"]),
+        )
     except DataError as e:
         print(f"prepare: {e}", file=sys.stderr)
         return 1
-    out = Path(own["output"])
+    _report(Path(own["output"]), meta)
+    return 0
+
+
+def _split_args(args: list[str]) -> tuple[dict[str, str], list[str]]:
+    """prepare's own ``key=value`` arguments (OWN_KEYS, with their defaults) and the Hydra overrides."""
+    own, overrides = dict(OWN_KEYS), []
+    for a in args:
+        key = a.split("=", 1)[0]
+        if key in own and "=" in a:
+            own[key] = a.split("=", 1)[1]
+        else:
+            overrides.append(a)
+    return own, overrides
+
+
+def _report(out: Path, meta: dict[str, Any]) -> None:
     print(f"prepared {out} in {meta['seconds']} s (litdata {meta['litdata']}):")
     for name, s in meta["splits"].items():
-        print(f"  {name}: {s['num_images']} images, {s['num_boxes']} boxes, {s['num_excluded']} bad image(s) left out"
-              + "".join(f"\n    {p}: {r}" for p, r in s["excluded"].items()))
+        print(
+            f"  {name}: {s['num_images']} images, {s['num_boxes']} boxes, {s['num_excluded']} bad image(s) left out"
+            + "".join(f"\n    {p}: {r}" for p, r in s["excluded"].items())
+        )
     print(f"train with: python -m ttfnet_lightning.train data=coco_stream data.datamodule.input_dir={out.resolve()}")
-    return 0
 
 
 if __name__ == "__main__":

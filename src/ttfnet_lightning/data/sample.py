@@ -77,7 +77,6 @@ def to_image_tensor(rgb: Image.Image) -> tv_tensors.Image:
     return tv_tensors.Image(torch.from_numpy(arr).permute(2, 0, 1).contiguous())
 
 
-
 def check_index(index: int, length: int) -> int:
     """``index`` as a non-negative int in ``[0, length)`` (negative counts from the end)."""
     index = int(index)
@@ -247,8 +246,13 @@ class ImageFileDataset(BadImageCounts, Dataset):
                 raise DataError(problem)
             if str(path) not in self.truncated_images:
                 self.truncated_images[str(path)] = d.truncated
-                log.warning("loaded truncated/damaged image %s with truncation allowed (%d such image(s) so far in "
-                            "this process): %s", path, self.num_truncated, d.truncated)
+                log.warning(
+                    "loaded truncated/damaged image %s with truncation allowed (%d such image(s) so far in "
+                    "this process): %s",
+                    path,
+                    self.num_truncated,
+                    d.truncated,
+                )
         size = self.expected_size(index)
         if size is not None and (d.image.height, d.image.width) != tuple(size):
             raise DataError(

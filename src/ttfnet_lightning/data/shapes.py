@@ -157,8 +157,17 @@ class _Scene:
     full: list[int] = field(default_factory=list)
     visible: list[int] = field(default_factory=list)
 
-    def place(self, name: str, label: int, s: float, rng: np.random.Generator, *, tries: int, max_iou: float,
-              max_occlusion: float) -> None:
+    def place(
+        self,
+        name: str,
+        label: int,
+        s: float,
+        rng: np.random.Generator,
+        *,
+        tries: int,
+        max_iou: float,
+        max_occlusion: float,
+    ) -> None:
         """Draw one object of size ``s`` (shrunk by 10 % after each rejected try) where it overlaps no
         placed box by more than ``max_iou`` and hides no object beyond ``max_occlusion``; after
         ``tries`` rejections it is left out."""
@@ -188,8 +197,9 @@ class _Scene:
             self.placed.append(box)
             return
 
-    def _paint(self, mask: np.ndarray, region: np.ndarray, lost: np.ndarray, x0: int, y0: int,
-               rng: np.random.Generator) -> None:
+    def _paint(
+        self, mask: np.ndarray, region: np.ndarray, lost: np.ndarray, x0: int, y0: int, rng: np.random.Generator
+    ) -> None:
         """Colour the object's pixels, take them over in ``owner`` and record its tight box."""
         bh, bw = mask.shape
         patch = self.canvas[y0 : y0 + bh, x0 : x0 + bw]
@@ -241,8 +251,15 @@ def render_shapes(
 
     scene = _Scene(canvas=canvas, owner=owner)
     for k in range(n):
-        scene.place(classes[kinds[k]], int(kinds[k]), float(sizes[k]), rng, tries=60 if k < min_objects else 20,
-                    max_iou=max_iou, max_occlusion=max_occlusion)
+        scene.place(
+            classes[kinds[k]],
+            int(kinds[k]),
+            float(sizes[k]),
+            rng,
+            tries=60 if k < min_objects else 20,
+            max_iou=max_iou,
+            max_occlusion=max_occlusion,
+        )
     boxes, labels = scene.boxes, scene.labels
 
     sigma = rng.uniform(2.0, 10.0)

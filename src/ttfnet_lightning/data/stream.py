@@ -29,7 +29,8 @@ A prepared folder (written by :mod:`ttfnet_lightning.data.prepare`, once):
 chunks across DDP ranks and dataloader workers itself (every image once per epoch; under DDP the
 training set drops the few images that would leave the ranks uneven), shuffles the training set
 (the chunks' order and the items within them, differently each epoch) and keeps the validation
-order (every image once, also under DDP). ``input_dir`` may be a URL (``s3://``, ``gs://``, ``azure://``, ``hf://``...): chunks are
+order (every image once, also under DDP). ``input_dir`` may be a URL (``s3://``, ``gs://``, ``azure://``,
+``hf://``...): chunks are
 downloaded into ``cache_dir`` as they are needed; credentials come from the environment (e.g.
 ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` / ``AWS_PROFILE``, ``~/.aws``, instance roles),
 ``storage_options`` passes extra client options (e.g. ``endpoint_url`` of an S3-compatible store).
@@ -55,7 +56,14 @@ from ttfnet_lightning.data.collate import collate_detection
 from ttfnet_lightning.data.datamodules import DetectionDataModule
 from ttfnet_lightning.data.errors import DataError
 from ttfnet_lightning.data.fingerprint import combine_digests, file_digest
-from ttfnet_lightning.data.stream_verify import CHECKSUMS, INDEX, is_url, read_checksums, verify_index, verify_local_split
+from ttfnet_lightning.data.stream_verify import (
+    CHECKSUMS,
+    INDEX,
+    is_url,
+    read_checksums,
+    verify_index,
+    verify_local_split,
+)
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +111,10 @@ def fetch(input_dir: str, rel: str, dest_dir: Path, storage_options: dict[str, A
     if not is_url(input_dir):
         path = Path(input_dir) / rel
         if not path.is_file():
-            raise DataError(f"{path} not found: {input_dir} is not a prepared stream folder, or its prepare did not finish "
-                            f"(python -m ttfnet_lightning.data.prepare data=coco data.datamodule.root=... output={input_dir})")
+            raise DataError(
+                f"{path} not found: {input_dir} is not a prepared stream folder, or its prepare did not finish "
+                f"(python -m ttfnet_lightning.data.prepare data=coco data.datamodule.root=... output={input_dir})"
+            )
         return path.absolute()
     require_litdata()
     from litdata.streaming.downloader import get_downloader
@@ -117,7 +127,8 @@ def fetch(input_dir: str, rel: str, dest_dir: Path, storage_options: dict[str, A
     except Exception as e:  # botocore / gcs / azure errors have no common base class
         raise DataError(
             f"cannot download {remote} ({type(e).__name__}: {e}); is {input_dir} a prepared stream folder, and are the "
-            f"object store's credentials in the environment (e.g. AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE)?"
+            "object store's credentials in the environment (e.g. AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or "
+            "AWS_PROFILE)?"
         ) from None
     if not dest.is_file():
         raise DataError(f"cannot download {remote}: nothing was written to {dest}")
@@ -131,10 +142,13 @@ def read_metadata(path: Path) -> dict[str, Any]:
     except (OSError, ValueError) as e:
         raise DataError(f"cannot read the stream metadata {path}: {e}") from None
     if not isinstance(meta, dict) or meta.get("format") != STREAM_FORMAT:
-        raise DataError(f"{path} is not the metadata of a ttfnet-lightning COCO stream folder (format {STREAM_FORMAT!r})")
+        raise DataError(
+            f"{path} is not the metadata of a ttfnet-lightning COCO stream folder (format {STREAM_FORMAT!r})"
+        )
     if meta.get("version") != FORMAT_VERSION:
         raise DataError(
-            f"{path}: stream format version {meta.get('version')}, this ttfnet-lightning reads version {FORMAT_VERSION}; "
+            f"{path}: stream format version {meta.get('version')}, this ttfnet-lightning reads version "
+            f"{FORMAT_VERSION}; "
             f"prepare the folder again with this version"
         )
     return meta
@@ -220,10 +234,19 @@ class CocoStreamDataModule(DetectionDataModule):
         split's ``index.json`` (its chunks), fetched like the metadata for a URL ``input_dir``."""
         input_dir, cache_dir = str(options["input_dir"]), options.get("cache_dir")
         key = hashlib.sha1(input_dir.encode()).hexdigest()[:16]
-        files = ((Path(cache_dir) / "ttfnet-meta" if cache_dir else stream_cache_dir()) / key) if is_url(input_dir) else Path(input_dir)
+        files = (
+            ((Path(cache_dir) / "ttfnet-meta" if cache_dir else stream_cache_dir()) / key)
+            if is_url(input_dir)
+            else Path(input_dir)
+        )
         get = lambda rel: file_digest(fetch(input_dir, rel, files, options.get("storage_options")))  # noqa: E731
         meta = get(METADATA)
-        return {f"{s} {METADATA} + {s}/index.json": combine_digests([(METADATA, meta), ("index.json", get(f"{s}/index.json"))]) for s in SPLITS}
+        return {
+            f"{s} {METADATA} + {s}/index.json": combine_digests(
+                [(METADATA, meta), ("index.json", get(f"{s}/index.json"))]
+            )
+            for s in SPLITS
+        }
 
     def split_dir(self, split: str) -> str:
         return join(self.input_dir, split)
@@ -240,7 +263,9 @@ class CocoStreamDataModule(DetectionDataModule):
         if self._checksums is None:
             return None
         if not isinstance(self._checksums.get(split), dict):
-            raise DataError(f"{join(self.input_dir, CHECKSUMS)} records no checksums of split '{split}'; prepare the stream again")
+            raise DataError(
+                f"{join(self.input_dir, CHECKSUMS)} records no checksums of split '{split}'; prepare the stream again"
+            )
         return self._checksums[split]
 
     def verify_split(self, split: str) -> dict[str, Any] | None:
@@ -251,8 +276,14 @@ class CocoStreamDataModule(DetectionDataModule):
             index = fetch(self.input_dir, f"{split}/{INDEX}", self._files, self.storage_options)
             verify_index(index, split, sums, num_images)
         else:
-            verify_local_split(Path(self.input_dir) / split, split, sums=sums, num_images=num_images,
-                               checksums=self.verify_checksums, cache_dir=stream_cache_dir() / "verified")
+            verify_local_split(
+                Path(self.input_dir) / split,
+                split,
+                sums=sums,
+                num_images=num_images,
+                checksums=self.verify_checksums,
+                cache_dir=stream_cache_dir() / "verified",
+            )
         return None if sums is None else dict(sums.get("chunks") or {})
 
     def _dataset(self, split: str, *, train: bool) -> Dataset:

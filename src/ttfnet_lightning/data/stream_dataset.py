@@ -73,8 +73,13 @@ class StreamingCocoDetection(BadImageCounts, StreamingDataset):
             max_cache_size = 0.75
         extra: dict[str, Any] = {} if max_cache_size is None else {"max_cache_size": max_cache_size}
         super().__init__(
-            input_dir, cache_dir=cache_dir, shuffle=shuffle, seed=int(seed), drop_last=drop_last,
-            storage_options=dict(storage_options or {}), **extra,
+            input_dir,
+            cache_dir=cache_dir,
+            shuffle=shuffle,
+            seed=int(seed),
+            drop_last=drop_last,
+            storage_options=dict(storage_options or {}),
+            **extra,
         )
         self.source = str(input_dir)
         self.image_ids = [int(i) for i in image_ids]
@@ -122,8 +127,10 @@ class StreamingCocoDetection(BadImageCounts, StreamingDataset):
     def _read_error(self, index: int, chunk: int | None, exc: BaseException | None = None) -> DataError:
         image_id = self.image_ids[index] if 0 <= index < len(self.image_ids) else "?"
         cause = "" if exc is None else f" ({type(exc).__name__}: {exc})"
-        return DataError(f"split '{Path(self.source).name}': cannot read item {index} (image id {image_id}) from "
-                         f"{self._chunk_state(chunk)}{cause}; the stream is damaged: prepare it again")
+        return DataError(
+            f"split '{Path(self.source).name}': cannot read item {index} (image id {image_id}) from "
+            f"{self._chunk_state(chunk)}{cause}; the stream is damaged: prepare it again"
+        )
 
     def _check_chunk(self, index: int, chunk: int | None, *, downloaded: bool) -> None:
         """Local: the chunk exists with its index's size (before litdata waits for it). URL: after
@@ -139,9 +146,14 @@ class StreamingCocoDetection(BadImageCounts, StreamingDataset):
                 return
             raise self._read_error(index, chunk) from None
         rec = (self.chunk_checksums or {}).get(name) if downloaded else None
-        if actual != size or (rec is not None and (actual != rec.get("bytes") or file_sha256(path) != rec.get("sha256"))):
-            raise self._read_error(index, chunk, None if actual != size else
-                                   ValueError("its content differs from the sha256 prepare recorded"))
+        if actual != size or (
+            rec is not None and (actual != rec.get("bytes") or file_sha256(path) != rec.get("sha256"))
+        ):
+            raise self._read_error(
+                index,
+                chunk,
+                None if actual != size else ValueError("its content differs from the sha256 prepare recorded"),
+            )
         self._checked_chunks.add(chunk)
 
     def __getitem__(self, index: Any) -> Any:
@@ -182,7 +194,10 @@ class StreamingCocoDetection(BadImageCounts, StreamingDataset):
             self.truncated_images[name] = truncated
             log.warning(
                 "loaded truncated/damaged image %s with truncation allowed (%d such image(s) so far in this "
-                "process; strict decoder said: %s)", name, self.num_truncated, truncated,
+                "process; strict decoder said: %s)",
+                name,
+                self.num_truncated,
+                truncated,
             )
         h, w = int(item["height"]), int(item["width"])
         if (rgb.height, rgb.width) != (h, w):
@@ -201,7 +216,8 @@ class StreamingCocoDetection(BadImageCounts, StreamingDataset):
             log.warning("bad image (%d so far in this process), excluding it from its batch: %s", self.num_skipped, e)
             if self.num_skipped > self.max_bad_images:
                 raise DataError(
-                    f"more than max_bad_images={self.max_bad_images} bad images (last: {e}); fix the data or raise max_bad_images"
+                    f"more than max_bad_images={self.max_bad_images} bad images (last: {e}); fix the data or raise "
+                    "max_bad_images"
                 ) from None
             return BadImage(image_id=int(item["image_id"]), path=name, reason=str(e))
         # np.array copies: litdata's arrays may be read-only views of a memory-mapped chunk

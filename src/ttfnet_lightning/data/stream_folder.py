@@ -58,8 +58,11 @@ def _is_ours(path: Path) -> bool:
 
 
 def _unexpected(folder: Path, allowed: re.Pattern[str], *, prefix: str) -> list[str]:
-    return [f"{prefix}{p.name}" + ("" if p.is_file() and not p.is_symlink() else " (not a plain file)")
-            for p in sorted(folder.iterdir()) if p.is_symlink() or not p.is_file() or not allowed.fullmatch(p.name)]
+    return [
+        f"{prefix}{p.name}" + ("" if p.is_file() and not p.is_symlink() else " (not a plain file)")
+        for p in sorted(folder.iterdir())
+        if p.is_symlink() or not p.is_file() or not allowed.fullmatch(p.name)
+    ]
 
 
 def stream_folder_problem(path: Path) -> str | None:
@@ -92,14 +95,20 @@ def _check_sources(out: Path, output: str | Path, sources: Iterable[str | Path])
         s = _resolve(src)
         if _within(out, s):
             where = "is" if out == s else "lies inside"
-            raise DataError(f"output={output} ({out}) {where} the source data {s}: prepare never writes into its source; "
-                            f"choose a new folder outside it (overwrite=true does not change this)")
+            raise DataError(
+                f"output={output} ({out}) {where} the source data {s}: prepare never writes into its source; "
+                f"choose a new folder outside it (overwrite=true does not change this)"
+            )
         if _within(s, out):
-            raise DataError(f"output={output} ({out}) contains the source data {s}: prepare never writes over its "
-                            f"source; choose a new folder outside it (overwrite=true does not change this)")
+            raise DataError(
+                f"output={output} ({out}) contains the source data {s}: prepare never writes over its "
+                f"source; choose a new folder outside it (overwrite=true does not change this)"
+            )
 
 
-def check_output(output: str | Path, *, sources: Iterable[str | Path] = (), overwrite: bool = False) -> tuple[Path, bool]:
+def check_output(
+    output: str | Path, *, sources: Iterable[str | Path] = (), overwrite: bool = False
+) -> tuple[Path, bool]:
     """Check that ``prepare`` may write into ``output``; deletes nothing.
 
     Returns:
@@ -116,16 +125,20 @@ def check_output(output: str | Path, *, sources: Iterable[str | Path] = (), over
     _check_sources(out, output, sources)
     for parent in out.parents:
         if _is_ours(parent):
-            raise DataError(f"output={output} ({out}) lies inside the stream folder {parent}: choose a folder outside it")
+            raise DataError(
+                f"output={output} ({out}) lies inside the stream folder {parent}: choose a folder outside it"
+            )
     if out.exists() and not out.is_dir():
         raise DataError(f"output={output} ({out}) is a file, not a folder: choose a new or empty folder")
     if not out.is_dir() or not any(out.iterdir()):
         return out, False
     problem = stream_folder_problem(out)
     if problem is not None:
-        raise DataError(f"output={output} ({out}) is a folder that is not empty and not a stream folder written by "
-                        f"prepare ({problem}); prepare writes only into a new or empty folder, and overwrite=true only "
-                        f"ever replaces a stream folder: choose another output")
+        raise DataError(
+            f"output={output} ({out}) is a folder that is not empty and not a stream folder written by "
+            f"prepare ({problem}); prepare writes only into a new or empty folder, and overwrite=true only "
+            f"ever replaces a stream folder: choose another output"
+        )
     if not overwrite:
         state = "a prepared stream folder" if (out / METADATA).is_file() else "an unfinished prepare (no metadata.json)"
         raise DataError(f"output={output} ({out}) already holds {state}; overwrite=true replaces it")
@@ -151,6 +164,11 @@ def clear_stream_folder(path: Path) -> None:
 def write_marker(path: Path, *, source: str) -> None:
     """Mark ``path`` as a stream folder written by ``prepare`` (first thing written into it)."""
     path.mkdir(parents=True, exist_ok=True)
-    info = {"format": STREAM_FORMAT, "version": FORMAT_VERSION, "written_by": "ttfnet_lightning.data.prepare",
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "source": source}
+    info = {
+        "format": STREAM_FORMAT,
+        "version": FORMAT_VERSION,
+        "written_by": "ttfnet_lightning.data.prepare",
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "source": source,
+    }
     (path / MARKER).write_text(json.dumps(info, indent=1), encoding="utf-8")

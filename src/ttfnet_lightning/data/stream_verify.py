@@ -63,13 +63,22 @@ def read_index(path: Path, split: str) -> list[dict[str, Any]]:
     try:
         chunks = json.loads(path.read_text(encoding="utf-8"))["chunks"]
         ok = isinstance(chunks, list) and all(
-            isinstance(c["filename"], str) and "/" not in c["filename"] and "\\" not in c["filename"]
-            and c["filename"] not in ("", ".", "..") and isinstance(c["chunk_bytes"], int)
-            and isinstance(c["chunk_size"], int) for c in chunks)
+            isinstance(c["filename"], str)
+            and "/" not in c["filename"]
+            and "\\" not in c["filename"]
+            and c["filename"] not in ("", ".", "..")
+            and isinstance(c["chunk_bytes"], int)
+            and isinstance(c["chunk_size"], int)
+            for c in chunks
+        )
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise DataError(f"split '{split}': cannot read the chunk index {path} ({type(e).__name__}: {e}); {_PREPARE_AGAIN}") from None
+        raise DataError(
+            f"split '{split}': cannot read the chunk index {path} ({type(e).__name__}: {e}); {_PREPARE_AGAIN}"
+        ) from None
     if not ok:
-        raise DataError(f"split '{split}': the chunk index {path} does not list its chunks as litdata writes them; {_PREPARE_AGAIN}")
+        raise DataError(
+            f"split '{split}': the chunk index {path} does not list its chunks as litdata writes them; {_PREPARE_AGAIN}"
+        )
     return chunks
 
 
@@ -79,14 +88,21 @@ def split_checksums(split_dir: Path, split: str) -> dict[str, Any]:
     index = split_dir / INDEX
     return {
         "index": {"bytes": index.stat().st_size, "sha256": file_sha256(index)},
-        "chunks": {c["filename"]: {"bytes": (split_dir / c["filename"]).stat().st_size,
-                                   "sha256": file_sha256(split_dir / c["filename"])} for c in chunks},
+        "chunks": {
+            c["filename"]: {
+                "bytes": (split_dir / c["filename"]).stat().st_size,
+                "sha256": file_sha256(split_dir / c["filename"]),
+            }
+            for c in chunks
+        },
     }
 
 
 def write_checksums(out: Path, splits: dict[str, dict[str, Any]]) -> None:
     """Write ``out/checksums.json`` (atomically)."""
-    atomic_write(out / CHECKSUMS, json.dumps({"format": CHECKSUMS_FORMAT, "algorithm": "sha256", "splits": splits}, indent=1))
+    atomic_write(
+        out / CHECKSUMS, json.dumps({"format": CHECKSUMS_FORMAT, "algorithm": "sha256", "splits": splits}, indent=1)
+    )
 
 
 def read_checksums(path: Path | None, where: str) -> dict[str, Any] | None:
@@ -96,12 +112,20 @@ def read_checksums(path: Path | None, where: str) -> dict[str, Any] | None:
         DataError: the file exists but is not a checksum file of this format.
     """
     if path is None or not path.is_file():
-        log.warning("%s has no %s (prepared before chunk checksums existed): the content of its chunks cannot be "
-                    "verified, only their presence and sizes; prepare it again to add them", where, CHECKSUMS)
+        log.warning(
+            "%s has no %s (prepared before chunk checksums existed): the content of its chunks cannot be "
+            "verified, only their presence and sizes; prepare it again to add them",
+            where,
+            CHECKSUMS,
+        )
         return None
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        if data.get("format") != CHECKSUMS_FORMAT or data.get("algorithm") != "sha256" or not isinstance(data["splits"], dict):
+        if (
+            data.get("format") != CHECKSUMS_FORMAT
+            or data.get("algorithm") != "sha256"
+            or not isinstance(data["splits"], dict)
+        ):
             raise ValueError(f"not a {CHECKSUMS_FORMAT} file")
         return data["splits"]
     except (OSError, ValueError, KeyError, AttributeError) as e:
@@ -123,15 +147,22 @@ def verify_index(index_path: Path, split: str, sums: dict[str, Any] | None, num_
         if file_sha256(index_path) != rec.get("sha256"):
             problems.append(f"{INDEX}: differs from the index prepare wrote (checksum)")
         listed = {c["filename"]: c["chunk_bytes"] for c in chunks}
-        recorded = {k: v.get("bytes") if isinstance(v, dict) else None for k, v in dict(sums.get("chunks") or {}).items()}
+        recorded = {
+            k: v.get("bytes") if isinstance(v, dict) else None for k, v in dict(sums.get("chunks") or {}).items()
+        }
         if listed != recorded:
             diff = sorted(set(listed) ^ set(recorded)) or sorted(k for k in listed if listed[k] != recorded[k])
             problems.append(f"{INDEX}: its chunk list differs from the recorded one ({', '.join(diff[:5])})")
     if sum(c["chunk_size"] for c in chunks) != num_images:
-        problems.append(f"{INDEX}: lists {sum(c['chunk_size'] for c in chunks)} items, metadata.json {num_images} images")
+        problems.append(
+            f"{INDEX}: lists {sum(c['chunk_size'] for c in chunks)} items, metadata.json {num_images} images"
+        )
     if problems:
-        raise DataError(f"stream split '{split}' ({index_path.parent}) does not match what prepare wrote:\n  "
-                        + "\n  ".join(problems) + f"\n{_PREPARE_AGAIN}")
+        raise DataError(
+            f"stream split '{split}' ({index_path.parent}) does not match what prepare wrote:\n  "
+            + "\n  ".join(problems)
+            + f"\n{_PREPARE_AGAIN}"
+        )
     return chunks
 
 
@@ -150,8 +181,12 @@ def _digest(path: Path, st: Any, cache: dict[str, Any], fresh: dict[str, Any]) -
     taken well after its last change; new digests go into ``fresh``."""
     key = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
     hit = cache.get(path.name)
-    if (isinstance(hit, dict) and hit.get("key") == key and isinstance(hit.get("sha256"), str)
-            and st.st_mtime_ns < int(hit.get("hashed_ns", 0)) - RACY_NS):
+    if (
+        isinstance(hit, dict)
+        and hit.get("key") == key
+        and isinstance(hit.get("sha256"), str)
+        and st.st_mtime_ns < int(hit.get("hashed_ns", 0)) - RACY_NS
+    ):
         fresh[path.name] = hit
         return hit["sha256"]
     hashed_ns = time.time_ns()
@@ -160,8 +195,9 @@ def _digest(path: Path, st: Any, cache: dict[str, Any], fresh: dict[str, Any]) -
     return digest
 
 
-def _chunk_problem(path: Path, chunk: dict[str, Any], sums: dict[str, Any] | None, cache: dict[str, Any],
-                   fresh: dict[str, Any]) -> str | None:
+def _chunk_problem(
+    path: Path, chunk: dict[str, Any], sums: dict[str, Any] | None, cache: dict[str, Any], fresh: dict[str, Any]
+) -> str | None:
     try:
         st = path.stat()
     except FileNotFoundError:
@@ -177,8 +213,15 @@ def _chunk_problem(path: Path, chunk: dict[str, Any], sums: dict[str, Any] | Non
     return None
 
 
-def verify_local_split(split_dir: Path, split: str, *, sums: dict[str, Any] | None, num_images: int,
-                       checksums: bool = True, cache_dir: Path | None = None) -> list[dict[str, Any]]:
+def verify_local_split(
+    split_dir: Path,
+    split: str,
+    *,
+    sums: dict[str, Any] | None,
+    num_images: int,
+    checksums: bool = True,
+    cache_dir: Path | None = None,
+) -> list[dict[str, Any]]:
     """Check a local split folder: its index (:func:`verify_index`), then every chunk it lists:
     present, of the recorded size and (``checksums`` and ``sums`` given) of the recorded sha256,
     with digests cached in ``cache_dir`` (None: no cache). Returns the index's chunks.
@@ -187,11 +230,16 @@ def verify_local_split(split_dir: Path, split: str, *, sums: dict[str, Any] | No
         DataError: one message naming the split and every missing, truncated or damaged chunk file.
     """
     chunks = verify_index(split_dir / INDEX, split, sums, num_images)
-    cache_file = None if cache_dir is None else cache_dir / f"{hashlib.sha1(str(split_dir.resolve()).encode()).hexdigest()}.json"
+    cache_file = (
+        None if cache_dir is None else cache_dir / f"{hashlib.sha1(str(split_dir.resolve()).encode()).hexdigest()}.json"
+    )
     cache, fresh = _load_cache(cache_file), {}
     t0 = time.perf_counter()
-    problems = [(c["filename"], why) for c in chunks
-                if (why := _chunk_problem(split_dir / c["filename"], c, sums if checksums else None, cache, fresh))]
+    problems = [
+        (c["filename"], why)
+        for c in chunks
+        if (why := _chunk_problem(split_dir / c["filename"], c, sums if checksums else None, cache, fresh))
+    ]
     merged = {c["filename"]: e for c in chunks if (e := fresh.get(c["filename"], cache.get(c["filename"])))}
     if merged != cache and cache_file is not None:
         try:
@@ -200,7 +248,10 @@ def verify_local_split(split_dir: Path, split: str, *, sums: dict[str, Any] | No
             log.debug("cannot cache chunk digests in %s: %s", cache_file, e)
     log.debug("verified %d chunk(s) of %s in %.2f s", len(chunks), split_dir, time.perf_counter() - t0)
     if problems:
-        raise DataError(f"stream split '{split}' ({split_dir}): {len(problems)} of its {len(chunks)} chunk file(s) "
-                        f"are missing or damaged:\n" + "\n".join(f"  {split_dir / name}: {why}" for name, why in problems)
-                        + f"\n{_PREPARE_AGAIN}")
+        raise DataError(
+            f"stream split '{split}' ({split_dir}): {len(problems)} of its {len(chunks)} chunk file(s) "
+            f"are missing or damaged:\n"
+            + "\n".join(f"  {split_dir / name}: {why}" for name, why in problems)
+            + f"\n{_PREPARE_AGAIN}"
+        )
     return chunks

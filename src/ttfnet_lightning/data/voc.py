@@ -137,7 +137,9 @@ def index_split(root: Path, split: str) -> tuple[list[str], list[VocRecord], Ima
     names = read_voc_split(root, split)
     split_file = root / "ImageSets" / "Main" / f"{split}.txt"
     annotations = ImageFolder(root / "Annotations")
-    problems = annotations.problems([f"{n}.xml" for n in names], lambda k: f"{split_file.name} entry {k + 1} ({names[k]!r})")
+    problems = annotations.problems(
+        [f"{n}.xml" for n in names], lambda k: f"{split_file.name} entry {k + 1} ({names[k]!r})"
+    )
     safe = [n for n in names if annotations.resolve(f"{n}.xml")[1] is None]  # the others are never read
     parsed = _parse_split(root, safe)
     problems += [str(r) for r in parsed if isinstance(r, DataError)]
@@ -165,7 +167,9 @@ def discover_classes(records: Sequence[VocRecord], *, where: str, min_boxes_per_
     if not counts:
         raise DataError(f"no objects in the XML files of {where}: cannot discover class names")
     names = sorted(counts)
-    log.info("%s: discovered %d class(es) (boxes): %s", where, len(names), ", ".join(f"{c} ({counts[c]})" for c in names))
+    log.info(
+        "%s: discovered %d class(es) (boxes): %s", where, len(names), ", ".join(f"{c} ({counts[c]})" for c in names)
+    )
     rare = [c for c in names if counts[c] < min_boxes_per_class]
     if rare:
         lines = [
@@ -175,7 +179,8 @@ def discover_classes(records: Sequence[VocRecord], *, where: str, min_boxes_per_
         ]
         raise DataError(
             f"{where}: class(es) discovered with fewer than min_boxes_per_class={min_boxes_per_class} boxes "
-            f"(a misspelt name becomes a silent extra class):\n  " + "\n  ".join(lines)
+            f"(a misspelt name becomes a silent extra class):\n  "
+            + "\n  ".join(lines)
             + "\nfix the XML files, list the classes (data.datamodule.class_names=[...]), or allow rare classes "
             f"(data.datamodule.min_boxes_per_class={min(counts[c] for c in rare)})"
         )
@@ -236,7 +241,9 @@ class VocDetection(ImageFileDataset):
         self.keep_difficult = bool(keep_difficult)
         self.keep_empty = bool(keep_empty)
         self.init_image_policy(
-            skip_bad_images=skip_bad_images, max_bad_images=max_bad_images, substitute_bad_images=substitute_bad_images,
+            skip_bad_images=skip_bad_images,
+            max_bad_images=max_bad_images,
+            substitute_bad_images=substitute_bad_images,
             max_truncated_fraction=max_truncated_fraction,
         )
         names, records, self.image_folder = index_split(self.root, split)
@@ -259,7 +266,9 @@ class VocDetection(ImageFileDataset):
         for pos, (name, rec) in enumerate(zip(names, records)):
             unknown = [c for c in rec.names if c not in index]
             if unknown:
-                raise DataError(f"VOC annotation {rec.xml}: unknown class {unknown[0]!r} (class_names: {self.class_names})")
+                raise DataError(
+                    f"VOC annotation {rec.xml}: unknown class {unknown[0]!r} (class_names: {self.class_names})"
+                )
             labels = np.array([index[c] for c in rec.names], dtype=np.int64)
             ok = (rec.boxes[:, 2] > rec.boxes[:, 0]) & (rec.boxes[:, 3] > rec.boxes[:, 1])
             self.num_degenerate += int((~ok).sum())
@@ -267,16 +276,27 @@ class VocDetection(ImageFileDataset):
             if not self.keep_empty and difficult.all():
                 self.num_dropped += 1
                 continue
-            values = (name, pos, self.root / "JPEGImages" / rec.filename, rec.size, rec.boxes[ok], labels[ok], difficult)
+            values = (
+                name,
+                pos,
+                self.root / "JPEGImages" / rec.filename,
+                rec.size,
+                rec.boxes[ok],
+                labels[ok],
+                difficult,
+            )
             for attr, value in zip(self.per_image, values):
                 getattr(self, attr).append(value)
         if self.num_degenerate:
-            log.warning("%s: dropped %d degenerate box(es) (no area after clipping to the image)", where, self.num_degenerate)
+            log.warning(
+                "%s: dropped %d degenerate box(es) (no area after clipping to the image)", where, self.num_degenerate
+            )
         if not self.keep_empty and self.num_dropped:
             if not self.image_names:
                 raise DataError(
                     f"{where} leaves no image with a usable (non-difficult, non-degenerate) object: "
-                    f"all {len(names)} images dropped (split file {self.root / 'ImageSets' / 'Main' / f'{self.split}.txt'})"
+                    f"all {len(names)} images dropped (split file "
+                    f"{self.root / 'ImageSets' / 'Main' / f'{self.split}.txt'})"
                 )
             log.info("%s: dropped %d image(s) without a usable object", where, self.num_dropped)
 

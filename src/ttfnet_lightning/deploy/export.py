@@ -30,7 +30,6 @@ further package.
 
 from __future__ import annotations
 
-import copy
 import datetime as _dt
 import hashlib
 import json
@@ -41,10 +40,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from ttfnet_lightning.core.models.neck import ModulatedDeformConv2d
+from ttfnet_lightning.deploy.graph import DetectionExport, exportable_net, topk_detections
 from ttfnet_lightning.deploy.onnx_runtime import check_exported_onnx, metadata_path
 from ttfnet_lightning.deploy.output_files import OutputPathError, check_output_file, same_file, write_with_sidecar
 from ttfnet_lightning.training.checkpoints import load_model
@@ -53,8 +51,18 @@ from ttfnet_lightning.training.lit_module import IMAGENET_MEAN, IMAGENET_STD, TT
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "DetectionExport", "topk_detections", "export_model", "export_onnx", "export_pt2", "export_torchscript",
-    "EXPORT_EXTRA_HINT", "FORMATS", "import_onnx", "export", "check_export_output", "OutputPathError",
+    "DetectionExport",
+    "topk_detections",
+    "export_model",
+    "export_onnx",
+    "export_pt2",
+    "export_torchscript",
+    "EXPORT_EXTRA_HINT",
+    "FORMATS",
+    "import_onnx",
+    "export",
+    "check_export_output",
+    "OutputPathError",
 ]
 
 METADATA_FORMAT = "ttfnet-lightning-export/1"
@@ -71,90 +79,6 @@ def import_onnx() -> Any:
     return onnx
 
 
-def topk_detections(
-    heatmap_logits: Tensor, wh: Tensor, *, input_size: tuple[int, int], stride: int = 4, k: int = 100, pool_size: int = 3
-) -> tuple[Tensor, Tensor, Tensor]:
-    """:func:`~ttfnet_lightning.core.decode.decode_detections` with a fixed K and no score threshold or
-    rescale, in export-friendly ops (no in-place writes, batch size never read as a number).
-
-    Returns boxes (B, K, 4) float32 xyxy input pixels clamped to the input, scores (B, K),
-    labels (B, K) int64, K = min(k, C*h*w); the same values, in the same order, as the top K of
-    ``decode_detections`` before its threshold (``tests/test_export.py`` checks it).
-    """
-    _, C, h, w = heatmap_logits.shape
-    H, W = float(input_size[0]), float(input_size[1])
-    heat = heatmap_logits.float().sigmoid()
-    peaks = F.max_pool2d(heat, pool_size, stride=1, padding=(pool_size - 1) // 2)
-    heat = heat * (peaks == heat).to(heat.dtype)
-    k = min(int(k), int(C * h * w))
-    scores, idx = heat.flatten(1).topk(k, dim=1)  # (B, K)
-    hw = h * w
-    labels = torch.div(idx, hw, rounding_mode="floor")
-    pix = idx - labels * hw
-    row = torch.div(pix, w, rounding_mode="floor")
-    ys = row.to(torch.float32) * stride
-    xs = (pix - row * w).to(torch.float32) * stride
-    if wh.shape[1] != 4:  # class-aware: channel 4*c + side
-        chan = labels.unsqueeze(-1) * 4 + torch.arange(4, device=wh.device)  # (B, K, 4)
-        flat = chan * hw + pix.unsqueeze(-1)
-        dist = wh.flatten(1).gather(1, flat.flatten(1)).reshape(-1, k, 4)
-    else:
-        dist = wh.flatten(2).gather(2, pix.unsqueeze(1).expand(-1, 4, -1)).permute(0, 2, 1)
-    dist = dist.float()
-    l, t, r, b = dist.unbind(dim=-1)
-    boxes = torch.stack(
-        ((xs - l).clamp(0, W), (ys - t).clamp(0, H), (xs + r).clamp(0, W), (ys + b).clamp(0, H)), dim=-1
-    )
-    return boxes, scores, labels
-
-
-class DetectionExport(nn.Module):
-    """uint8 images -> normalisation -> TTFNet -> fixed-K decoder: what is exported.
-
-    Args:
-        net: a :class:`~ttfnet_lightning.core.models.TTFNet` (eval mode).
-        input_size: (H, W) the model is exported for (multiples of 32).
-        topk: K detections per image.
-        mean, std: per-channel normalisation on the 0-1 scale (ImageNet's by default).
-    Shapes:
-        images (B, 3, H, W) uint8 (or float 0-255) -> boxes (B, K, 4), scores (B, K), labels (B, K).
-    """
-
-    def __init__(
-        self,
-        net: nn.Module,
-        *,
-        input_size: tuple[int, int],
-        topk: int = 100,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
-    ) -> None:
-        super().__init__()
-        self.net = net
-        self.input_size = (int(input_size[0]), int(input_size[1]))
-        self.topk = int(topk)
-        self.stride = int(getattr(net, "stride", 4))
-        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, 3, 1, 1) * 255, persistent=False)
-        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, 3, 1, 1) * 255, persistent=False)
-
-    def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        x = (images.float() - self.mean) / self.std  # as TTFNetModule.normalize
-        heatmap_logits, wh = self.net(x)
-        return topk_detections(heatmap_logits, wh, input_size=self.input_size, stride=self.stride, k=self.topk)
-
-
-def _exportable_net(model: TTFNetModule) -> nn.Module:
-    """A copy of the module's network in eval mode whose deformable convs use the native
-    implementation (grid_sample + matmul: ONNX GridSample; same parameters and results)."""
-    net = copy.deepcopy(model.net).float().eval()
-    for m in net.modules():
-        if isinstance(m, ModulatedDeformConv2d):
-            m.deform_impl = "native"
-    for p in net.parameters():
-        p.requires_grad_(False)
-    return net
-
-
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -163,7 +87,9 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _metadata(model: TTFNetModule, wrapper: DetectionExport, *, fmt: str, source: str | None, opset: int | None) -> dict[str, Any]:
+def _metadata(
+    model: TTFNetModule, wrapper: DetectionExport, *, fmt: str, source: str | None, opset: int | None
+) -> dict[str, Any]:
     net = model.hparams.net
     return {
         "format": METADATA_FORMAT,
@@ -172,10 +98,22 @@ def _metadata(model: TTFNetModule, wrapper: DetectionExport, *, fmt: str, source
         "num_classes": model.num_classes,
         "label_to_cat_id": model.label_to_cat_id,
         "input_size": list(wrapper.input_size),
-        "input": {"name": "images", "shape": ["batch", 3, *wrapper.input_size], "dtype": "uint8", "layout": "NCHW",
-                  "channels": "RGB", "range": [0, 255], "resize": "the whole image to input_size (no letterbox), antialiased"},
-        "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "scale": 255.0, "inside_model": True,
-                          "formula": "(images - mean * 255) / (std * 255)"},
+        "input": {
+            "name": "images",
+            "shape": ["batch", 3, *wrapper.input_size],
+            "dtype": "uint8",
+            "layout": "NCHW",
+            "channels": "RGB",
+            "range": [0, 255],
+            "resize": "the whole image to input_size (no letterbox), antialiased",
+        },
+        "normalization": {
+            "mean": list(IMAGENET_MEAN),
+            "std": list(IMAGENET_STD),
+            "scale": 255.0,
+            "inside_model": True,
+            "formula": "(images - mean * 255) / (std * 255)",
+        },
         "outputs": {
             "boxes": {"shape": ["batch", wrapper.topk, 4], "dtype": "float32", "format": "xyxy input pixels"},
             "scores": {"shape": ["batch", wrapper.topk], "dtype": "float32", "sorted": "descending"},
@@ -186,8 +124,12 @@ def _metadata(model: TTFNetModule, wrapper: DetectionExport, *, fmt: str, source
         "stride": wrapper.stride,
         "opset": opset,
         "dynamic_batch": True,
-        "network": {"backbone": net["backbone"], "backbone_model": net.get("backbone_model"), "deformable": bool(net["deformable"]),
-                    "class_aware": model.class_aware},
+        "network": {
+            "backbone": net["backbone"],
+            "backbone_model": net.get("backbone_model"),
+            "deformable": bool(net["deformable"]),
+            "class_aware": model.class_aware,
+        },
         "source_checkpoint": source,
         "source_sha256": _sha256(Path(source)) if source and Path(source).is_file() else None,
         "torch_version": torch.__version__,
@@ -209,7 +151,7 @@ def _wrapper(model: TTFNetModule, input_size: Sequence[int] | None, topk: int | 
     k = int(topk if topk is not None else model.hparams.decode["topk"])
     if k < 1:
         raise ValueError(f"topk must be >= 1, got {k}")
-    return DetectionExport(_exportable_net(model), input_size=(H, W), topk=k).eval()
+    return DetectionExport(exportable_net(model), input_size=(H, W), topk=k).eval()
 
 
 def check_export_output(output: str | Path, model: TTFNetModule | str | Path | None = None) -> Path:
@@ -225,8 +167,10 @@ def check_export_output(output: str | Path, model: TTFNetModule | str | Path | N
     output = check_output_file(output, what="export output", protected=protected)
     meta = metadata_path(output)
     if same_file(meta, output):
-        raise OutputPathError(f"export output {output}: its metadata file would be {meta}, the model itself; "
-                              "use a model suffix (.onnx, .pt2, .pt)")
+        raise OutputPathError(
+            f"export output {output}: its metadata file would be {meta}, the model itself; "
+            "use a model suffix (.onnx, .pt2, .pt)"
+        )
     check_output_file(meta, what=f"export output {output}: its metadata file", protected=protected)
     return output
 
@@ -273,8 +217,13 @@ def export_onnx(
         onnx.checker.check_model(str(tmp))
         meta["check"] = check_exported_onnx(tmp, wrapper, _example, meta["score_threshold"])
 
-    write_with_sidecar(output, write, sidecar=metadata_path(output), sidecar_text=lambda: json.dumps(meta, indent=1),
-                       check=verify if check else None)
+    write_with_sidecar(
+        output,
+        write,
+        sidecar=metadata_path(output),
+        sidecar_text=lambda: json.dumps(meta, indent=1),
+        check=verify if check else None,
+    )
     log.info("wrote %s and %s", output, metadata_path(output))
     return meta
 
@@ -290,8 +239,15 @@ def _onnx_file(onnx: Any, wrapper: DetectionExport, tmp: Path, *, opset: int, me
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message=r".*legacy TorchScript-based ONNX export.*")
         torch.onnx.export(
-            wrapper, (example,), str(tmp), dynamo=False, opset_version=int(opset), input_names=["images"],
-            output_names=["boxes", "scores", "labels"], dynamic_axes=axes, do_constant_folding=True,
+            wrapper,
+            (example,),
+            str(tmp),
+            dynamo=False,
+            opset_version=int(opset),
+            input_names=["images"],
+            output_names=["boxes", "scores", "labels"],
+            dynamic_axes=axes,
+            do_constant_folding=True,
         )
     proto = onnx.load(str(tmp))
     onnx.helper.set_model_props(proto, {"ttfnet_lightning": json.dumps(meta)})
@@ -300,7 +256,11 @@ def _onnx_file(onnx: Any, wrapper: DetectionExport, tmp: Path, *, opset: int, me
 
 
 def export_torchscript(
-    model: TTFNetModule | str | Path, output: str | Path, *, input_size: Sequence[int] | None = None, topk: int | None = None
+    model: TTFNetModule | str | Path,
+    output: str | Path,
+    *,
+    input_size: Sequence[int] | None = None,
+    topk: int | None = None,
 ) -> dict[str, Any]:
     """The same graph as :func:`export_onnx` as TorchScript (``torch.jit.trace``; load with
     ``torch.jit.load(path)``, also from C++ libtorch, no ttfnet-lightning needed), with the same
@@ -324,7 +284,11 @@ def export_torchscript(
 
 
 def export_pt2(
-    model: TTFNetModule | str | Path, output: str | Path, *, input_size: Sequence[int] | None = None, topk: int | None = None
+    model: TTFNetModule | str | Path,
+    output: str | Path,
+    *,
+    input_size: Sequence[int] | None = None,
+    topk: int | None = None,
 ) -> dict[str, Any]:
     """The same graph as :func:`export_onnx` as a ``torch.export`` program (``.pt2``; run with
     ``torch.export.load(path).module()(images)``, no ttfnet-lightning needed; AOTInductor can
@@ -368,10 +332,16 @@ def export(cfg: Any) -> dict[str, Any]:
     }
     meta = export_model(cfg.ckpt, cfg.output, format=str(cfg.get("format", "onnx")), **options)
     H, W = meta["input_size"]
-    print(f"exported {cfg.ckpt} -> {cfg.output} ({meta['model_format']}, input (B, 3, {H}, {W}) uint8 RGB, top-{meta['topk']}, "
-          f"{meta['num_classes']} classes) + {metadata_path(cfg.output)}")
+    print(
+        f"exported {cfg.ckpt} -> {cfg.output} ({meta['model_format']}, input (B, 3, {H}, {W}) uint8 RGB, "
+        f"top-{meta['topk']}, "
+        f"{meta['num_classes']} classes) + {metadata_path(cfg.output)}"
+    )
     if "check" in meta:
         c = meta["check"]["batch2"]
-        print(f"onnxruntime vs PyTorch (random batch of 2): max box diff {c['max_box_diff_px']:.2e} px, max score diff "
-              f"{c['max_score_diff']:.2e}, labels equal {c['label_agreement']:.3f} ({c['compared']} detections above the threshold)")
+        print(
+            f"onnxruntime vs PyTorch (random batch of 2): max box diff {c['max_box_diff_px']:.2e} px, max score diff "
+            f"{c['max_score_diff']:.2e}, labels equal {c['label_agreement']:.3f} ({c['compared']} detections above the "
+            "threshold)"
+        )
     return meta

@@ -23,8 +23,15 @@ from torch import Tensor
 
 log = logging.getLogger(__name__)
 
-__all__ = ["OnnxDetector", "metadata_path", "read_metadata", "compare_detections", "check_exported_onnx", "import_onnxruntime",
-           "is_onnx_path"]
+__all__ = [
+    "OnnxDetector",
+    "metadata_path",
+    "read_metadata",
+    "compare_detections",
+    "check_exported_onnx",
+    "import_onnxruntime",
+    "is_onnx_path",
+]
 
 RUNTIME_EXTRA_HINT = "pip install 'ttfnet-lightning[export]' (or: pip install 'onnxruntime>=1.18')"
 
@@ -38,7 +45,9 @@ def import_onnxruntime() -> Any:
     try:
         import onnxruntime
     except ImportError as exc:
-        raise ImportError(f"running an ONNX model needs onnxruntime, which is not installed: {RUNTIME_EXTRA_HINT}") from exc
+        raise ImportError(
+            f"running an ONNX model needs onnxruntime, which is not installed: {RUNTIME_EXTRA_HINT}"
+        ) from exc
     return onnxruntime
 
 
@@ -79,9 +88,15 @@ class OnnxDetector:
             raise FileNotFoundError(f"ONNX model not found: {self.path}")
         available = ort.get_available_providers()
         if device == "cuda" and "CUDAExecutionProvider" not in available:
-            raise RuntimeError(f"device=cuda but this onnxruntime has no CUDAExecutionProvider (it has {available}); install onnxruntime-gpu")
-        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device in ("cuda", "auto") and "CUDAExecutionProvider" in available \
+            raise RuntimeError(
+                f"device=cuda but this onnxruntime has no CUDAExecutionProvider (it has {available}); install "
+                "onnxruntime-gpu"
+            )
+        providers = (
+            ["CUDAExecutionProvider", "CPUExecutionProvider"]
+            if device in ("cuda", "auto") and "CUDAExecutionProvider" in available
             else ["CPUExecutionProvider"]
+        )
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = int(threads)
@@ -114,7 +129,10 @@ class OnnxDetector:
             images = images.detach().cpu().numpy()
         images = np.ascontiguousarray(images)
         if images.ndim != 4 or images.shape[1] != 3 or tuple(images.shape[2:]) != self.input_size:
-            raise ValueError(f"images must be (B, 3, {self.input_size[0]}, {self.input_size[1]}) (resize them first), got {images.shape}")
+            raise ValueError(
+                f"images must be (B, 3, {self.input_size[0]}, {self.input_size[1]}) (resize them first), got "
+                f"{images.shape}"
+            )
         if images.dtype != np.uint8:
             raise ValueError(f"images must be uint8 RGB (0-255), got {images.dtype}")
         boxes, scores, labels = self.session.run(None, {self.input_name: images})
@@ -137,7 +155,10 @@ class OnnxDetector:
             scale = torch.stack((sizes[:, 1] / W, sizes[:, 0] / H, sizes[:, 1] / W, sizes[:, 0] / H), dim=-1)
             boxes = boxes * scale.unsqueeze(1)
         keep = scores > thr
-        return [{"boxes": boxes[i][keep[i]], "scores": scores[i][keep[i]], "labels": labels[i][keep[i]].long()} for i in range(boxes.shape[0])]
+        return [
+            {"boxes": boxes[i][keep[i]], "scores": scores[i][keep[i]], "labels": labels[i][keep[i]].long()}
+            for i in range(boxes.shape[0])
+        ]
 
 
 def compare_detections(
@@ -174,8 +195,9 @@ def compare_detections(
     }
 
 
-def check_exported_onnx(path: Path, wrapper: torch.nn.Module, example: Callable[[Any, int], Tensor],
-                        score_threshold: float) -> dict[str, Any]:
+def check_exported_onnx(
+    path: Path, wrapper: torch.nn.Module, example: Callable[[Any, int], Tensor], score_threshold: float
+) -> dict[str, Any]:
     """onnxruntime on a random uint8 batch of 2 (and of 1: the dynamic batch), ``example(wrapper, batch)``,
     against the PyTorch ``wrapper`` (:func:`compare_detections` per batch size). Raises
     ``RuntimeError`` when the output shapes differ."""
@@ -188,6 +210,8 @@ def check_exported_onnx(path: Path, wrapper: torch.nn.Module, example: Callable[
         with torch.no_grad():
             ref = wrapper(x)
         if tuple(got[0].shape) != tuple(ref[0].shape):
-            raise RuntimeError(f"exported model gives boxes of shape {got[0].shape} for batch {batch}, PyTorch {tuple(ref[0].shape)}")
+            raise RuntimeError(
+                f"exported model gives boxes of shape {got[0].shape} for batch {batch}, PyTorch {tuple(ref[0].shape)}"
+            )
         result[f"batch{batch}"] = compare_detections(ref, got, score_threshold=score_threshold)
     return result

@@ -22,7 +22,15 @@ from pathlib import Path
 
 from ttfnet_lightning.core.atomic import atomic_write, fsync_dir
 
-__all__ = ["OutputPathError", "check_output_file", "temporary_path", "publish", "write_text_atomic", "write_with_sidecar", "same_file"]
+__all__ = [
+    "OutputPathError",
+    "check_output_file",
+    "temporary_path",
+    "publish",
+    "write_text_atomic",
+    "write_with_sidecar",
+    "same_file",
+]
 
 
 class OutputPathError(ValueError):
@@ -68,7 +76,9 @@ def check_output_file(path: str | Path, *, what: str = "output", protected: Sequ
         raise OutputPathError(f"{what} {path} is an existing directory; give a file path (e.g. {path / 'model.onnx'})")
     for p in protected:
         if same_file(path, p):
-            raise OutputPathError(f"{what} {path} is {p}, which this command reads: it would be overwritten; choose another path")
+            raise OutputPathError(
+                f"{what} {path} is {p}, which this command reads: it would be overwritten; choose another path"
+            )
     ancestor = _nearest_existing(path.parent)
     if not ancestor.is_dir():
         raise OutputPathError(f"{what} {path}: {ancestor} is a file, not a folder, so {path.parent} cannot be created")
@@ -112,8 +122,14 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     atomic_write(path, text)
 
 
-def write_with_sidecar(path: Path, write: Callable[[Path], None], *, sidecar: Path, sidecar_text: Callable[[], str],
-                       check: Callable[[Path], None] | None = None) -> None:
+def write_with_sidecar(
+    path: Path,
+    write: Callable[[Path], None],
+    *,
+    sidecar: Path,
+    sidecar_text: Callable[[], str],
+    check: Callable[[Path], None] | None = None,
+) -> None:
     """A file and its text sidecar (an exported model and its metadata), published together:
     ``write(tmp)`` writes the file to a temporary name beside ``path``, ``check(tmp)`` may verify it,
     then ``sidecar_text()`` is written and both are renamed into place (the file first). On any

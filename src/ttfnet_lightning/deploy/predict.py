@@ -47,7 +47,15 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif"}
 RESULT_FILES = ("detections.json", "images.json")  # written beside the drawn images
 MAX_NAMED = 5  # unreadable files named in a message
 
-__all__ = ["predict", "list_images", "output_names", "check_output_folder", "ImageFolder", "DetectionWriter", "predict_onnx"]
+__all__ = [
+    "predict",
+    "list_images",
+    "output_names",
+    "check_output_folder",
+    "ImageFolder",
+    "DetectionWriter",
+    "predict_onnx",
+]
 
 
 def list_images(path: str | Path) -> list[Path]:
@@ -65,7 +73,9 @@ def list_images(path: str | Path) -> list[Path]:
         if not files:
             raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in directory {path}")
         return files
-    raise FileNotFoundError(f"input not found: {path} (an image file or a directory of images; patterns are not expanded)")
+    raise FileNotFoundError(
+        f"input not found: {path} (an image file or a directory of images; patterns are not expanded)"
+    )
 
 
 def output_names(files: Sequence[Path]) -> list[str]:
@@ -116,19 +126,25 @@ def check_output_folder(output: str | Path, source: str | Path, files: Sequence[
     """
     out, source = Path(output), Path(source)
     if out.exists() and not out.is_dir():
-        raise OutputPathError(f"output {out} is a file; predict writes a folder (drawn images, {', '.join(RESULT_FILES)})")
+        raise OutputPathError(
+            f"output {out} is a file; predict writes a folder (drawn images, {', '.join(RESULT_FILES)})"
+        )
     folder = source if source.is_dir() else source.parent
     if same_file(out, folder):
-        raise OutputPathError(f"output folder {out} is the input folder {folder}: predictions would be written among the "
-                              "input images (and read as inputs by the next run); choose another output folder")
+        raise OutputPathError(
+            f"output folder {out} is the input folder {folder}: predictions would be written among the "
+            "input images (and read as inputs by the next run); choose another output folder"
+        )
     by_path = {_resolved(f): f for f in files}
     by_inode = {key: f for f in files if (key := _inode(f)) is not None}
     for name in [*names, *RESULT_FILES]:
         target = out / name
         hit = by_path.get(_resolved(target)) or by_inode.get(_inode(target))
         if hit is not None:
-            raise OutputPathError(f"output {target} would overwrite the input image {hit}: predict never overwrites its inputs; "
-                                  "choose another output folder")
+            raise OutputPathError(
+                f"output {target} would overwrite the input image {hit}: predict never overwrites its inputs; "
+                "choose another output folder"
+            )
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -167,7 +183,9 @@ def collate_images(items: list[dict[str, Any] | None]) -> dict[str, Any]:
     bad = [(it["path"], it["error"]) for it in items if it is not None and "error" in it]
     return {
         "images": torch.stack([it["input"] for it in ok]) if ok else torch.zeros(0, 3, 32, 32, dtype=torch.uint8),
-        "meta": [{"orig_size": tuple(it["image"].shape[-2:]), "image_id": it["index"], "path": it["path"]} for it in ok],
+        "meta": [
+            {"orig_size": tuple(it["image"].shape[-2:]), "image_id": it["index"], "path": it["path"]} for it in ok
+        ],
         "originals": [it["image"] for it in ok],
         "skipped": len(items) - len(ok),
         "skipped_files": bad,
@@ -188,10 +206,23 @@ class DetectionWriter(BasePredictionWriter):
     (COCO images and categories, the skipped files). Each file is written to a temporary name and
     renamed, so an existing file there is replaced, never written through."""
 
-    def __init__(self, output: Path, *, files: Sequence[Path], class_names: Sequence[str], cat_ids: Sequence[int],
-                 draw_threshold: float, heatmap_alpha: float = 0.5) -> None:
+    def __init__(
+        self,
+        output: Path,
+        *,
+        files: Sequence[Path],
+        class_names: Sequence[str],
+        cat_ids: Sequence[int],
+        draw_threshold: float,
+        heatmap_alpha: float = 0.5,
+    ) -> None:
         super().__init__(write_interval="batch")
-        self.output, self.names, self.cat_ids, self.draw_threshold = Path(output), list(class_names), list(cat_ids), float(draw_threshold)
+        self.output, self.names, self.cat_ids, self.draw_threshold = (
+            Path(output),
+            list(class_names),
+            list(cat_ids),
+            float(draw_threshold),
+        )
         self.heatmap_alpha = float(heatmap_alpha)
         self.files = list(files)
         self.out_names = output_names(self.files)
@@ -200,7 +231,9 @@ class DetectionWriter(BasePredictionWriter):
         self.skipped_files: list[tuple[str, str]] = []
         self.skipped = 0
 
-    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0) -> None:
+    def write_on_batch_end(
+        self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0
+    ) -> None:
         self.skipped += batch["skipped"]
         self.skipped_files += batch.get("skipped_files", [])
         self.results += coco_results(prediction, [m["image_id"] for m in batch["meta"]], self.cat_ids)
@@ -208,10 +241,25 @@ class DetectionWriter(BasePredictionWriter):
             img = img.cpu()
             boxes, scores, labels = det["boxes"].cpu(), det["scores"].cpu(), det["labels"].cpu()
             name = self.out_names[meta["image_id"]]
-            self.images.append({"id": meta["image_id"], "file_name": Path(meta["path"]).name, "output": name,
-                                "height": int(img.shape[-2]), "width": int(img.shape[-1])})
-            drawn = draw_detections(img, boxes, labels, scores, class_names=self.names, score_threshold=self.draw_threshold,
-                                    heatmap=det.get("heatmap"), heatmap_alpha=self.heatmap_alpha)
+            self.images.append(
+                {
+                    "id": meta["image_id"],
+                    "file_name": Path(meta["path"]).name,
+                    "output": name,
+                    "height": int(img.shape[-2]),
+                    "width": int(img.shape[-1]),
+                }
+            )
+            drawn = draw_detections(
+                img,
+                boxes,
+                labels,
+                scores,
+                class_names=self.names,
+                score_threshold=self.draw_threshold,
+                heatmap=det.get("heatmap"),
+                heatmap_alpha=self.heatmap_alpha,
+            )
             with temporary_path(self.output / name) as tmp:
                 write_jpeg(drawn, str(tmp), quality=90)
                 publish(tmp, self.output / name)
@@ -223,22 +271,34 @@ class DetectionWriter(BasePredictionWriter):
             DataError: no input could be read (nothing was processed; nothing is written).
         """
         if not self.images:
-            raise DataError(f"predict processed no image: none of the {len(self.files)} input file(s) could be read "
-                            f"({_named(self.skipped_files)}); nothing was written to {self.output}")
+            raise DataError(
+                f"predict processed no image: none of the {len(self.files)} input file(s) could be read "
+                f"({_named(self.skipped_files)}); nothing was written to {self.output}"
+            )
         categories = [{"id": int(self.cat_ids[i]), "name": n} for i, n in enumerate(self.names)]
         skipped = [{"file_name": p, "error": err} for p, err in self.skipped_files]
         write_text_atomic(self.output / "detections.json", json.dumps(self.results))
-        write_text_atomic(self.output / "images.json",
-                          json.dumps({"images": self.images, "categories": categories, "skipped": skipped}, indent=1))
+        write_text_atomic(
+            self.output / "images.json",
+            json.dumps({"images": self.images, "categories": categories, "skipped": skipped}, indent=1),
+        )
 
     def summary(self, note: str = "") -> dict[str, Any]:
         """Prints (with ``note``) and returns what was done: images written, detections, unreadable
         files skipped (named)."""
         note = f"; {note}" if note else ""
-        print(f"{len(self.images)} images -> {self.output} ({len(self.results)} detections in detections.json; "
-              f"{self.skipped} unreadable files skipped{': ' + _named(self.skipped_files) if self.skipped_files else ''}{note})")
-        return {"num_images": len(self.images), "num_detections": len(self.results), "skipped": self.skipped,
-                "skipped_files": [p for p, _ in self.skipped_files], "output": str(self.output)}
+        print(
+            f"{len(self.images)} images -> {self.output} ({len(self.results)} detections in detections.json; "
+            f"{self.skipped} unreadable files "
+            f"skipped{': ' + _named(self.skipped_files) if self.skipped_files else ''}{note})"
+        )
+        return {
+            "num_images": len(self.images),
+            "num_detections": len(self.results),
+            "skipped": self.skipped,
+            "skipped_files": [p for p, _ in self.skipped_files],
+            "output": str(self.output),
+        }
 
 
 def prepare_prediction(cfg: Any) -> tuple[list[Path], Path]:
@@ -264,16 +324,35 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     model = load_model(cfg.ckpt)
     inf = cfg.get("inference") or {}
     if inf.get("optimize", True):
-        model.optimize_for_inference(precision=str(inf.get("precision", "fp32")), compile=bool(inf.get("compile", False)))
+        model.optimize_for_inference(
+            precision=str(inf.get("precision", "fp32")), compile=bool(inf.get("compile", False))
+        )
     names = model.class_names
     model.predict_heatmaps = bool(cfg.get("draw_heatmap", False))
-    writer = DetectionWriter(out, files=files, class_names=names, cat_ids=model.label_to_cat_id or list(range(len(names))),
-                             draw_threshold=cfg.draw_threshold, heatmap_alpha=float(cfg.get("heatmap_alpha", 0.5)))
-    loader = DataLoader(ImageFolder(files, model.input_size), batch_size=int(cfg.batch_size), num_workers=int(cfg.get("num_workers", 0)),
-                        collate_fn=collate_images)
+    writer = DetectionWriter(
+        out,
+        files=files,
+        class_names=names,
+        cat_ids=model.label_to_cat_id or list(range(len(names))),
+        draw_threshold=cfg.draw_threshold,
+        heatmap_alpha=float(cfg.get("heatmap_alpha", 0.5)),
+    )
+    loader = DataLoader(
+        ImageFolder(files, model.input_size),
+        batch_size=int(cfg.batch_size),
+        num_workers=int(cfg.get("num_workers", 0)),
+        collate_fn=collate_images,
+    )
     accelerator = {"auto": "auto", "cpu": "cpu", "cuda": "gpu"}.get(str(cfg.device), str(cfg.device))
-    trainer = pl.Trainer(accelerator=accelerator, devices=1, logger=False, callbacks=[writer], enable_checkpointing=False,
-                         enable_model_summary=False, enable_progress_bar=True)
+    trainer = pl.Trainer(
+        accelerator=accelerator,
+        devices=1,
+        logger=False,
+        callbacks=[writer],
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=True,
+    )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*overridden `on_after_batch_transfer`.*")
         warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
@@ -290,12 +369,25 @@ def predict_onnx(cfg: Any) -> dict[str, Any]:
     files, out = prepare_prediction(cfg)  # inputs listed, output checked: before the model is loaded
     detector = OnnxDetector(cfg.ckpt, device=str(cfg.get("device", "cpu")))
     names = detector.class_names
-    writer = DetectionWriter(out, files=files, class_names=names, cat_ids=detector.label_to_cat_id or list(range(len(names))),
-                             draw_threshold=cfg.draw_threshold)
-    loader = DataLoader(ImageFolder(files, detector.input_size), batch_size=int(cfg.batch_size), num_workers=int(cfg.get("num_workers", 0)),
-                        collate_fn=collate_images)
+    writer = DetectionWriter(
+        out,
+        files=files,
+        class_names=names,
+        cat_ids=detector.label_to_cat_id or list(range(len(names))),
+        draw_threshold=cfg.draw_threshold,
+    )
+    loader = DataLoader(
+        ImageFolder(files, detector.input_size),
+        batch_size=int(cfg.batch_size),
+        num_workers=int(cfg.get("num_workers", 0)),
+        collate_fn=collate_images,
+    )
     for i, batch in enumerate(loader):
-        preds = detector.detect(batch["images"], orig_sizes=[m["orig_size"] for m in batch["meta"]]) if len(batch["meta"]) else []
+        preds = (
+            detector.detect(batch["images"], orig_sizes=[m["orig_size"] for m in batch["meta"]])
+            if len(batch["meta"])
+            else []
+        )
         writer.write_on_batch_end(None, None, preds, None, batch, i)
     writer.finish()
     return writer.summary(f"onnxruntime, {cfg.ckpt}") | {"backend": "onnxruntime"}

@@ -61,9 +61,18 @@ IMAGES_PER_CALL = 64  # images per encoder call
 _MAX_COUNT_ELEMENTS = 1 << 24  # bound on rows * h * w of one coverage call (memory only)
 _CACHE_VERSION = 1  # bump when the definition or the box pipeline changes
 # data-module arguments that change how data is loaded, never which boxes the training set has
-_LOADER_ONLY = ("batch_size", "num_workers", "augment",
-                # the bad-image policy and the pre-flight check do not change the training boxes
-                "skip_bad_images", "max_bad_images", "substitute_bad_images", "preflight", "preflight_workers", "check_cache_dir")
+_LOADER_ONLY = (
+    "batch_size",
+    "num_workers",
+    "augment",
+    # the bad-image policy and the pre-flight check do not change the training boxes
+    "skip_bad_images",
+    "max_bad_images",
+    "substitute_bad_images",
+    "preflight",
+    "preflight_workers",
+    "check_cache_dir",
+)
 
 
 def ambiguity_counts(
@@ -272,7 +281,10 @@ def analyze(cfg: DictConfig) -> float:
     where = f", root {dm.root}, split {dm.train_split}" if "root" in dm else ""
     h, w = stats["input_size"]
     print(f"data set: {stats['data']} (training split{where}), {stats['num_classes']} classes, no augmentation")
-    print(f"images: {stats['images']}, boxes: {stats['boxes']}, input {h}x{w}, output map {stats['output_size'][0]}x{stats['output_size'][1]}")
+    print(
+        f"images: {stats['images']}, boxes: {stats['boxes']}, input {h}x{w}, output map "
+        f"{stats['output_size'][0]}x{stats['output_size'][1]}"
+    )
     print(f"kernel: {stats['kernel'].get('name', '?')} ({kernel})")
     print(f"regression samples: {stats['samples']}, ambiguous: {stats['ambiguous']}")
     took = f"{stats['seconds']:.1f} s" + (", from the cache" if stats["cached"] else "")

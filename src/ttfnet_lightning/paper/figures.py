@@ -72,9 +72,9 @@ class TargetMaps:
 def target_maps(
     boxes: Tensor, labels: Tensor, *, num_classes: int, image_size: Sequence[int], stride: int = 4, **options: Any
 ) -> TargetMaps:
-    """:func:`~ttfnet_lightning.core.targets.encode_targets` and :func:`~ttfnet_lightning.core.targets.regression_coverage`
-    for one image's boxes (M, 4) xyxy input pixels and labels (M,), with the encoder's keyword
-    ``options`` (a kernel config's keys; ``name`` is ignored)."""
+    """:func:`~ttfnet_lightning.core.targets.encode_targets` and
+    :func:`~ttfnet_lightning.core.targets.regression_coverage` for one image's boxes (M, 4) xyxy input pixels and
+    labels (M,), with the encoder's keyword ``options`` (a kernel config's keys; ``name`` is ignored)."""
 
     options = {k: v for k, v in options.items() if k != "name"}
     H, W = (int(s) for s in image_size)
@@ -82,7 +82,9 @@ def target_maps(
     b = boxes.detach().float().cpu().reshape(1, -1, 4)
     lab = labels.detach().cpu().long().reshape(1, -1)
     hm, tgt, wt = encode_targets(b, lab, num_classes=num_classes, output_size=out, stride=stride, **options)
-    cov = regression_coverage(b, lab, num_classes=num_classes, output_size=out, stride=stride, **options)[0]  # (G, h, w)
+    cov = regression_coverage(b, lab, num_classes=num_classes, output_size=out, stride=stride, **options)[
+        0
+    ]  # (G, h, w)
     G = wt.shape[1]
     wt, tgt = wt[0], tgt[0].reshape(G, 4, *out)
     best = wt.argmax(0)  # (h, w): the class channel shown where several own a pixel
@@ -90,8 +92,13 @@ def target_maps(
     match = (owner_box[None] == b[0][:, :, None, None]).all(1)  # (M, h, w)
     owner = torch.where((wt.amax(0) > 0) & match.any(0), match.float().argmax(0), torch.full(out, -1))
     return TargetMaps(
-        heatmap=hm[0].amax(0), weight=wt.sum(0), owner=owner.long(), coverage=cov.amax(0),
-        num_samples=int((cov >= 1).sum()), num_ambiguous=int((cov >= 2).sum()), stride=stride,
+        heatmap=hm[0].amax(0),
+        weight=wt.sum(0),
+        owner=owner.long(),
+        coverage=cov.amax(0),
+        num_samples=int((cov >= 1).sum()),
+        num_ambiguous=int((cov >= 2).sum()),
+        stride=stride,
     )
 
 
@@ -140,7 +147,8 @@ def ablation_variants(alpha: float = 0.54, beta: float = 0.54, rect_beta: float 
         if name == "ttfnet":
             continue
         out[f"{name}" + (f", beta={rect_beta:g}" if name == "rect" else "")] = kernel_options(
-            name, alpha=alpha, beta=rect_beta if name == "rect" else beta)
+            name, alpha=alpha, beta=rect_beta if name == "rect" else beta
+        )
     out["area weight sqrt"] = kernel_options("ttfnet", alpha=alpha, beta=beta, area_weight="sqrt")
     return out
 
@@ -173,6 +181,41 @@ def _blend(base: np.ndarray, rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     return (base.astype(np.float32) * (1 - a) + rgb.astype(np.float32) * a).clip(0, 255).astype(np.uint8)
 
 
+def _variant_panels(
+    m: TargetMaps, dim: np.ndarray, box_rgb: np.ndarray, *, stride: int, weight_decades: float
+) -> list[np.ndarray]:
+    """Figure 3's three pictures (H, W, 3) uint8 of one variant over the faded image ``dim``: heatmap,
+    regression area (owner colours, ambiguous samples red) and regression weight (log scale)."""
+    H, W = dim.shape[:2]
+    hm = m.heatmap.numpy()
+    heat_rgb = colorize(torch.from_numpy(_upsample(hm, stride, (H, W)))).permute(1, 2, 0).numpy()
+    panels = [_blend(dim, heat_rgb, 0.9 * _upsample(hm, stride, (H, W)))]
+    owner = _upsample(m.owner.numpy(), stride, (H, W))
+    area = _blend(dim, box_rgb[np.clip(owner, 0, None)], 0.8 * (owner >= 0))
+    amb = _upsample(m.ambiguous.numpy(), stride, (H, W))
+    panels.append(_blend(area, np.broadcast_to(np.array(AMBIGUOUS_RGB, np.uint8), (H, W, 3)), 0.95 * amb))
+    wt = m.weight.numpy()
+    with np.errstate(divide="ignore"):
+        wn = np.clip(1 + np.log10(wt / wt.max()) / weight_decades, 0, 1) if wt.max() > 0 else wt
+    w_rgb = colorize(torch.from_numpy(0.2 + 0.8 * _upsample(wn, stride, (H, W)))).permute(1, 2, 0).numpy()
+    panels.append(_blend(dim // 2, w_rgb, _upsample((wt > 0).astype(np.float32), stride, (H, W))))
+    return panels
+
+
+def _mark_samples(ax: Any, row: int, m: TargetMaps, box_rgb: np.ndarray, *, stride: int) -> None:
+    """Heatmap row: a white dot on each peak (the positives); regression-area row with at most 100
+    samples: each sample as a square in its box's colour (single pixels would be invisible)."""
+    if row == 0:
+        ys, xs = np.nonzero(m.heatmap.numpy() >= 1.0)
+        ax.scatter((xs + 0.5) * stride, (ys + 0.5) * stride, s=6, c="white", marker="o", linewidths=0)
+    if row == 1 and 0 < m.num_samples <= 100:
+        ys, xs = np.nonzero(m.owner.numpy() >= 0)
+        colours = box_rgb[m.owner.numpy()[ys, xs]] / 255
+        ax.scatter(
+            (xs + 0.5) * stride, (ys + 0.5) * stride, s=10, c=colours, marker="s", edgecolors="white", linewidths=0.4
+        )
+
+
 def targets_figure(
     image: Tensor,
     boxes: Tensor,
@@ -201,33 +244,20 @@ def targets_figure(
     box_rgb = np.array([BOX_PALETTE[i % len(BOX_PALETTE)] for i in range(len(boxes))] or [(0, 0, 0)], dtype=np.uint8)
     n = len(variants)
     fig, axes = subplots(3, n, (panel_size * n, panel_size * 3 + 0.6))
-    rows = ["heatmap (peaks: positives)", "regression area\n(red: ambiguous)", f"regression weight\n(log scale, {weight_decades:g} decades)"]
+    rows = [
+        "heatmap (peaks: positives)",
+        "regression area\n(red: ambiguous)",
+        f"regression weight\n(log scale, {weight_decades:g} decades)",
+    ]
     for j, (name, opts) in enumerate(variants.items()):
         m = target_maps(boxes, labels, num_classes=num_classes, image_size=(H, W), stride=stride, **opts)
-        hm = m.heatmap.numpy()
-        heat_rgb = colorize(torch.from_numpy(_upsample(hm, stride, (H, W)))).permute(1, 2, 0).numpy()
-        panels = [_blend(dim, heat_rgb, 0.9 * _upsample(hm, stride, (H, W)))]
-        owner = _upsample(m.owner.numpy(), stride, (H, W))
-        area = _blend(dim, box_rgb[np.clip(owner, 0, None)], 0.8 * (owner >= 0))
-        amb = _upsample(m.ambiguous.numpy(), stride, (H, W))
-        panels.append(_blend(area, np.broadcast_to(np.array(AMBIGUOUS_RGB, np.uint8), (H, W, 3)), 0.95 * amb))
-        wt = m.weight.numpy()
-        with np.errstate(divide="ignore"):
-            wn = np.clip(1 + np.log10(wt / wt.max()) / weight_decades, 0, 1) if wt.max() > 0 else wt
-        w_rgb = colorize(torch.from_numpy(0.2 + 0.8 * _upsample(wn, stride, (H, W)))).permute(1, 2, 0).numpy()
-        panels.append(_blend(dim // 2, w_rgb, _upsample((wt > 0).astype(np.float32), stride, (H, W))))
+        panels = _variant_panels(m, dim, box_rgb, stride=stride, weight_decades=weight_decades)
         for i, pic in enumerate(panels):
             ax = axes[i, j]
             ax.imshow(pic, interpolation="nearest")
             for k, (x1, y1, x2, y2) in enumerate(boxes.tolist()):
                 ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, lw=0.8, ec=tuple(box_rgb[k] / 255)))
-            if i == 0:
-                ys, xs = np.nonzero(hm >= 1.0)
-                ax.scatter((xs + 0.5) * stride, (ys + 0.5) * stride, s=6, c="white", marker="o", linewidths=0)
-            if i == 1 and 0 < m.num_samples <= 100:  # single pixels would be invisible
-                ys, xs = np.nonzero(m.owner.numpy() >= 0)
-                ax.scatter((xs + 0.5) * stride, (ys + 0.5) * stride, s=10, c=box_rgb[m.owner.numpy()[ys, xs]] / 255, marker="s",
-                           edgecolors="white", linewidths=0.4)
+            _mark_samples(ax, i, m, box_rgb, stride=stride)
             ax.set_xlim(-0.5, W - 0.5)  # markers near the border would widen the axes
             ax.set_ylim(H - 0.5, -0.5)
             ax.set_xticks([])
@@ -239,8 +269,6 @@ def targets_figure(
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig
-
-
 
 
 def save_figure(fig: Any, path: str | Path, *, dpi: int = 100, colors: int | None = 256) -> Path:

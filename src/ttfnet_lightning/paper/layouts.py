@@ -84,8 +84,12 @@ class Table:
         lines += ["", "Cells: ours, mean ± std over seeds ((n/N): only n of N jobs finished); [paper].", ""]
         lines += self.notes
         if self.verdicts:
-            lines += ["", "The paper's claims on our numbers (reproduced: the difference exceeds 2 standard errors; "
-                      "within noise: it does not; not reproduced: the opposite beyond 2 SE):", ""]
+            lines += [
+                "",
+                "The paper's claims on our numbers (reproduced: the difference exceeds 2 standard errors; "
+                "within noise: it does not; not reproduced: the opposite beyond 2 SE):",
+                "",
+            ]
             lines += [v.line() for v in self.verdicts]
         return "\n".join(lines) + "\n"
 
@@ -94,15 +98,25 @@ class Table:
         for (r, c), cell in self.cells.items():
             out.append(
                 {
-                    "table": self.name, "row": r, "column": c, "mean": cell.mean, "std": cell.std,
-                    "n": len(cell.values), "jobs": len(cell.statuses), "values": " ".join(f"{v:.4f}" for v in cell.values),
-                    "paper": cell.paper, "statuses": " ".join(cell.statuses), "collapsed": cell.collapsed,
+                    "table": self.name,
+                    "row": r,
+                    "column": c,
+                    "mean": cell.mean,
+                    "std": cell.std,
+                    "n": len(cell.values),
+                    "jobs": len(cell.statuses),
+                    "values": " ".join(f"{v:.4f}" for v in cell.values),
+                    "paper": cell.paper,
+                    "statuses": " ".join(cell.statuses),
+                    "collapsed": cell.collapsed,
                 }
             )
         return out
 
 
-def _fill(jobs: Sequence[Job], key: Callable[[Job], tuple[str, str] | None], metric: Callable[[Job], float | None]) -> dict[tuple[str, str], Cell]:
+def _fill(
+    jobs: Sequence[Job], key: Callable[[Job], tuple[str, str] | None], metric: Callable[[Job], float | None]
+) -> dict[tuple[str, str], Cell]:
     cells: dict[tuple[str, str], Cell] = {}
     for job in jobs:
         k = key(job)
@@ -150,8 +164,14 @@ def _ratio_cells(
 
 
 # ------------------------------------------------------------------------------ the six tables
-_T1_COLUMNS = {("none", False): "none", ("norm", False): "Norm", ("sqrt", False): "Norm+Sqrt", ("log", False): "Norm+Log",
-               ("sqrt", True): "Norm+Sqrt+Gaussian", ("log", True): "Norm+Log+Gaussian"}
+_T1_COLUMNS = {
+    ("none", False): "none",
+    ("norm", False): "Norm",
+    ("sqrt", False): "Norm+Sqrt",
+    ("log", False): "Norm+Log",
+    ("sqrt", True): "Norm+Sqrt+Gaussian",
+    ("log", True): "Norm+Log+Gaussian",
+}
 
 
 def _gaussian_weight(k: DictConfig) -> bool:
@@ -170,7 +190,12 @@ def table1(jobs: Sequence[Job], paper: dict[str, Any], ratio_fn=None) -> Table:
     cells = _fill(jobs, key, _ap)
     for c, v in zip(cols, p["AP"]):
         cells.setdefault(("AP", c), Cell()).paper = v
-    marks = {"+Norm": lambda c: c != "none", "+Sqrt": lambda c: "Sqrt" in c, "+Log": lambda c: "Log" in c, "+Gaussian": lambda c: "Gaussian" in c}
+    marks = {
+        "+Norm": lambda c: c != "none",
+        "+Sqrt": lambda c: "Sqrt" in c,
+        "+Log": lambda c: "Log" in c,
+        "+Gaussian": lambda c: "Gaussian" in c,
+    }
     for row, has in marks.items():
         for c in cols:
             cells[(row, c)] = _Text("X" if has(c) else "")
@@ -193,7 +218,15 @@ def table2(jobs: Sequence[Job], paper: dict[str, Any], ratio_fn=None) -> Table:
             cells.setdefault((f"{m} AP", _fmt_beta(b)), Cell()).paper = ap
             cells.setdefault((f"{m} Ratio %", _fmt_beta(b)), Cell(digits=2)).paper = ratio
     rows = ["Agnostic AP", "Agnostic Ratio %", "Aware AP", "Aware Ratio %"]
-    return Table("table2", "Table 2: rectangle sub-area of relative size beta, class-agnostic vs class-aware", rows, cols, cells, corner="beta", notes=notes)
+    return Table(
+        "table2",
+        "Table 2: rectangle sub-area of relative size beta, class-agnostic vs class-aware",
+        rows,
+        cols,
+        cells,
+        corner="beta",
+        notes=notes,
+    )
 
 
 def _t3_row(beta: float, gaussian: bool, aspect: bool) -> str:
@@ -217,8 +250,15 @@ def table3(jobs: Sequence[Job], paper: dict[str, Any], ratio_fn=None) -> Table:
         cells.setdefault((r, "AP"), Cell()).paper = ap
         cells.setdefault((r, "Ratio %"), Cell(digits=2)).paper = ratio
     rows += sorted({r for r, _ in cells} - set(rows))
-    return Table("table3", "Table 3: kernels producing the regression samples", rows, ["AP", "Ratio %"], cells,
-                 corner="beta | w/ Gaussian | w/ Aspect Ratio", notes=notes)
+    return Table(
+        "table3",
+        "Table 3: kernels producing the regression samples",
+        rows,
+        ["AP", "Ratio %"],
+        cells,
+        corner="beta | w/ Gaussian | w/ Aspect Ratio",
+        notes=notes,
+    )
 
 
 def table4(jobs: Sequence[Job], paper: dict[str, Any], ratio_fn=None) -> Table:
@@ -242,11 +282,16 @@ def table4(jobs: Sequence[Job], paper: dict[str, Any], ratio_fn=None) -> Table:
             cells.setdefault(("AP", c), Cell()).paper = p["AP"][i]
             cells.setdefault(("FPS", c), Cell()).paper = p["FPS"][i]
     devices = sorted({str(j.results.get("fps_device")) for j in jobs if j.results.get("fps_device")})
-    notes = [f"FPS: model-only images/s at batch 1 on {', '.join(devices) or 'the run device'} (ours); the paper's on one GTX 1080Ti."]
+    notes = [
+        f"FPS: model-only images/s at batch 1 on {', '.join(devices) or 'the run device'} (ours); the paper's on one "
+        "GTX 1080Ti."
+    ]
     methods = sorted({str(j.results["fps_method"]) for j in jobs if j.results.get("fps_method")})
     notes += [f"FPS measured again after the sweep ({m})." for m in methods]
     rows = ["Stage 2", "Stage 3", "Stage 4", "AP", "FPS"]
-    return Table("table4", "Table 4: shortcut convs per stage, speed-accuracy trade-off", rows, cols, cells, notes=notes)
+    return Table(
+        "table4", "Table 4: shortcut convs per stage, speed-accuracy trade-off", rows, cols, cells, notes=notes
+    )
 
 
 class _Text(Cell):
@@ -279,7 +324,9 @@ def table5(jobs: Sequence[Job], paper: dict[str, Any], ratio_fn=None) -> Table:
         return f"LR {lr:g} ({m:g}x) {s}"
 
     cols = [col_name(m, lr, s) for m, lr in lrs for s in scheds]
-    cells = _fill(jobs, lambda j: (_fmt_beta(j.cfg.kernel.beta), col_name(mult(j), float(j.cfg.schedule.lr), sched(j))), _ap)
+    cells = _fill(
+        jobs, lambda j: (_fmt_beta(j.cfg.kernel.beta), col_name(mult(j), float(j.cfg.schedule.lr), sched(j))), _ap
+    )
     betas = sorted({float(j.cfg.kernel.beta) for j in jobs})
     for i, b in enumerate(p["beta"]):
         if b not in betas:
@@ -287,12 +334,27 @@ def table5(jobs: Sequence[Job], paper: dict[str, Any], ratio_fn=None) -> Table:
         for m, lr in lrs:
             for s in scheds:
                 if m in paper_mult and s in p["schedules"]:
-                    cells.setdefault((_fmt_beta(b), col_name(m, lr, s)), Cell()).paper = p["AP"][i][2 * paper_mult.index(m) + p["schedules"].index(s)]
-    notes = [f"Columns: LR (its multiple of the backbone's default LR {float(jobs[0].cfg.backbone.lr):g}) and schedule; "
-             "[paper] is the paper's column with the same multiple "
-             f"(6e-3, 1.2e-2, 1.8e-2 = {', '.join(f'{m:g}x' for m in paper_mult)} of 0.015)."] if jobs else []
-    return Table("table5", "Table 5: kernel size beta x learning rate x schedule (alpha = 0.54, Gaussian area)",
-                 [_fmt_beta(b) for b in betas], cols, cells, corner="beta", notes=notes)
+                    cells.setdefault((_fmt_beta(b), col_name(m, lr, s)), Cell()).paper = p["AP"][i][
+                        2 * paper_mult.index(m) + p["schedules"].index(s)
+                    ]
+    notes = (
+        [
+            f"Columns: LR (its multiple of the backbone's default LR {float(jobs[0].cfg.backbone.lr):g}) and schedule; "
+            "[paper] is the paper's column with the same multiple "
+            f"(6e-3, 1.2e-2, 1.8e-2 = {', '.join(f'{m:g}x' for m in paper_mult)} of 0.015)."
+        ]
+        if jobs
+        else []
+    )
+    return Table(
+        "table5",
+        "Table 5: kernel size beta x learning rate x schedule (alpha = 0.54, Gaussian area)",
+        [_fmt_beta(b) for b in betas],
+        cols,
+        cells,
+        corner="beta",
+        notes=notes,
+    )
 
 
 _BACKBONE_NAMES = {"r18": "R18", "r34": "R34", "d53": "D53"}
@@ -305,7 +367,9 @@ def table6(jobs: Sequence[Job], paper: dict[str, Any], ratio_fn=None) -> Table:
         s = _SCHEDULE_NAMES.get(str(job.cfg.schedule.name), str(job.cfg.schedule.name))
         return f"{s} {'pretrained' if job.cfg.backbone.pretrained else 'scratch'}"
 
-    cells = _fill(jobs, lambda j: (row(j), _BACKBONE_NAMES.get(str(j.cfg.backbone.name), str(j.cfg.backbone.name))), _ap)
+    cells = _fill(
+        jobs, lambda j: (row(j), _BACKBONE_NAMES.get(str(j.cfg.backbone.name), str(j.cfg.backbone.name))), _ap
+    )
     for r, values in zip(p["rows"], p["AP"]):
         for c, v in zip(p["backbones"], values):
             cells.setdefault((r, c), Cell()).paper = v
@@ -315,5 +379,10 @@ def table6(jobs: Sequence[Job], paper: dict[str, Any], ratio_fn=None) -> Table:
 
 
 BUILDERS: dict[str, Callable[..., Table]] = {
-    "table1": table1, "table2": table2, "table3": table3, "table4": table4, "table5": table5, "table6": table6,
+    "table1": table1,
+    "table2": table2,
+    "table3": table3,
+    "table4": table4,
+    "table5": table5,
+    "table6": table6,
 }

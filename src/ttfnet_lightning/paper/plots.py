@@ -1,6 +1,5 @@
-"""Experiments as plots: each paper table (:func:`table_figure`, also the aggregator's ``table.png``),
-AP against training time (:func:`time_to_accuracy_figure`) and detections on images
-(:func:`detections_figure`). matplotlib is imported inside the functions only."""
+"""Each paper table as a plot (:func:`table_figure`, also the aggregator's ``table.png``) and the axes
+style that :mod:`ttfnet_lightning.paper.run_plots` shares. matplotlib is imported inside the functions only."""
 
 from __future__ import annotations
 
@@ -12,35 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from torch import Tensor
 
-from ttfnet_lightning.core.drawing import draw_detections, overlay_heatmap
 from ttfnet_lightning.paper.figures import colormap, subplots
 from ttfnet_lightning.paper.values import paper_values
-
-
-# -------------------------------------------------------------------------------- experiments
-def read_validations(metrics_csv: str | Path) -> list[dict[str, float]]:
-    """The rows of a run's ``metrics.csv`` that hold a validation (``time/train_seconds`` logged
-    with it): ``{"hours": training hours (validation excluded), "step": ..., "val/AP": ..., ...}``."""
-    out = []
-    with open(metrics_csv, newline="") as f:
-        for r in csv.DictReader(f):
-            if not r.get("time/train_seconds"):
-                continue
-            row = {"hours": float(r["time/train_seconds"]) / 3600, "step": float(r.get("time/step") or r.get("step") or "nan")}
-            row.update({k: float(v) for k, v in r.items() if k.startswith("val/") and v not in (None, "")})
-            out.append(row)
-    return out
-
-
-def sweep_runs(path: str | Path) -> dict[str, Path]:
-    """``{label: metrics.csv}``: the run ``path`` itself when it holds a ``metrics.csv``, else every
-    job directory of the sweep ``path`` that holds one (label = the job dir's name)."""
-    path = Path(path)
-    if (path / "metrics.csv").is_file():
-        return {path.name: path / "metrics.csv"}
-    return {p.parent.name: p for p in sorted(path.glob("*/metrics.csv"))}
 
 
 def _float(v: Any) -> float | None:
@@ -65,9 +38,18 @@ def _parse_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         values = r.get("values")
         if isinstance(values, str):
             values = [float(v) for v in values.split()]
-        out.append({"table": str(r.get("table", "")), "row": str(r["row"]), "column": str(r["column"]), "mean": _float(r.get("mean")),
-                    "std": _float(r.get("std")), "values": list(values or []), "paper": _float(r.get("paper")),
-                    "collapsed": int(_float(r.get("collapsed")) or 0)})
+        out.append(
+            {
+                "table": str(r.get("table", "")),
+                "row": str(r["row"]),
+                "column": str(r["column"]),
+                "mean": _float(r.get("mean")),
+                "std": _float(r.get("std")),
+                "values": list(values or []),
+                "paper": _float(r.get("paper")),
+                "collapsed": int(_float(r.get("collapsed")) or 0),
+            }
+        )
     return out
 
 
@@ -76,12 +58,21 @@ def _paper() -> dict[str, Any]:
     return paper_values()
 
 
-_OURS = "#1f77b4"
-_PAPER = "#d62728"
+OURS_COLOR = "#1f77b4"
+PAPER_COLOR = "#d62728"
 
 
-def _bars(ax: Any, labels: Sequence[str], cells: Sequence[dict[str, Any] | None], *, color: str, ours: bool, offset: float = 0.0,
-          width: float = 0.8, label: str | None = None) -> None:
+def _bars(
+    ax: Any,
+    labels: Sequence[str],
+    cells: Sequence[dict[str, Any] | None],
+    *,
+    color: str,
+    ours: bool,
+    offset: float = 0.0,
+    width: float = 0.8,
+    label: str | None = None,
+) -> None:
     x = np.arange(len(labels)) + offset
     if ours:
         mean = [c["mean"] if c and c["mean"] is not None else np.nan for c in cells]
@@ -93,7 +84,14 @@ def _bars(ax: Any, labels: Sequence[str], cells: Sequence[dict[str, Any] | None]
             if c and c.get("collapsed"):
                 ax.scatter([xi], [c["mean"]], s=60, marker="x", color="black", zorder=4)
     else:
-        ax.bar(x, [c["paper"] if c and c["paper"] is not None else np.nan for c in cells], width, color=color, alpha=0.75, label=label)
+        ax.bar(
+            x,
+            [c["paper"] if c and c["paper"] is not None else np.nan for c in cells],
+            width,
+            color=color,
+            alpha=0.75,
+            label=label,
+        )
 
 
 def _line(ax: Any, x: Sequence[float], cells: Sequence[dict[str, Any] | None], **kw: Any) -> None:
@@ -102,7 +100,14 @@ def _line(ax: Any, x: Sequence[float], cells: Sequence[dict[str, Any] | None], *
     pts = [(xi, c) for xi, c in zip(x, cells) if c and c["mean"] is not None]
     if not pts:
         return
-    line = ax.errorbar([p[0] for p in pts], [c["mean"] for _, c in pts], yerr=[c["std"] or 0 for _, c in pts], marker="o", capsize=2, **kw)
+    line = ax.errorbar(
+        [p[0] for p in pts],
+        [c["mean"] for _, c in pts],
+        yerr=[c["std"] or 0 for _, c in pts],
+        marker="o",
+        capsize=2,
+        **kw,
+    )
     color = line.lines[0].get_color()
     for xi, c in pts:
         ax.scatter([xi] * len(c["values"]), c["values"], s=7, color=color, alpha=0.6, zorder=3)
@@ -110,7 +115,7 @@ def _line(ax: Any, x: Sequence[float], cells: Sequence[dict[str, Any] | None], *
             ax.scatter([xi], [c["mean"]], s=60, marker="x", color="black", zorder=4)
 
 
-def _log_x(ax: Any, ticks: Sequence[float]) -> None:
+def log_x_axis(ax: Any, ticks: Sequence[float]) -> None:
     """Log-scale x axis labelled at ``ticks`` only (no crowded minor labels)."""
     from matplotlib.ticker import NullFormatter
 
@@ -120,13 +125,15 @@ def _log_x(ax: Any, ticks: Sequence[float]) -> None:
     ax.xaxis.set_minor_formatter(NullFormatter())
 
 
-def _style(ax: Any, title: str, ylabel: str = "AP") -> None:
+def style_axes(ax: Any, title: str, ylabel: str = "AP") -> None:
     ax.set_title(title, fontsize=9)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
 
 
-def table_figure(rows: Sequence[Mapping[str, Any]] | str | Path, *, name: str | None = None, title: str | None = None) -> Any:
+def table_figure(
+    rows: Sequence[Mapping[str, Any]] | str | Path, *, name: str | None = None, title: str | None = None
+) -> Any:
     """One paper table as a plot, ours (mean ± std over seeds, each seed a dot) beside the paper's
     values (paper: COCO and TTFNet-53; ours: the protocol of the sweep, so compare shapes, not
     levels). ``rows``: the aggregator's cells (``Table.csv_rows()``) or a ``table.csv`` path.
@@ -138,13 +145,23 @@ def table_figure(rows: Sequence[Mapping[str, Any]] | str | Path, *, name: str | 
     name = name or (rows[0]["table"] if rows else "")
     cells = {(r["row"], r["column"]): r for r in rows}
     paper = _paper()
-    plotter = {"table1": _plot_table1, "table2": _plot_table2, "table3": _plot_table3, "table4": _plot_table4,
-               "table5": _plot_table5, "table6": _plot_table6}.get(name, _plot_generic)
+    plotter = {
+        "table1": _plot_table1,
+        "table2": _plot_table2,
+        "table3": _plot_table3,
+        "table4": _plot_table4,
+        "table5": _plot_table5,
+        "table6": _plot_table6,
+    }.get(name, _plot_generic)
     fig = plotter(cells, paper.get(name, {}))
     collapsed = " x = runs whose box regression collapsed;" if any(r["collapsed"] for r in rows) else ""
     paper_net = "R18 / R34 / D53" if name == "table6" else "TTFNet-53"  # Table 6 compares backbones
-    fig.suptitle(title or f"{name}: ours (mean ± std over seeds, dots = seeds;{collapsed} this sweep's protocol) vs paper (COCO, {paper_net})",
-                 fontsize=10)
+    fig.suptitle(
+        title
+        or f"{name}: ours (mean ± std over seeds, dots = seeds;{collapsed} this sweep's protocol) "
+        f"vs paper (COCO, {paper_net})",
+        fontsize=10,
+    )
     fig.tight_layout()
     return fig
 
@@ -152,10 +169,10 @@ def table_figure(rows: Sequence[Mapping[str, Any]] | str | Path, *, name: str | 
 def _plot_table1(cells: dict, p: dict) -> Any:
     cols = list(p.get("columns") or sorted({c for _, c in cells}))
     fig, axes = subplots(1, 2, (11, 3.8), squeeze=True)
-    for ax, ours, color, t in ((axes[0], True, _OURS, "ours"), (axes[1], False, _PAPER, "paper")):
+    for ax, ours, color, t in ((axes[0], True, OURS_COLOR, "ours"), (axes[1], False, PAPER_COLOR, "paper")):
         _bars(ax, cols, [cells.get(("AP", c)) for c in cols], color=color, ours=ours)
         ax.set_xticks(range(len(cols)), cols, rotation=25, ha="right", fontsize=8)
-        _style(ax, f"Table 1, regression weights: {t}")
+        style_axes(ax, f"Table 1, regression weights: {t}")
     return fig
 
 
@@ -165,20 +182,29 @@ def _beta_cols(cells: dict, row: str) -> list[str]:
 
 def _plot_table2(cells: dict, p: dict) -> Any:
     fig, axes = subplots(1, 3, (14, 3.8), squeeze=True)
-    for mode, color in (("Agnostic", _OURS), ("Aware", "#ff7f0e")):
+    for mode, color in (("Agnostic", OURS_COLOR), ("Aware", "#ff7f0e")):
         cols = _beta_cols(cells, f"{mode} AP")
         _line(axes[0], [float(c) for c in cols], [cells.get((f"{mode} AP", c)) for c in cols], color=color, label=mode)
         if p:
             axes[1].plot(p["beta"], p[mode]["AP"], marker="s", color=color, ls="--", label=mode)
             axes[2].plot(p["beta"], p[mode]["Ratio"], marker="s", color=color, ls="--", label=f"paper {mode}")
         rc = _beta_cols(cells, f"{mode} Ratio %")
-        _line(axes[2], [float(c) for c in rc], [cells.get((f"{mode} Ratio %", c)) for c in rc], color=color, label=f"ours {mode}")
+        _line(
+            axes[2],
+            [float(c) for c in rc],
+            [cells.get((f"{mode} Ratio %", c)) for c in rc],
+            color=color,
+            label=f"ours {mode}",
+        )
     betas = {float(c) for r, c in cells if _float(c) is not None} | set(p.get("beta", []))
-    for ax, t, yl in ((axes[0], "ours: AP vs rectangle beta", "AP"), (axes[1], "paper: AP vs rectangle beta", "AP"),
-                      (axes[2], "ambiguous samples vs beta", "ambiguous %")):
-        _log_x(ax, betas)
+    for ax, t, yl in (
+        (axes[0], "ours: AP vs rectangle beta", "AP"),
+        (axes[1], "paper: AP vs rectangle beta", "AP"),
+        (axes[2], "ambiguous samples vs beta", "ambiguous %"),
+    ):
+        log_x_axis(ax, betas)
         ax.set_xlabel("beta (relative size of the rectangle)")
-        _style(ax, t, yl)
+        style_axes(ax, t, yl)
         ax.legend(fontsize=7)
     return fig
 
@@ -198,14 +224,36 @@ def _plot_table3(cells: dict, p: dict) -> Any:
         rows = [r for r in order if r in rows] + [r for r in rows if r not in order]
     labels = [_t3_label(r) for r in rows]
     fig, axes = subplots(1, 3, (14, 3.8), squeeze=True)
-    _bars(axes[0], labels, [cells.get((r, "AP")) for r in rows], color=_OURS, ours=True)
-    _bars(axes[1], labels, [cells.get((r, "AP")) for r in rows], color=_PAPER, ours=False)
-    _bars(axes[2], labels, [cells.get((r, "Ratio %")) for r in rows], color=_OURS, ours=True, offset=-0.2, width=0.4, label="ours")
-    _bars(axes[2], labels, [cells.get((r, "Ratio %")) for r in rows], color=_PAPER, ours=False, offset=0.2, width=0.4, label="paper")
+    _bars(axes[0], labels, [cells.get((r, "AP")) for r in rows], color=OURS_COLOR, ours=True)
+    _bars(axes[1], labels, [cells.get((r, "AP")) for r in rows], color=PAPER_COLOR, ours=False)
+    _bars(
+        axes[2],
+        labels,
+        [cells.get((r, "Ratio %")) for r in rows],
+        color=OURS_COLOR,
+        ours=True,
+        offset=-0.2,
+        width=0.4,
+        label="ours",
+    )
+    _bars(
+        axes[2],
+        labels,
+        [cells.get((r, "Ratio %")) for r in rows],
+        color=PAPER_COLOR,
+        ours=False,
+        offset=0.2,
+        width=0.4,
+        label="paper",
+    )
     axes[2].legend(fontsize=7)
-    for ax, t, yl in ((axes[0], "ours: AP per kernel", "AP"), (axes[1], "paper: AP per kernel", "AP"), (axes[2], "ambiguous samples", "ambiguous %")):
+    for ax, t, yl in (
+        (axes[0], "ours: AP per kernel", "AP"),
+        (axes[1], "paper: AP per kernel", "AP"),
+        (axes[2], "ambiguous samples", "ambiguous %"),
+    ):
         ax.set_xticks(range(len(labels)), labels, rotation=25, ha="right", fontsize=8)
-        _style(ax, f"Table 3, {t}", yl)
+        style_axes(ax, f"Table 3, {t}", yl)
     return fig
 
 
@@ -215,14 +263,22 @@ def _plot_table4(cells: dict, p: dict) -> Any:
     for c in cols:
         ap, fps = cells.get(("AP", c)), cells.get(("FPS", c))
         if ap and fps and ap["mean"] is not None and fps["mean"] is not None:
-            axes[0].errorbar(fps["mean"], ap["mean"], xerr=fps["std"] or 0, yerr=ap["std"] or 0, marker="o", color=_OURS, capsize=2)
+            axes[0].errorbar(
+                fps["mean"],
+                ap["mean"],
+                xerr=fps["std"] or 0,
+                yerr=ap["std"] or 0,
+                marker="o",
+                color=OURS_COLOR,
+                capsize=2,
+            )
             axes[0].annotate(c, (fps["mean"], ap["mean"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
         if ap and fps and ap["paper"] is not None and fps["paper"] is not None:
-            axes[1].plot(fps["paper"], ap["paper"], marker="s", color=_PAPER)
+            axes[1].plot(fps["paper"], ap["paper"], marker="s", color=PAPER_COLOR)
             axes[1].annotate(c, (fps["paper"], ap["paper"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
     for ax, t in ((axes[0], "ours (images/s on this machine's CPU)"), (axes[1], "paper (images/s on a GTX 1080Ti)")):
         ax.set_xlabel("FPS (model only, batch 1)")
-        _style(ax, f"Table 4, shortcut convs (stage 2,3,4): {t}")
+        style_axes(ax, f"Table 4, shortcut convs (stage 2,3,4): {t}")
     return fig
 
 
@@ -233,7 +289,10 @@ def _plot_table5(cells: dict, p: dict) -> Any:
     fig, axes = subplots(1, 2, (11, 4), squeeze=True)
     cols = list(dict.fromkeys(c for _, c in cells))
     cmap = colormap("viridis")
-    mults = sorted({float(m.group("mult")) for c in cols if (m := _LR_COL.match(c))} | {round(lr / p["default_lr"], 2) for lr in p.get("lr", [])})
+    mults = sorted(
+        {float(m.group("mult")) for c in cols if (m := _LR_COL.match(c))}
+        | {round(lr / p["default_lr"], 2) for lr in p.get("lr", [])}
+    )
     color = {m: cmap(i / max(len(mults) - 1, 1)) for i, m in enumerate(mults)}
     for c in cols:
         m = _LR_COL.match(c)
@@ -241,19 +300,31 @@ def _plot_table5(cells: dict, p: dict) -> Any:
             continue
         betas = sorted({r for r, cc in cells if cc == c and _float(r) is not None}, key=float)
         mult = float(m.group("mult"))
-        _line(axes[0], [float(b) for b in betas], [cells.get((b, c)) for b in betas], color=color[mult],
-              ls="-" if m.group("sched") == "1x" else "--", label=f"LR {float(m.group('lr')):g} ({mult:g}x) {m.group('sched')}")
+        _line(
+            axes[0],
+            [float(b) for b in betas],
+            [cells.get((b, c)) for b in betas],
+            color=color[mult],
+            ls="-" if m.group("sched") == "1x" else "--",
+            label=f"LR {float(m.group('lr')):g} ({mult:g}x) {m.group('sched')}",
+        )
     if p:
         for i, lr in enumerate(p["lr"]):
             mult = round(lr / p["default_lr"], 2)
             for s, sched in enumerate(p["schedules"]):
-                axes[1].plot(p["beta"], [row[2 * i + s] for row in p["AP"]], marker="s", color=color[mult], ls="-" if s == 0 else "--",
-                             label=f"LR {lr:g} ({mult:g}x) {sched}")
+                axes[1].plot(
+                    p["beta"],
+                    [row[2 * i + s] for row in p["AP"]],
+                    marker="s",
+                    color=color[mult],
+                    ls="-" if s == 0 else "--",
+                    label=f"LR {lr:g} ({mult:g}x) {sched}",
+                )
     betas = {float(r) for r, _ in cells if _float(r) is not None} | set(p.get("beta", []))
     for ax, t in ((axes[0], "ours"), (axes[1], "paper")):
-        _log_x(ax, betas)
+        log_x_axis(ax, betas)
         ax.set_xlabel("beta (regression kernel size)")
-        _style(ax, f"Table 5, AP vs beta per learning rate: {t}")
+        style_axes(ax, f"Table 5, AP vs beta per learning rate: {t}")
         ax.legend(fontsize=7)
     return fig
 
@@ -270,7 +341,7 @@ def _plot_table6(cells: dict, p: dict) -> Any:
         _bars(axes[1], cols, [cells.get((r, c)) for c in cols], color=cmap(i), ours=False, offset=off, width=w, label=r)
     for ax, t in ((axes[0], "ours"), (axes[1], "paper")):
         ax.set_xticks(range(len(cols)), cols)
-        _style(ax, f"Table 6, long schedules: {t}")
+        style_axes(ax, f"Table 6, long schedules: {t}")
         ax.legend(fontsize=7)
     return fig
 
@@ -280,94 +351,9 @@ def _plot_generic(cells: dict, p: dict) -> Any:
     labels = [f"{r} / {c}" for r, c in keys]
     fig, axes = subplots(1, 1, (max(6, 0.5 * len(keys)), 3.8))
     ax = axes[0, 0]
-    _bars(ax, labels, [cells[k] for k in keys], color=_OURS, ours=True, offset=-0.2, width=0.4, label="ours")
-    _bars(ax, labels, [cells[k] for k in keys], color=_PAPER, ours=False, offset=0.2, width=0.4, label="paper")
+    _bars(ax, labels, [cells[k] for k in keys], color=OURS_COLOR, ours=True, offset=-0.2, width=0.4, label="ours")
+    _bars(ax, labels, [cells[k] for k in keys], color=PAPER_COLOR, ours=False, offset=0.2, width=0.4, label="paper")
     ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=7)
-    _style(ax, "cells", "value")
+    style_axes(ax, "cells", "value")
     ax.legend(fontsize=7)
-    return fig
-
-
-def _group_label(label: str) -> str:
-    """A run's label without its seed (the runs of one table cell share a colour)."""
-    return re.sub(r"(^|,)seed=\d+", "", label).strip(",") or label
-
-
-def time_to_accuracy_figure(runs: Mapping[str, str | Path], *, metric: str = "val/AP", paper: bool = True, legend: bool = True,
-                            title: str | None = None) -> Any:
-    """AP against training time (validation excluded) for runs ``{label: metrics.csv}``, runs of
-    the same setting (labels equal up to ``seed=N``) in one colour; with ``paper`` a second panel
-    shows the paper's Table 7 (COCO AP against training hours on 8 GTX 1080Ti). Returns a Figure."""
-    fig, axes = subplots(1, 2 if paper else 1, (12 if paper else 6.5, 4.2))
-    ax = axes[0, 0]
-    groups = list(dict.fromkeys(_group_label(k) for k in runs))
-    cmap = colormap("tab10" if len(groups) <= 10 else "tab20")
-    seen: set[str] = set()
-    for label, path in runs.items():
-        v = [r for r in read_validations(path) if metric in r]
-        if not v:
-            continue
-        g = _group_label(label)
-        ax.plot([r["hours"] * 60 for r in v], [r[metric] for r in v], marker="o", ms=3, color=cmap(groups.index(g) % cmap.N),
-                label=None if g in seen else g)
-        seen.add(g)
-    ax.set_xlabel("training time (minutes, validation excluded)")
-    _style(ax, title or f"ours: {metric} against training time", metric)
-    if legend and seen:
-        ax.legend(fontsize=6, ncol=1 + len(seen) // 10)
-    if paper:
-        ax = axes[0, 1]
-        for method, backbone, _fps, hours, ap in _paper().get("table7", {}).get("rows", []):
-            ttf = method.startswith("TTFNet")
-            ax.scatter(hours, ap, s=25, c=_PAPER if ttf else "grey", marker="s" if ttf else "o", zorder=3 if ttf else 2)
-            ax.annotate(f"{method} {backbone}", (hours, ap), textcoords="offset points", xytext=(3, 2), fontsize=6,
-                        color=_PAPER if ttf else "dimgrey")
-        _log_x(ax, [2, 5, 10, 20, 50])
-        ax.set_xlabel("training hours (8 GTX 1080Ti, log scale)")
-        _style(ax, "paper, Table 7: COCO AP against training time", "AP")
-    fig.tight_layout()
-    return fig
-
-
-# -------------------------------------------------------------------------------- detections
-def detections_figure(
-    images: Sequence[Tensor],
-    detections: Sequence[Mapping[str, Tensor]],
-    *,
-    class_names: Sequence[str] | None = None,
-    heatmaps: Sequence[Tensor] | None = None,
-    targets: Sequence[Mapping[str, Tensor]] | None = None,
-    score_threshold: float = 0.3,
-    panel_size: float = 3.2,
-    min_pixels: int = 384,
-) -> Any:
-    """Detections drawn on images (class name and score, a colour per class), one column per
-    image; a second row with the predicted heatmap (scaled to its maximum, given in the title)
-    overlaid when ``heatmaps`` are given, with the ground truth ``targets`` (``{boxes, labels}``)
-    in white. Images smaller than ``min_pixels`` are enlarged first, so that labels stay
-    readable. Returns a Figure."""
-    from torchvision.transforms.v2 import functional as TF
-
-    n = len(images)
-    nrows = 2 if heatmaps is not None else 1
-    fig, axes = subplots(nrows, max(n, 1), (panel_size * max(n, 1), panel_size * nrows + 0.3))
-    for j, (img, det) in enumerate(zip(images, detections)):
-        H, W = img.shape[-2:]
-        f = max(1, math.ceil(min_pixels / max(H, W)))
-        big = TF.resize(img, [H * f, W * f], antialias=True) if f > 1 else img
-        drawn = draw_detections(big, det["boxes"] * f, det["labels"], det["scores"], class_names=class_names, score_threshold=score_threshold)
-        k = int((det["scores"] >= score_threshold).sum())
-        axes[0, j].imshow(drawn.permute(1, 2, 0).numpy())
-        axes[0, j].set_title(f"{k} detections, score >= {score_threshold:g}", fontsize=8)
-        if heatmaps is not None:
-            over = overlay_heatmap(big, heatmaps[j], alpha=0.6, vmax=None)
-            if targets is not None and len(targets[j]["boxes"]):
-                t = targets[j]
-                over = draw_detections(over, t["boxes"] * f, t["labels"], class_names=class_names, colors=[(255, 255, 255)] * 10_000)
-            axes[1, j].imshow(over.permute(1, 2, 0).numpy())
-            axes[1, j].set_title(f"heatmap / its max ({float(heatmaps[j].max()):.2f})" + (", true boxes" if targets is not None else ""), fontsize=8)
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.tight_layout()
     return fig

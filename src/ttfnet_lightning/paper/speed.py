@@ -27,7 +27,9 @@ def remeasure_fps(sweep_dir: str | Path, *, rounds: int = 7, iters: int = 30, wa
     """Median model-only images/s (batch 1, forward + decode, this machine's CPU/GPU as the job
     measured it) of every finished job of the sweep; updates their ``results.json``."""
 
-    jobs = [j for j in expand_sweep(sweep_dir) if j.status == "finished" and (j.dir / "checkpoints" / "last.ckpt").is_file()]
+    jobs = [
+        j for j in expand_sweep(sweep_dir) if j.status == "finished" and (j.dir / "checkpoints" / "last.ckpt").is_file()
+    ]
     if not jobs:
         raise ValueError(f"{sweep_dir}: no finished job with checkpoints/last.ckpt")
     models = {j.dir.name: load_model(j.dir / "checkpoints" / "last.ckpt") for j in jobs}
@@ -42,8 +44,10 @@ def remeasure_fps(sweep_dir: str | Path, *, rounds: int = 7, iters: int = 30, wa
         results = json.loads((job.dir / RESULTS_FILE).read_text())
         results.setdefault("fps_at_end_of_training", results.get("fps"))
         results["fps"] = medians[job.dir.name]
-        results["fps_method"] = (f"python -m ttfnet_lightning.speed: median of {rounds} interleaved rounds of {iters} batch-1 passes, "
-                                 f"all {len(jobs)} models in one process, {torch.get_num_threads()} threads")
+        results["fps_method"] = (
+            f"python -m ttfnet_lightning.speed: median of {rounds} interleaved rounds of {iters} batch-1 passes, "
+            f"all {len(jobs)} models in one process, {torch.get_num_threads()} threads"
+        )
         tmp = job.dir / (RESULTS_FILE + ".tmp")
         tmp.write_text(json.dumps(results, indent=2, sort_keys=True))
         tmp.replace(job.dir / RESULTS_FILE)

@@ -83,7 +83,9 @@ def expand_grid(params: dict[str, Any], task: Sequence[str]) -> list[tuple[list[
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     grid = [f"{k}={v}" for k, v in params.items()]
-    batches = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(grid + list(task)), max_batch_size=None)
+    batches = BasicSweeper.split_arguments(
+        OverridesParser.create().parse_overrides(grid + list(task)), max_batch_size=None
+    )
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):

@@ -54,10 +54,11 @@ def build_table(sweep_dir: str | Path, *, ratio: bool = True) -> tuple[Table, li
     table_cfg = jobs[0].cfg.get("table")
     name = None if table_cfg is None else table_cfg.get("name")
     if name not in BUILDERS:
-        raise ValueError(f"{sweep_dir} is not a paper-table sweep (table.name = {name!r}; expected one of {sorted(BUILDERS)})")
+        raise ValueError(
+            f"{sweep_dir} is not a paper-table sweep (table.name = {name!r}; expected one of {sorted(BUILDERS)})"
+        )
     ratio_fn = None
     if ratio:
-
         cache = sweep_dir / ".ratio_cache"
 
         def ratio_fn(cfg: DictConfig) -> float:
@@ -69,21 +70,33 @@ def build_table(sweep_dir: str | Path, *, ratio: bool = True) -> tuple[Table, li
         table.seed_spread = CPU_SEED_SPREAD
     table.verdicts = verdicts(table)
     counts = {s: sum(j.status == s for j in jobs) for s in ("finished", "running", "failed", "missing")}
-    table.notes.append(f"Sweep {sweep_dir} (protocol {protocol}): {len(jobs)} jobs, " + ", ".join(f"{v} {k}" for k, v in counts.items() if v) + ".")
+    table.notes.append(
+        f"Sweep {sweep_dir} (protocol {protocol}): {len(jobs)} jobs, "
+        + ", ".join(f"{v} {k}" for k, v in counts.items() if v)
+        + "."
+    )
     collapsed = [(j, j.box_collapse) for j in jobs]
     collapsed = [(j, c) for j, c in collapsed if c is not None]
     if collapsed:
         table.notes.append(
-            f"† {len(collapsed)} finished job(s) whose box regression never learned (train/loss_box of the last steps above "
+            f"† {len(collapsed)} finished job(s) whose box regression never learned (train/loss_box of the last steps "
+            "above "
             f"{COLLAPSE_RATIO:g} x the first: a collapsed wh branch, every predicted distance 0): "
             + ", ".join(f"{j.dir.name} ({c[0]:.2f} -> {c[1]:.2f})" for j, c in collapsed)
             + ". Their AP measures the collapse (a training failure), not the setting's effect."
         )
     train_s = [j.results.get("metrics", {}).get("time/train_seconds") for j in jobs if j.status == "finished"]
-    wall = [j.results.get("wall_seconds_total", j.results.get("wall_seconds_last_session")) for j in jobs if j.status == "finished"]
+    finished = [j.results for j in jobs if j.status == "finished"]
+    wall = [r.get("wall_seconds_total", r.get("wall_seconds_last_session")) or 0.0 for r in finished]
+    partial = sum(1 for r in finished if "wall_seconds_total" not in r and r.get("sessions", 1) != 1)
     if any(train_s):
-        table.notes.append(f"Training time (validation excluded) per finished job: {statistics.fmean([t for t in train_s if t]) / 60:.1f} min on average; "
-                           f"wall clock of all finished jobs: {sum(w for w in wall if w) / 60:.0f} min.")
+        table.notes.append(
+            "Training time (validation excluded) per finished job: "
+            f"{statistics.fmean([t for t in train_s if t]) / 60:.1f} min on average; "
+            f"wall clock of all finished jobs: {sum(wall) / 60:.0f} min (all sessions of each job"
+            + (f"; {partial} resumed job(s) from an older checkpoint: last session only" if partial else "")
+            + ")."
+        )
     return table, jobs
 
 
@@ -117,8 +130,17 @@ def write_table(table: Table, jobs: Sequence[Job], sweep_dir: str | Path, *, plo
         writer.writerow(["dir", "status", "val/AP", "val/AP50", "fps", "train_seconds", "overrides"])
         for j in jobs:
             m = j.results.get("metrics", {})
-            writer.writerow([j.dir.name, j.status, m.get("val/AP"), m.get("val/AP50"), j.results.get("fps"), m.get("time/train_seconds"),
-                             " ".join(j.overrides)])
+            writer.writerow(
+                [
+                    j.dir.name,
+                    j.status,
+                    m.get("val/AP"),
+                    m.get("val/AP50"),
+                    j.results.get("fps"),
+                    m.get("time/train_seconds"),
+                    " ".join(j.overrides),
+                ]
+            )
     if plot:
         try:
             write_plot(table, sweep_dir)
@@ -129,7 +151,11 @@ def write_table(table: Table, jobs: Sequence[Job], sweep_dir: str | Path, *, plo
 
 def uses_wandb(jobs: Sequence[Job]) -> bool:
     """Whether the sweep's jobs log to W&B (their ``logger`` group has a W&B logger)."""
-    return any(str(lg.get("_target_", "")).endswith("WandbLogger") for j in jobs[:1] for lg in (j.cfg.get("logger") or {}).values())
+    return any(
+        str(lg.get("_target_", "")).endswith("WandbLogger")
+        for j in jobs[:1]
+        for lg in (j.cfg.get("logger") or {}).values()
+    )
 
 
 def aggregate(sweep_dir: str | Path, *, ratio: bool = True, quiet: bool = False, wandb: bool = False) -> Table:
@@ -140,9 +166,14 @@ def aggregate(sweep_dir: str | Path, *, ratio: bool = True, quiet: bool = False,
     md, path = write_table(table, jobs, sweep_dir)
     png = Path(sweep_dir) / "table.png"
     if wandb and uses_wandb(jobs):
-
         try:
-            log_sweep_summary(jobs[0].cfg, sweep_dir, name=table.name, rows=table.csv_rows(), images={"plot": png} if png.is_file() else {})
+            log_sweep_summary(
+                jobs[0].cfg,
+                sweep_dir,
+                name=table.name,
+                rows=table.csv_rows(),
+                images={"plot": png} if png.is_file() else {},
+            )
         except Exception as exc:  # the table is on disk either way
             log.warning("could not log the %s summary to W&B: %s", table.name, exc)
     if not quiet:
@@ -159,6 +190,13 @@ class AggregateOnMultirunEnd(Callback):
         # not turn a finished sweep into an error (its results are on disk either way)
         sweep_dir = str(config.hydra.sweep.dir)
         wandb = any(str(lg.get("_target_", "")).endswith("WandbLogger") for lg in (config.get("logger") or {}).values())
-        rc = subprocess.call([sys.executable, "-m", "ttfnet_lightning.tables", sweep_dir, *(["--wandb"] if wandb else [])])
+        rc = subprocess.call(
+            [sys.executable, "-m", "ttfnet_lightning.tables", sweep_dir, *(["--wandb"] if wandb else [])]
+        )
         if rc:
-            log.error("could not build the table of %s (exit %d); run python -m ttfnet_lightning.tables %s", sweep_dir, rc, sweep_dir)
+            log.error(
+                "could not build the table of %s (exit %d); run python -m ttfnet_lightning.tables %s",
+                sweep_dir,
+                rc,
+                sweep_dir,
+            )

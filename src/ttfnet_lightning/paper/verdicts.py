@@ -35,7 +35,9 @@ CPU_SEED_SPREAD = 5.2
 def _noise(table: Table) -> float:
     """Typical seed-to-seed standard deviation of the table's AP cells (pooled), for cells of one
     seed; ``table.seed_spread`` (else 0) when no cell has several seeds."""
-    stds = [c.std for (r, _), c in table.cells.items() if c.std is not None and not r.endswith("Ratio %") and r != "FPS"]
+    stds = [
+        c.std for (r, _), c in table.cells.items() if c.std is not None and not r.endswith("Ratio %") and r != "FPS"
+    ]
     return math.sqrt(statistics.fmean([x * x for x in stds])) if stds else (table.seed_spread or 0.0)
 
 
@@ -99,13 +101,19 @@ def _table1_claims(table: Table) -> list[Verdict]:
     """Log + Gaussian weights are best; normalisation beats none."""
     ap = lambda col: ("AP", col)  # noqa: E731
     best = ap("Norm+Log+Gaussian")
-    others = [ap(c) for c in table.columns if c != "Norm+Log+Gaussian" and table.cells.get(ap(c)) and table.cells[ap(c)].values]
+    others = [
+        ap(c)
+        for c in table.columns
+        if c != "Norm+Log+Gaussian" and table.cells.get(ap(c)) and table.cells[ap(c)].values
+    ]
     if not others:
         return [Verdict("Log + Gaussian weights are best", "not measured", "cells missing")]
     runner_up = max(others, key=lambda k: table.cells[k].mean)
     return [
         compare(table, best, runner_up, f"Log + Gaussian weights are best (vs the best other column, {runner_up[1]})"),
-        compare(table, ap("Norm"), ap("none"), "per-box normalisation beats treating all samples equally (Norm vs none)"),
+        compare(
+            table, ap("Norm"), ap("none"), "per-box normalisation beats treating all samples equally (Norm vs none)"
+        ),
     ]
 
 
@@ -122,14 +130,23 @@ def _table2_claims(table: Table) -> list[Verdict]:
         if peak in (cols[0], cols[-1]):  # no rise or no fall among the measured betas
             planned = [c for c in table.columns if table.cells.get((row, c)) and table.cells[(row, c)].statuses]
             partial = len(cols) < len(planned)
-            out.append(Verdict(f"{mode}: AP first rises, then falls with beta (peak at beta {peak})",
-                               "not measured" if partial else "not reproduced",
-                               f"the highest AP is at an end of the {'measured ' if partial else ''}betas ({', '.join(cols)})"))
+            out.append(
+                Verdict(
+                    f"{mode}: AP first rises, then falls with beta (peak at beta {peak})",
+                    "not measured" if partial else "not reproduced",
+                    f"the highest AP is at an end of the {'measured ' if partial else ''}betas ({', '.join(cols)})",
+                )
+            )
             continue
-        out.append(_all_of(f"{mode}: AP first rises, then falls with beta (peak at beta {peak})", [
-            compare(table, (row, peak), (row, cols[0]), f"beta {peak} > beta {cols[0]}"),
-            compare(table, (row, peak), (row, cols[-1]), f"beta {peak} > beta {cols[-1]}"),
-        ]))
+        out.append(
+            _all_of(
+                f"{mode}: AP first rises, then falls with beta (peak at beta {peak})",
+                [
+                    compare(table, (row, peak), (row, cols[0]), f"beta {peak} > beta {cols[0]}"),
+                    compare(table, (row, peak), (row, cols[-1]), f"beta {peak} > beta {cols[-1]}"),
+                ],
+            )
+        )
     return out
 
 
@@ -138,10 +155,13 @@ def _table3_claims(table: Table) -> list[Verdict]:
     r = table.rows
     return [
         compare(table, (r[4], "AP"), (r[2], "AP"), "Gaussian sub-area beats the rectangle (beta 0.54, aspect ratio)"),
-        _all_of("considering the aspect ratio helps", [
-            compare(table, (r[4], "AP"), (r[3], "AP"), "Gaussian 0.54"),
-            compare(table, (r[1], "AP"), (r[0], "AP"), "rectangle 0.3"),
-        ]),
+        _all_of(
+            "considering the aspect ratio helps",
+            [
+                compare(table, (r[4], "AP"), (r[3], "AP"), "Gaussian 0.54"),
+                compare(table, (r[1], "AP"), (r[0], "AP"), "rectangle 0.3"),
+            ],
+        ),
     ]
 
 
@@ -172,10 +192,12 @@ def _table5_claims(table: Table) -> list[Verdict]:
             out.append(Verdict(f"{sched}: a larger beta tolerates a larger LR", "not measured", "cells missing"))
             continue
         best = {r: max(measured[r], key=lambda c: table.cells[(r, c)].mean) for r in ends}
-        above = cols[max(cols.index(b) for b in best.values()) + 1:]
+        above = cols[max(cols.index(b) for b in best.values()) + 1 :]
         for top in [c for c in above if all(c in measured[r] for r in ends)] or [cols[-1]]:
-            claim = (f"{sched}: a larger beta tolerates a larger LR (AP lost from the best LR to {top.split(' (')[0]}: "
-                     f"beta {rows[0]} vs beta {rows[-1]})")
+            claim = (
+                f"{sched}: a larger beta tolerates a larger LR (AP lost from the best LR to {top.split(' (')[0]}: "
+                f"beta {rows[0]} vs beta {rows[-1]})"
+            )
             if not all(top in measured[r] for r in ends):
                 out.append(Verdict(claim, "not measured", "cells missing"))
                 continue
@@ -199,16 +221,24 @@ def _table6_claims(table: Table) -> list[Verdict]:
     # 10x from scratch (+1.5 to +3.1), for every backbone
     cols = list(table.columns)  # an unmeasured backbone leaves the claim 'not measured' (its evidence lists the others)
     return [
-        _all_of("a long schedule from scratch beats the 2x schedule pretrained (every backbone)",
-                [compare(table, ("10x scratch", c), ("2x pretrained", c), c) for c in cols]),
-        _all_of("pretraining still helps at 10x (every backbone)",
-                [compare(table, ("10x pretrained", c), ("10x scratch", c), c) for c in cols]),
+        _all_of(
+            "a long schedule from scratch beats the 2x schedule pretrained (every backbone)",
+            [compare(table, ("10x scratch", c), ("2x pretrained", c), c) for c in cols],
+        ),
+        _all_of(
+            "pretraining still helps at 10x (every backbone)",
+            [compare(table, ("10x pretrained", c), ("10x scratch", c), c) for c in cols],
+        ),
     ]
 
 
 _CLAIMS: dict[str, Callable[[Table], list[Verdict]]] = {
-    "table1": _table1_claims, "table2": _table2_claims, "table3": _table3_claims,
-    "table4": _table4_claims, "table5": _table5_claims, "table6": _table6_claims,
+    "table1": _table1_claims,
+    "table2": _table2_claims,
+    "table3": _table3_claims,
+    "table4": _table4_claims,
+    "table5": _table5_claims,
+    "table6": _table6_claims,
 }
 
 

@@ -22,15 +22,26 @@ from ttfnet_lightning.training.run import build_datamodule, train
 # ------------------------------------------------------------------------- data and models
 def _shared_data() -> Path:
     here = Path(__file__).resolve()
-    for cand in (Path.cwd().parent / "shared" / "data", Path.cwd() / ".." / ".." / "shared" / "data", here.parents[3] / "shared" / "data"):
+    for cand in (
+        Path.cwd().parent / "shared" / "data",
+        Path.cwd() / ".." / ".." / "shared" / "data",
+        here.parents[3] / "shared" / "data",
+    ):
         if cand.is_dir():
             return cand.resolve()
     return here.parents[3] / "shared" / "data"
 
 
 def sample_images(
-    source: str = "auto", *, num_images: int = 2, image_size: int | Sequence[int] = 512, coco_root: str | Path | None = None,
-    split: str = "val2017", min_boxes: int = 3, seed: int = 0, shape_classes: Sequence[str] | None = None,
+    source: str = "auto",
+    *,
+    num_images: int = 2,
+    image_size: int | Sequence[int] = 512,
+    coco_root: str | Path | None = None,
+    split: str = "val2017",
+    min_boxes: int = 3,
+    seed: int = 0,
+    shape_classes: Sequence[str] | None = None,
 ) -> tuple[list[tuple[Tensor, Tensor, Tensor]], list[str], str]:
     """A few real images with their training boxes, resized to ``image_size`` as training does
     (aspect ratio not kept): ``([(image (3, H, W) uint8, boxes (M, 4), labels (M,)), ...], class
@@ -44,14 +55,23 @@ def sample_images(
     if source == "auto":
         source = "coco" if (root / "annotations" / f"instances_{split}.json").is_file() else "shapes"
     if source == "coco":
-        ds = CocoDetection(root=root, split=split, transforms=build_transforms(input_size=size, train=False), keep_empty=False)
+        ds = CocoDetection(
+            root=root, split=split, transforms=build_transforms(input_size=size, train=False), keep_empty=False
+        )
         counts = [len(ds.annotations(i)["boxes"]) for i in range(len(ds))]
         order = sorted(range(len(ds)), key=lambda i: (-(min_boxes <= counts[i] <= 12), -counts[i], i))
-        picked = order[seed: seed + num_images]
+        picked = order[seed : seed + num_images]
         names = ds.class_names
     elif source == "shapes":
         extra = {"classes": list(shape_classes)} if shape_classes else {}
-        ds = ShapesDataset(num_images=seed + num_images, image_size=size, seed=10_000, min_objects=min_boxes, max_objects=max(min_boxes, 8), **extra)
+        ds = ShapesDataset(
+            num_images=seed + num_images,
+            image_size=size,
+            seed=10_000,
+            min_objects=min_boxes,
+            max_objects=max(min_boxes, 8),
+            **extra,
+        )
         picked = list(range(seed, seed + num_images))
         names = ds.class_names
     else:
@@ -69,13 +89,14 @@ def compose(config_name: str = "train", overrides: Sequence[str] = ()) -> Any:
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         return hydra_compose(config_name=config_name, overrides=list(overrides))
 
 
-def train_tiny_model(output_dir: str | Path, *, steps: int = 60, image_size: int = 64, overrides: Sequence[str] = ()) -> Path:
+def train_tiny_model(
+    output_dir: str | Path, *, steps: int = 60, image_size: int = 64, overrides: Sequence[str] = ()
+) -> Path:
     """Train a small TTFNet-R18 on the built-in data (``steps`` optimiser steps, batch 8, CSV
     logging only) into ``output_dir`` and return its ``last.ckpt``; a finished run there is reused
     (``train`` skips it). A stand-in when no trained checkpoint is at hand: it detects shapes only."""
@@ -83,13 +104,27 @@ def train_tiny_model(output_dir: str | Path, *, steps: int = 60, image_size: int
     out = Path(output_dir)
     per_epoch = 4
     epochs = max(1, math.ceil(steps / per_epoch))
-    cfg = compose("train", [
-        f"data.datamodule.input_size=[{image_size},{image_size}]", f"data.datamodule.num_train={8 * per_epoch}",
-        "data.datamodule.num_val=8", "data.datamodule.batch_size=8", "data.datamodule.num_workers=0",
-        f"schedule.max_epochs={epochs}", f"schedule.warmup_steps={min(20, steps // 4 + 1)}", f"schedule.milestones=[{max(1, epochs * 3 // 4)}]",
-        f"trainer.check_val_every_n_epoch={epochs}", "trainer=cpu", "trainer.enable_progress_bar=false", "logger=csv",
-        "callbacks.log_val_images=0", "callbacks.checkpoint_every_n_steps=null", f"output_dir={out}", *overrides,
-    ])
+    cfg = compose(
+        "train",
+        [
+            f"data.datamodule.input_size=[{image_size},{image_size}]",
+            f"data.datamodule.num_train={8 * per_epoch}",
+            "data.datamodule.num_val=8",
+            "data.datamodule.batch_size=8",
+            "data.datamodule.num_workers=0",
+            f"schedule.max_epochs={epochs}",
+            f"schedule.warmup_steps={min(20, steps // 4 + 1)}",
+            f"schedule.milestones=[{max(1, epochs * 3 // 4)}]",
+            f"trainer.check_val_every_n_epoch={epochs}",
+            "trainer=cpu",
+            "trainer.enable_progress_bar=false",
+            "logger=csv",
+            "callbacks.log_val_images=0",
+            "callbacks.checkpoint_every_n_steps=null",
+            f"output_dir={out}",
+            *overrides,
+        ],
+    )
     train(cfg)
     ckpt = out / "checkpoints" / "last.ckpt"
     if not ckpt.is_file():
@@ -117,8 +152,14 @@ def training_batches(overrides: Sequence[str] = (), *, num_batches: int = 1) -> 
     return batches, list(getattr(dm, "class_names", []) or [])
 
 
-def batch_figure(batch: Mapping[str, Any], *, class_names: Sequence[str] | None = None, num_images: int = 8,
-                 columns: int = 8, title: str | None = None) -> Any:
+def batch_figure(
+    batch: Mapping[str, Any],
+    *,
+    class_names: Sequence[str] | None = None,
+    num_images: int = 8,
+    columns: int = 8,
+    title: str | None = None,
+) -> Any:
     """A training batch as the network sees it (``images`` uint8, as collated): each image with its
     target boxes (padding left out)."""
     images = batch["images"][:num_images]
@@ -141,10 +182,9 @@ def batch_figure(batch: Mapping[str, Any], *, class_names: Sequence[str] | None 
     return fig
 
 
-
 def strip_notebook(path: str | Path) -> bool:
     """Remove a notebook's outputs, execution counts and widget state in place (notebooks are
-    stored without outputs; ``tests/test_notebooks.py`` checks it). Returns whether it changed."""
+    stored without outputs; ``tests/tools/test_notebooks.py`` checks it). Returns whether it changed."""
     import nbformat
 
     path = Path(path)

@@ -26,11 +26,19 @@ from ttfnet_lightning.training.lit_module import NonFiniteError, image_ids
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TimeToAccuracy", "CocoResultsWriter", "LogValPredictions", "FiniteGuard", "InterruptCheckpoint", "RerunInterruptedValidation"]
+__all__ = [
+    "TimeToAccuracy",
+    "CocoResultsWriter",
+    "LogValPredictions",
+    "FiniteGuard",
+    "InterruptCheckpoint",
+    "RerunInterruptedValidation",
+]
 
 
 # the clock of TimeToAccuracy (a module attribute so that tests can replace it)
 _clock = time.perf_counter
+_wall_clock = time.monotonic  # the run's wall clock over its sessions (not replaced by the tests of _clock)
 
 
 class TimeToAccuracy(Callback):
@@ -44,11 +52,23 @@ class TimeToAccuracy(Callback):
     segment running at save time, so a checkpoint written on an exception or SIGTERM (or mid-epoch)
     counts every second up to it. Seconds after the last checkpoint of a hard-killed run are lost
     (they are spent again after the resume and counted then).
+
+    It also keeps the run's wall clock over all its sessions (:meth:`wall_seconds`: validation,
+    setup and waiting included, each earlier session up to its last checkpoint), which the tables
+    aggregator sums; a checkpoint written before this was kept gives ``wall_complete = False``.
     """
 
     def __init__(self) -> None:
         self.train_seconds = 0.0
         self._since: float | None = None
+        self.wall_before = 0.0  # earlier sessions' wall clock, from the checkpoint resumed
+        self.sessions_before = 0
+        self.wall_complete = True
+        self._session_start = _wall_clock()
+
+    def wall_seconds(self) -> float:
+        """Wall-clock seconds of the run: earlier sessions (up to their last checkpoint) and this one."""
+        return self.wall_before + (_wall_clock() - self._session_start)
 
     def seconds(self) -> float:
         """Training seconds so far, the running segment included."""
@@ -66,7 +86,9 @@ class TimeToAccuracy(Callback):
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._resume()
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         self._resume()  # after a mid-epoch validation the clock runs again from here
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -90,11 +112,17 @@ class TimeToAccuracy(Callback):
         pl_module.log("time/step", float(trainer.global_step), sync_dist=True)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"train_seconds": self.seconds()}
+        state = {"train_seconds": self.seconds(), "sessions": self.sessions_before + 1}
+        if self.wall_complete:
+            state["wall_seconds"] = self.wall_seconds()
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.train_seconds = float(state_dict.get("train_seconds", 0.0))
         self._since = None
+        self.wall_complete = "wall_seconds" in state_dict
+        self.wall_before = float(state_dict.get("wall_seconds", 0.0))
+        self.sessions_before = int(state_dict.get("sessions", 1))
 
 
 class CocoResultsWriter(Callback):
@@ -102,13 +130,19 @@ class CocoResultsWriter(Callback):
     the data set's original category ids when the module knows them (``data_info.label_to_cat_id``);
     the official COCO evaluator reads it (``evaluate``). Skipped in the sanity check. Under DDP the
     detections of every rank are gathered to rank 0, which writes them, each image's detections once
-    (the distributed sampler's padding repeats images: :func:`~ttfnet_lightning.training.distributed.dedupe_by_image`)."""
+    (the distributed sampler's padding repeats images:
+    :func:`~ttfnet_lightning.training.distributed.dedupe_by_image`)."""
 
     def __init__(self, filename: str = "detections_val.json") -> None:
         self.filename = filename
         self.results: list[dict[str, Any]] = []
 
-    def add(self, detections: Sequence[dict[str, Any]], meta: Sequence[dict[str, Any]], label_to_cat_id: Sequence[int] | None) -> None:
+    def add(
+        self,
+        detections: Sequence[dict[str, Any]],
+        meta: Sequence[dict[str, Any]],
+        label_to_cat_id: Sequence[int] | None,
+    ) -> None:
         """Collect one batch: per-image ``{boxes, scores, labels}`` and the batch's ``meta``."""
         self.results += coco_results(list(detections), [m["image_id"] for m in meta], label_to_cat_id)
 
@@ -122,7 +156,13 @@ class CocoResultsWriter(Callback):
         self.results = []
 
     def on_validation_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
     ) -> None:
         if outputs is not None and not trainer.sanity_checking:
             self.add(outputs, batch["meta"], getattr(pl_module, "label_to_cat_id", None))
@@ -156,7 +196,13 @@ class LogValPredictions(Callback):
         self.min_score = min_score
 
     def on_validation_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
     ) -> None:
         if batch_idx != 0 or trainer.sanity_checking or not trainer.is_global_zero or outputs is None:
             return
@@ -190,22 +236,31 @@ class LogValPredictions(Callback):
         heat, peaks = self.heatmaps(pl_module, batch, pics)
         for lg in targets:
             try:
-                for key, pictures, extra in (("val/predictions", drawn, {}), ("val/heatmaps", heat, {"caption": peaks})):
+                for key, pictures, extra in (
+                    ("val/predictions", drawn, {}),
+                    ("val/heatmaps", heat, {"caption": peaks}),
+                ):
                     if not pictures:
                         continue
                     if isinstance(lg, WandbLogger):
-                        lg.log_image(key=key, images=[p.permute(1, 2, 0).numpy() for p in pictures], step=trainer.global_step, **extra)
+                        lg.log_image(
+                            key=key,
+                            images=[p.permute(1, 2, 0).numpy() for p in pictures],
+                            step=trainer.global_step,
+                            **extra,
+                        )
                     else:
                         lg.experiment.add_images(key, torch.stack(pictures), trainer.global_step)
             except Exception as exc:  # a logging failure must never stop training
                 log.warning("could not log validation images to %s: %s", type(lg).__name__, exc)
 
-    def heatmaps(self, pl_module: pl.LightningModule, batch: Any, pics: torch.Tensor) -> tuple[list[torch.Tensor], list[str]]:
+    def heatmaps(
+        self, pl_module: pl.LightningModule, batch: Any, pics: torch.Tensor
+    ) -> tuple[list[torch.Tensor], list[str]]:
         """The images ``pics`` (uint8, input size) with the predicted heatmap, scaled to its maximum,
         blended over them and the true boxes in white, and captions giving each maximum (one more
         forward pass of these few images; nothing if it fails)."""
         from torchvision.utils import draw_bounding_boxes
-
 
         try:
             with torch.no_grad():
@@ -229,7 +284,9 @@ class FiniteGuard(Callback):
     ``TTFNetModule.training_step``). Runs at every training batch end, before Lightning's
     checkpoint callbacks, so that such weights are never validated or saved (as "best" or else)."""
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         params = [p for p in pl_module.parameters() if p.requires_grad]
         if not params:
             return
@@ -255,7 +312,9 @@ class InterruptCheckpoint(OnExceptionCheckpoint):
         super().__init__(dirpath=dirpath, filename=filename)
         self.trained_batches = 0
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         self.trained_batches += 1
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
@@ -271,7 +330,9 @@ class InterruptCheckpoint(OnExceptionCheckpoint):
         except Exception as exc:  # the original exception is the one to report
             log.error("could not write the interruption checkpoint %s: %s", self.ckpt_path, exc)
         else:
-            log.warning("wrote %s at global step %d (%s)", self.ckpt_path, trainer.global_step, type(exception).__name__)
+            log.warning(
+                "wrote %s at global step %d (%s)", self.ckpt_path, trainer.global_step, type(exception).__name__
+            )
 
 
 @contextmanager
@@ -320,12 +381,17 @@ class RerunInterruptedValidation(Callback):
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.validating = False  # the checkpoints of on_validation_end belong to a finished validation
 
-    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
         if not self.validating:
             return
         progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.val_loop.batch_progress")
         if progress is None:  # another Lightning layout: fail loudly rather than resume silently wrong
-            raise RuntimeError("cannot mark an interrupted validation in this Lightning version's checkpoint (no val_loop.batch_progress)")
+            raise RuntimeError(
+                "cannot mark an interrupted validation in this Lightning version's checkpoint (no "
+                "val_loop.batch_progress)"
+            )
         started = {"ready": 1, "started": 1, "processed": 0, "completed": 0}
         progress["total"] = dict(progress["total"], **started)
         progress["current"] = dict(progress["current"], **started)

@@ -19,8 +19,17 @@ from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from ttfnet_lightning.core.atomic import atomic_write
 from ttfnet_lightning.training.lit_module import GROUPS, TTFNetModule, _grouped
 
-__all__ = ["load_model", "pick_device", "CheckpointError", "CheckpointWriteError", "StrictCheckpointIO", "export_backbone_weights",
-           "read_checkpoint", "checkpoint_problem", "module_hparams"]
+__all__ = [
+    "load_model",
+    "pick_device",
+    "CheckpointError",
+    "CheckpointWriteError",
+    "StrictCheckpointIO",
+    "export_backbone_weights",
+    "read_checkpoint",
+    "checkpoint_problem",
+    "module_hparams",
+]
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -60,7 +69,9 @@ class StrictCheckpointIO(TorchCheckpointIO):
             raise CheckpointWriteError(f"could not write checkpoint {path}: {exc}") from exc
 
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
-        return super().load_checkpoint(path, map_location=map_location or (lambda storage, loc: storage), weights_only=True)
+        return super().load_checkpoint(
+            path, map_location=map_location or (lambda storage, loc: storage), weights_only=True
+        )
 
 
 def _first_line(exc: BaseException) -> str:
@@ -114,19 +125,21 @@ def _keys(d: Mapping[Any, Any], n: int = 4) -> str:
 def _what_else(path: Path, obj: Any) -> str | None:
     """Why ``obj`` (loaded from ``path``) is not a ttfnet-lightning training checkpoint; None if it is."""
     hint = f"backbone weights are given as backbone.weights={path}; ckpt_path takes the .ckpt files a training writes"
+    not_ours = f"checkpoint {path} is not a ttfnet-lightning training checkpoint but"
+    other_model = f"checkpoint {path} is a Lightning checkpoint of another model"
     if not isinstance(obj, Mapping):
-        return f"checkpoint {path} is not a ttfnet-lightning training checkpoint but a {type(obj).__name__}"
+        return f"{not_ours} a {type(obj).__name__}"
     if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-        return f"checkpoint {path} is not a ttfnet-lightning training checkpoint but a plain state dict of {len(obj)} tensors (keys {_keys(obj)}): {hint}"
+        return f"{not_ours} a plain state dict of {len(obj)} tensors (keys {_keys(obj)}): {hint}"
     if "state_dict" not in obj or "pytorch-lightning_version" not in obj:
-        return f"checkpoint {path} is not a ttfnet-lightning training checkpoint but a dict with keys {_keys(obj, 6)} (not a Lightning checkpoint): {hint}"
+        return f"{not_ours} a dict with keys {_keys(obj, 6)} (not a Lightning checkpoint): {hint}"
     hp, state = obj.get("hyper_parameters") or {}, obj.get("state_dict") or {}
     try:
         module_hparams(hp)
     except (TypeError, ValueError) as exc:
-        return f"checkpoint {path} is a Lightning checkpoint of another model (hyper-parameters {_keys(hp, 6)}; {exc}), not of ttfnet-lightning"
+        return f"{other_model} (hyper-parameters {_keys(hp, 6)}; {exc}), not of ttfnet-lightning"
     if not any(str(k).startswith("net.") for k in state):
-        return f"checkpoint {path} is a Lightning checkpoint of another model (state dict keys {_keys(state)}), not of ttfnet-lightning"
+        return f"{other_model} (state dict keys {_keys(state)}), not of ttfnet-lightning"
     return None
 
 
@@ -151,14 +164,20 @@ def read_checkpoint(path: str | Path, *, verify: bool = False) -> dict[str, Any]
             each named with the file.
     """
     if "://" in str(path):
-        raise CheckpointError(f"checkpoint {path}: only a local file can be read and checked; copy it to this machine first")
+        raise CheckpointError(
+            f"checkpoint {path}: only a local file can be read and checked; copy it to this machine first"
+        )
     path = Path(path)
     if path.is_dir():
-        raise CheckpointError(f"checkpoint {path} is a directory; give a checkpoint file (e.g. {path / 'checkpoints' / 'last.ckpt'})")
+        raise CheckpointError(
+            f"checkpoint {path} is a directory; give a checkpoint file (e.g. {path / 'checkpoints' / 'last.ckpt'})"
+        )
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.stat().st_size == 0:
-        raise CheckpointError(f"checkpoint {path} is an empty file (0 bytes): an interrupted copy or write? Use another checkpoint")
+        raise CheckpointError(
+            f"checkpoint {path} is an empty file (0 bytes): an interrupted copy or write? Use another checkpoint"
+        )
     obj = _load(path)
     problem = _what_else(path, obj)
     if problem:
@@ -189,9 +208,14 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> TTFNetMo
     path = Path(path)
     read_checkpoint(path)
     try:
-        model = TTFNetModule.load_from_checkpoint(str(path), map_location="cpu", weights_only=True, pretrained=False, weights=None)
+        model = TTFNetModule.load_from_checkpoint(
+            str(path), map_location="cpu", weights_only=True, pretrained=False, weights=None
+        )
     except Exception as exc:
-        raise CheckpointError(f"checkpoint {path} does not build a ttfnet-lightning TTFNetModule: {type(exc).__name__}: {_first_line(exc)}") from exc
+        raise CheckpointError(
+            f"checkpoint {path} does not build a ttfnet-lightning TTFNetModule: {type(exc).__name__}: "
+            f"{_first_line(exc)}"
+        ) from exc
     return model.to(device).eval()
 
 

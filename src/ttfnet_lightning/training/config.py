@@ -35,8 +35,21 @@ from omegaconf import OmegaConf
 from ttfnet_lightning.training.records import job_dirname, sqlite_url
 
 __all__ = [
-    "BackboneConfig", "NeckHeadConfig", "NetConfig", "KernelConfig", "LossConfig", "DecodeConfig", "ModelConfig",
-    "OptimConfig", "ScheduleConfig", "CallbacksConfig", "SpeedConfig", "DataInfo", "TrainConfig", "checked", "register_configs",
+    "BackboneConfig",
+    "NeckHeadConfig",
+    "NetConfig",
+    "KernelConfig",
+    "LossConfig",
+    "DecodeConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "ScheduleConfig",
+    "CallbacksConfig",
+    "SpeedConfig",
+    "DataInfo",
+    "TrainConfig",
+    "checked",
+    "register_configs",
 ]
 
 
@@ -85,9 +98,18 @@ class NetConfig(NeckHeadConfig):
     @classmethod
     def from_config(cls, backbone: Mapping[str, Any], model: Mapping[str, Any]) -> dict[str, Any]:
         head = {f.name: model[f.name] for f in dataclasses.fields(NeckHeadConfig)}
-        return checked(cls, dict(head, backbone=backbone["name"], backbone_model=backbone.get("model"),
-                                 pretrained=backbone["pretrained"], weights=backbone["weights"],
-                                 frozen_stages=backbone["frozen_stages"], box_convs=backbone["box_convs"]))
+        return checked(
+            cls,
+            dict(
+                head,
+                backbone=backbone["name"],
+                backbone_model=backbone.get("model"),
+                pretrained=backbone["pretrained"],
+                weights=backbone["weights"],
+                frozen_stages=backbone["frozen_stages"],
+                box_convs=backbone["box_convs"],
+            ),
+        )
 
 
 # ----------------------------------------------------------------------- targets, loss, decoder

@@ -51,8 +51,19 @@ class EpochSampler(DistributedSampler):
     the same number of batches; ``skip`` counts global positions. A ``DistributedSampler`` itself, so
     that Lightning does not shard it again."""
 
-    def __init__(self, num_samples: int, seed: int, *, rank: int = 0, world_size: int = 1, batch_size: int = 1, drop_last: bool = False) -> None:
-        super().__init__(range(int(num_samples)), num_replicas=int(world_size), rank=int(rank), shuffle=False, drop_last=False)
+    def __init__(
+        self,
+        num_samples: int,
+        seed: int,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        batch_size: int = 1,
+        drop_last: bool = False,
+    ) -> None:
+        super().__init__(
+            range(int(num_samples)), num_replicas=int(world_size), rank=int(rank), shuffle=False, drop_last=False
+        )
         self.size = int(num_samples)
         self.seed = int(seed)
         self.batch_size = int(batch_size)
@@ -82,7 +93,13 @@ class EpochSampler(DistributedSampler):
         while len(order) < total:  # padded with the first samples, as DistributedSampler pads
             order += order[: total - len(order)]
         order = order[:total]
-        return iter([order[i] for start in range(skip, total, step) for i in range(start + self.rank * B, start + (self.rank + 1) * B)])
+        return iter(
+            [
+                order[i]
+                for start in range(skip, total, step)
+                for i in range(start + self.rank * B, start + (self.rank + 1) * B)
+            ]
+        )
 
     def __len__(self) -> int:
         # per rank; the whole epoch, also when skipping
@@ -113,17 +130,29 @@ class DataOrder(Callback):
 
         def train_dataloader() -> DataLoader:
             dl = make()
-            self.sampler = EpochSampler(len(dl.dataset), self.seed, rank=self.rank, world_size=self.world_size,
-                                        batch_size=int(dl.batch_size), drop_last=bool(dl.drop_last))
+            self.sampler = EpochSampler(
+                len(dl.dataset),
+                self.seed,
+                rank=self.rank,
+                world_size=self.world_size,
+                batch_size=int(dl.batch_size),
+                drop_last=bool(dl.drop_last),
+            )
             if self._resume_at is not None:
                 epoch, batches = self._resume_at
                 self.sampler.set_epoch(epoch)
                 self.sampler.skip = batches * int(dl.batch_size) * self.world_size
                 self._check, self._resume_at = (epoch, batches), None
             return DataLoader(
-                SeededSamples(dl.dataset), batch_size=dl.batch_size, sampler=self.sampler, drop_last=dl.drop_last,
-                num_workers=dl.num_workers, collate_fn=dl.collate_fn, pin_memory=dl.pin_memory,
-                persistent_workers=dl.persistent_workers, worker_init_fn=dl.worker_init_fn,
+                SeededSamples(dl.dataset),
+                batch_size=dl.batch_size,
+                sampler=self.sampler,
+                drop_last=dl.drop_last,
+                num_workers=dl.num_workers,
+                collate_fn=dl.collate_fn,
+                pin_memory=dl.pin_memory,
+                persistent_workers=dl.persistent_workers,
+                worker_init_fn=dl.worker_init_fn,
             )
 
         dm.train_dataloader = train_dataloader  # type: ignore[method-assign]
@@ -134,14 +163,18 @@ class DataOrder(Callback):
     def state_dict(self) -> dict[str, Any]:
         return {}  # the position is written by on_save_checkpoint, which sees the trainer
 
-    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
         done = int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
         epoch = int(trainer.current_epoch)
         if done >= trainer.num_training_batches:  # the epoch's batches are all trained
             epoch, done = epoch + 1, 0
         checkpoint["ttfnet_data_order"] = {"epoch": epoch, "batches": done, "seed": self.seed}
 
-    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
         state = checkpoint.get("ttfnet_data_order")
         if state is None:
             log.warning("checkpoint has no data-order state (older version): the resumed epoch restarts its order")
@@ -150,12 +183,15 @@ class DataOrder(Callback):
             raise ValueError(f"checkpoint data order was seeded with {state['seed']}, this run with seed {self.seed}")
         self._resume_at = (int(state["epoch"]), int(state["batches"]))
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         if self._check is None:
             return
         expected, self._check = self._check, None
         if (trainer.current_epoch, batch_idx) != expected:
             raise RuntimeError(
-                f"exact resume: the data order was positioned at epoch {expected[0]}, batch {expected[1]}, but Lightning "
+                f"exact resume: the data order was positioned at epoch {expected[0]}, batch {expected[1]}, but "
+                "Lightning "
                 f"resumed at epoch {trainer.current_epoch}, batch {batch_idx}; set exact_resume=false to resume anyway"
             )

@@ -42,8 +42,17 @@ from torchmetrics.detection import MeanAveragePrecision
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ImageMeanAveragePrecision", "StopOnSignal", "launch_rank", "is_launch_rank_zero", "gather_to_rank_zero", "dedupe_by_image",
-           "hydra_ddp_child_command", "patch_lightning_hydra_command", "ddp_run_scope"]
+__all__ = [
+    "ImageMeanAveragePrecision",
+    "StopOnSignal",
+    "launch_rank",
+    "is_launch_rank_zero",
+    "gather_to_rank_zero",
+    "dedupe_by_image",
+    "hydra_ddp_child_command",
+    "patch_lightning_hydra_command",
+    "ddp_run_scope",
+]
 
 
 # -------------------------------------------------------------------------------- validation metric
@@ -58,7 +67,9 @@ class ImageMeanAveragePrecision(MeanAveragePrecision):
         super().__init__(**kwargs)
         self.add_state("image_ids", default=[], dist_reduce_fx=None)
 
-    def update(self, preds: list[dict[str, Tensor]], target: list[dict[str, Tensor]], image_ids: Sequence[int] | None = None) -> None:  # type: ignore[override]
+    def update(
+        self, preds: list[dict[str, Tensor]], target: list[dict[str, Tensor]], image_ids: Sequence[int] | None = None
+    ) -> None:  # type: ignore[override]
         super().update(preds, target)
         ids = [-1] * len(preds) if image_ids is None else [int(i) for i in image_ids]
         if len(ids) != len(preds):
@@ -134,7 +145,9 @@ class StopOnSignal(Callback):
         self.pending = self.stopped = 0
         if sys.platform == "win32":
             return
-        self.distributed = int(trainer.world_size) > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
+        self.distributed = (
+            int(trainer.world_size) > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
+        )
         if self.distributed:
             signal.signal(signal.SIGTERM, self._note)
             self.active = True
@@ -162,11 +175,14 @@ class StopOnSignal(Callback):
             log.info("%s: stopping after this batch", "preemption signal" if code == self.PREEMPTED else "SIGTERM")
             trainer._signal_connector.received_sigterm = True  # Lightning's flag: it stops at this batch's end
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         self._agree(trainer)
 
-    def on_validation_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int,
-                                  dataloader_idx: int = 0) -> None:
+    def on_validation_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
         if trainer.state.fn == "fit" and not trainer.sanity_checking:
             self._agree(trainer)
 
@@ -202,7 +218,11 @@ def is_launch_rank_zero() -> bool:
 
 
 def _distributed(trainer: Any) -> bool:
-    return int(getattr(trainer, "world_size", 1)) > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
+    return (
+        int(getattr(trainer, "world_size", 1)) > 1
+        and torch.distributed.is_available()
+        and torch.distributed.is_initialized()
+    )
 
 
 def gather_to_rank_zero(trainer: Any, obj: Any) -> list[Any] | None:
@@ -247,7 +267,12 @@ def hydra_ddp_child_command(local_rank: int) -> tuple[list[str], str]:
         if source.provider == "command-line":
             command.append(f"hydra.searchpath=[{source.schema}://{source.path}]")
     # run mode (a table or search config may set hydra.mode: MULTIRUN), the job's own dir
-    command += ["hydra.mode=RUN", f'hydra.run.dir="{job_dir}"', f"hydra.job.name=train_ddp_process_{local_rank}", "hydra.output_subdir=null"]
+    command += [
+        "hydra.mode=RUN",
+        f'hydra.run.dir="{job_dir}"',
+        f"hydra.job.name=train_ddp_process_{local_rank}",
+        "hydra.output_subdir=null",
+    ]
     return command, get_original_cwd()
 
 

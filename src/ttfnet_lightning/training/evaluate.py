@@ -38,8 +38,9 @@ log = logging.getLogger(__name__)
 __all__ = ["coco_official_metrics", "evaluate", "model_speed", "check_same_classes", "class_differences"]
 
 
-
-def coco_official_metrics(ann_file: str | Path, results: str | Path | list[dict], image_ids: Sequence[int]) -> dict[str, float]:
+def coco_official_metrics(
+    ann_file: str | Path, results: str | Path | list[dict], image_ids: Sequence[int]
+) -> dict[str, float]:
     """AP, AP50, AP75, APs, APm, APl (percent; -1 where a size range has no ground truth) of COCO
     results (a ``detections_val.json`` path or its list) by pycocotools' ``COCOeval`` against
     ``ann_file``, over ``image_ids`` (the images that were evaluated)."""
@@ -79,8 +80,12 @@ def model_speed(model, *, batch_size: int, input_size: tuple[int, int], iters: i
     return batch_size * iters / (time.perf_counter() - t0)
 
 
-def class_differences(model_names: Sequence[str] | None, model_ids: Sequence[int] | None,
-                      data_names: Sequence[str], data_ids: Sequence[int] | None) -> list[str]:
+def class_differences(
+    model_names: Sequence[str] | None,
+    model_ids: Sequence[int] | None,
+    data_names: Sequence[str],
+    data_ids: Sequence[int] | None,
+) -> list[str]:
     """How a checkpoint's classes differ from a data set's with as many classes, one line per label
     that differs (``[]``: the same): its name (not compared when the checkpoint stores none) and its
     category id (``None`` ids mean id = label, as ``predict`` writes them)."""
@@ -119,7 +124,8 @@ def check_same_classes(model: Any, dm: Any, *, ckpt: Any, data_name: str, show: 
         raise DataError(
             f"checkpoint {ckpt} was trained on other classes than data '{data_name}' has "
             f"({len(diffs)} difference(s)); evaluate on the data set the model was trained for:\n  "
-            + "\n  ".join(diffs[:show]) + more
+            + "\n  ".join(diffs[:show])
+            + more
         )
 
 
@@ -134,7 +140,9 @@ def _load(cfg: DictConfig, precision: str):
     return model
 
 
-def _evaluate_once(cfg: DictConfig, dm: Any, precision: str, out: Path, input_size: list[int], json_name: str) -> dict[str, Any]:
+def _evaluate_once(
+    cfg: DictConfig, dm: Any, precision: str, out: Path, input_size: list[int], json_name: str
+) -> dict[str, Any]:
     """AP (ours and, with an annotation file, COCOeval's) and speeds of one precision."""
     model = _load(cfg, precision)
     if dm.label_to_cat_id is not None:
@@ -152,7 +160,9 @@ def _evaluate_once(cfg: DictConfig, dm: Any, precision: str, out: Path, input_si
     num_images = int(min(num_batches * dm.batch_size, len(dm.val_dataset)))
     model = model.to(trainer.strategy.root_device).eval()
     speed = {
-        "model_only_images_per_s_batch1": model_speed(model, batch_size=1, input_size=input_size, iters=cfg.speed_iters),
+        "model_only_images_per_s_batch1": model_speed(
+            model, batch_size=1, input_size=input_size, iters=cfg.speed_iters
+        ),
         f"model_only_images_per_s_batch{dm.batch_size}": model_speed(
             model, batch_size=dm.batch_size, input_size=input_size, iters=max(cfg.speed_iters // 4, 2)
         ),
@@ -201,11 +211,19 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
     columns = [(p, k) for p in precisions for k in ("val", "coco") if f"{k}/AP" in by_precision[p]]
     heads = {"val": "ours", "coco": "COCOeval"}
-    print("  " + " " * 5 + "".join(f" {heads[k] + ('' if len(precisions) == 1 else ' ' + p):>14}" for p, k in columns)
-          + (f"   (COCOeval: official pycocotools vs {dm.val_ann_file})" if any(k == "coco" for _, k in columns) else ""))
+    print(
+        "  "
+        + " " * 5
+        + "".join(f" {heads[k] + ('' if len(precisions) == 1 else ' ' + p):>14}" for p, k in columns)
+        + (f"   (COCOeval: official pycocotools vs {dm.val_ann_file})" if any(k == "coco" for _, k in columns) else "")
+    )
     for name in COCO_STATS:
         values = [by_precision[p][f"{k}/{name}"] for p, k in columns]
-        print(f"  {name:<5}" + "".join(f" {cell(v):>14}" for v in values) + (f"   ({NA_NOTE})" if values and is_na(values[0]) else ""))
+        print(
+            f"  {name:<5}"
+            + "".join(f" {cell(v):>14}" for v in values)
+            + (f"   ({NA_NOTE})" if values and is_na(values[0]) else "")
+        )
     print(f"speed on {metrics['device']} ({metrics['threads']} threads), images/s:")
     speed_keys = [k for k in first if k.endswith("_per_s") or "_per_s_" in k]
     for k in speed_keys:

@@ -26,7 +26,16 @@ from ttfnet_lightning.core.losses import TTFNetLoss
 from ttfnet_lightning.core.metrics import TORCHMETRICS_KEYS, is_na
 from ttfnet_lightning.core.models import TTFNet
 from ttfnet_lightning.core.targets import encode_targets
-from ttfnet_lightning.training.config import DataInfo, DecodeConfig, KernelConfig, LossConfig, NetConfig, OptimConfig, checked, module_groups
+from ttfnet_lightning.training.config import (
+    DataInfo,
+    DecodeConfig,
+    KernelConfig,
+    LossConfig,
+    NetConfig,
+    OptimConfig,
+    checked,
+    module_groups,
+)
 from ttfnet_lightning.training.distributed import ImageMeanAveragePrecision as MeanAveragePrecision
 from ttfnet_lightning.training.optim import build_optimizer, lr_factor  # noqa: F401  (lr_factor: re-exported for compatibility)
 
@@ -61,8 +70,14 @@ def build_map_metric():
 
 
 # the module's argument groups and their schema (ttfnet_lightning.training.config)
-GROUPS: dict[str, type] = {"net": NetConfig, "kernel": KernelConfig, "loss": LossConfig, "optim": OptimConfig,
-                           "decode": DecodeConfig, "data_info": DataInfo}
+GROUPS: dict[str, type] = {
+    "net": NetConfig,
+    "kernel": KernelConfig,
+    "loss": LossConfig,
+    "optim": OptimConfig,
+    "decode": DecodeConfig,
+    "data_info": DataInfo,
+}
 # flat keyword arguments of checkpoints written before the grouped arguments (still loadable)
 _LEGACY_DROPPED = ("results_json",)  # now the CocoResultsWriter callback
 
@@ -75,10 +90,14 @@ def _grouped(groups: dict[str, Mapping[str, Any] | None], legacy: dict[str, Any]
     for key, value in legacy.items():
         if key in _LEGACY_DROPPED:
             continue
-        group = next((g for g, cls in GROUPS.items() if g != "kernel" and key in {f.name for f in dataclasses.fields(cls)}), None)
+        group = next(
+            (g for g, cls in GROUPS.items() if g != "kernel" and key in {f.name for f in dataclasses.fields(cls)}), None
+        )
         if group is None:
             raise TypeError(f"TTFNetModule: unknown argument {key!r}; arguments are the groups {sorted(GROUPS)}")
-        merged[group][key] = value  # a flat argument overrides its group's value (load_from_checkpoint(..., pretrained=False))
+        merged[group][key] = (
+            value  # a flat argument overrides its group's value (load_from_checkpoint(..., pretrained=False))
+        )
     return {g: checked(GROUPS[g], merged[g], where=f"TTFNetModule({g}=...)") for g in GROUPS}
 
 
@@ -91,7 +110,8 @@ class TTFNetModule(pl.LightningModule):
         net: :class:`~ttfnet_lightning.training.config.NetConfig` -- ``TTFNet(**net)`` (backbone, neck, heads).
         kernel: :class:`~ttfnet_lightning.training.config.KernelConfig` -- target encoder (alpha, beta, ...).
         loss: :class:`~ttfnet_lightning.training.config.LossConfig` -- wloc, wreg, plus_one.
-        optim: :class:`~ttfnet_lightning.training.config.OptimConfig` -- SGD and LR schedule (:mod:`ttfnet_lightning.training.optim`).
+        optim: :class:`~ttfnet_lightning.training.config.OptimConfig` -- SGD and LR schedule
+        (:mod:`ttfnet_lightning.training.optim`).
         decode: :class:`~ttfnet_lightning.training.config.DecodeConfig` -- topk, score_threshold.
         data_info: :class:`~ttfnet_lightning.training.config.DataInfo` -- num_classes (C), class_names,
             input_size (H, W), label_to_cat_id, batch_size (per device, for linear LR scaling).
@@ -111,7 +131,10 @@ class TTFNetModule(pl.LightningModule):
         **legacy: Any,
     ) -> None:
         super().__init__()
-        groups = _grouped({"net": net, "kernel": kernel, "loss": loss, "optim": optim, "decode": decode, "data_info": data_info}, legacy)
+        groups = _grouped(
+            {"net": net, "kernel": kernel, "loss": loss, "optim": optim, "decode": decode, "data_info": data_info},
+            legacy,
+        )
         self.save_hyperparameters(groups)
         H, W = self.input_size
         if H % 32 or W % 32:
@@ -199,7 +222,8 @@ class TTFNetModule(pl.LightningModule):
         if not bool(torch.isfinite(losses["loss"])):
             terms = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
             raise NonFiniteError(
-                f"non-finite training loss at global step {self.global_step} (epoch {self.current_epoch}, batch {batch_idx}): "
+                f"non-finite training loss at global step {self.global_step} (epoch {self.current_epoch}, batch "
+                f"{batch_idx}): "
                 f"{terms}; images {image_ids(batch)}. Training stopped, no checkpoint of this model is saved; "
                 "lower schedule.lr (or check these images' boxes) and rerun."
             )
@@ -209,7 +233,9 @@ class TTFNetModule(pl.LightningModule):
         self.log("train/loss_box", losses["loss_box"], batch_size=B)
         return losses["loss"]
 
-    def decode(self, heatmap_logits: Tensor, wh: Tensor, meta: Sequence[dict[str, Any]] | None, input_size) -> list[dict[str, Tensor]]:
+    def decode(
+        self, heatmap_logits: Tensor, wh: Tensor, meta: Sequence[dict[str, Any]] | None, input_size
+    ) -> list[dict[str, Tensor]]:
         orig = [tuple(m["orig_size"]) for m in meta] if meta is not None else None
         return decode_detections(
             heatmap_logits,
@@ -241,7 +267,10 @@ class TTFNetModule(pl.LightningModule):
         gts = []
         for i, m in enumerate(batch["meta"]):
             if "gt_boxes" in m:
-                gt = {"boxes": m["gt_boxes"].to(device).float().reshape(-1, 4), "labels": m["gt_labels"].to(device).long()}
+                gt = {
+                    "boxes": m["gt_boxes"].to(device).float().reshape(-1, 4),
+                    "labels": m["gt_labels"].to(device).long(),
+                }
                 if "gt_iscrowd" in m:
                     gt["iscrowd"] = m["gt_iscrowd"].to(device).long()
                 if "gt_area" in m:
@@ -259,7 +288,9 @@ class TTFNetModule(pl.LightningModule):
         self.val_map.reset()
         for name, key in TORCHMETRICS_KEYS.items():
             value = float(res[key])  # -1 where a size range has no ground truth: kept as -1
-            self.log(f"val/{name}", -1.0 if is_na(value) else value * 100, prog_bar=name in ("AP", "AP50"), sync_dist=True)
+            self.log(
+                f"val/{name}", -1.0 if is_na(value) else value * 100, prog_bar=name in ("AP", "AP50"), sync_dist=True
+            )
 
     #: ``predict_step`` adds each image's predicted ``heatmap`` (h, w): sigmoid, max over classes
     predict_heatmaps: bool = False
@@ -307,7 +338,8 @@ class TTFNetModule(pl.LightningModule):
         if not math.isfinite(batches):
             if self.hparams.optim["milestones"]:
                 raise ValueError(
-                    f"schedule.milestones {list(self.hparams.optim['milestones'])} are epochs, but the training loader has no "
+                    f"schedule.milestones {list(self.hparams.optim['milestones'])} are epochs, but the training loader "
+                    "has no "
                     "length; use a sized data set or milestones: []"
                 )
             return 1
@@ -319,7 +351,12 @@ class TTFNetModule(pl.LightningModule):
         opt, sched = build_optimizer(self.named_parameters(), optim, total_batch=total, steps_per_epoch=steps_per_epoch)
         log.info(
             "SGD lr %.5g (base %.5g for batch %d, total batch %d), %d steps/epoch, milestones %s",
-            opt.param_groups[0]["lr"], optim["lr"], optim["reference_batch"], total, steps_per_epoch, list(optim["milestones"]),
+            opt.param_groups[0]["lr"],
+            optim["lr"],
+            optim["reference_batch"],
+            total,
+            steps_per_epoch,
+            list(optim["milestones"]),
         )
         # "name": Lightning's LearningRateMonitor logs train/lr/weights and train/lr/biases
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "name": "train/lr"}}

@@ -48,7 +48,12 @@ def scaled_lr(lr: float, *, total_batch: int, reference_batch: int, scale_lr: bo
 
 
 def param_groups(
-    named_parameters: Iterable[tuple[str, nn.Parameter]], *, lr: float, weight_decay: float, bias_lr_mult: float, bias_decay: float
+    named_parameters: Iterable[tuple[str, nn.Parameter]],
+    *,
+    lr: float,
+    weight_decay: float,
+    bias_lr_mult: float,
+    bias_decay: float,
 ) -> list[dict[str, Any]]:
     """Two SGD groups of the trainable parameters, named for Lightning's ``LearningRateMonitor``
     (``train/lr/weights``, ``train/lr/biases``): weights, then biases (names ending in ``.bias``)."""
@@ -63,19 +68,35 @@ def param_groups(
 
 
 def build_optimizer(
-    named_parameters: Iterable[tuple[str, nn.Parameter]], optim: Mapping[str, Any], *, total_batch: int, steps_per_epoch: int
+    named_parameters: Iterable[tuple[str, nn.Parameter]],
+    optim: Mapping[str, Any],
+    *,
+    total_batch: int,
+    steps_per_epoch: int,
 ) -> tuple[torch.optim.SGD, torch.optim.lr_scheduler.LambdaLR]:
     """SGD and its per-step LR schedule from the settings ``optim`` (an :class:`OptimConfig` dict)."""
-    lr = scaled_lr(optim["lr"], total_batch=total_batch, reference_batch=optim["reference_batch"], scale_lr=optim["scale_lr"])
+    lr = scaled_lr(
+        optim["lr"], total_batch=total_batch, reference_batch=optim["reference_batch"], scale_lr=optim["scale_lr"]
+    )
     groups = param_groups(
-        named_parameters, lr=lr, weight_decay=optim["weight_decay"], bias_lr_mult=optim["bias_lr_mult"], bias_decay=optim["bias_decay"]
+        named_parameters,
+        lr=lr,
+        weight_decay=optim["weight_decay"],
+        bias_lr_mult=optim["bias_lr_mult"],
+        bias_decay=optim["bias_decay"],
     )
     opt = torch.optim.SGD(groups, lr=lr, momentum=optim["momentum"])
     milestones, gamma = list(optim["milestones"]), float(optim["gamma"])
     warmup_steps, warmup_ratio = int(optim["warmup_steps"]), float(optim["warmup_ratio"])
 
     def factor(step: int) -> float:
-        return lr_factor(step, steps_per_epoch=steps_per_epoch, milestones=milestones, gamma=gamma, warmup_steps=warmup_steps,
-                         warmup_ratio=warmup_ratio)
+        return lr_factor(
+            step,
+            steps_per_epoch=steps_per_epoch,
+            milestones=milestones,
+            gamma=gamma,
+            warmup_steps=warmup_steps,
+            warmup_ratio=warmup_ratio,
+        )
 
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)

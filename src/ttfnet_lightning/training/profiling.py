@@ -79,14 +79,18 @@ class StepTimer(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        self._sync = torch.cuda.is_available() and (self.sync_cuda if self.sync_cuda is not None else pl_module.device.type == "cuda")
+        self._sync = torch.cuda.is_available() and (
+            self.sync_cuda if self.sync_cuda is not None else pl_module.device.type == "cuda"
+        )
         self._wrap(pl_module, "transfer_batch_to_device", "host_to_device")
         self._wrap(pl_module, "on_after_batch_transfer", "target_encoding")
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._marks["end"] = self._now()  # the first batch's wait starts with the epoch
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         self._marks["start"] = self._now()
 
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor) -> None:
@@ -99,7 +103,9 @@ class StepTimer(Callback):
         self._current["backward"] = t - self._marks.get("backward", t)
         self._marks["optimizer"] = t
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         t = self._now()
         self._current["optimizer"] = t - self._marks.get("optimizer", t)
         self._marks["end"] = t

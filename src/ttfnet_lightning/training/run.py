@@ -31,7 +31,12 @@ from ttfnet_lightning.training.callbacks import (
 )
 from ttfnet_lightning.training.checkpoints import StrictCheckpointIO, export_backbone_weights, load_model
 from ttfnet_lightning.training.data_order import DataOrder
-from ttfnet_lightning.training.distributed import StopOnSignal, ddp_run_scope, is_launch_rank_zero, patch_lightning_hydra_command
+from ttfnet_lightning.training.distributed import (
+    StopOnSignal,
+    ddp_run_scope,
+    is_launch_rank_zero,
+    patch_lightning_hydra_command,
+)
 from ttfnet_lightning.training.evaluate import model_speed
 from ttfnet_lightning.training.lit_module import TTFNetModule, data_info
 from ttfnet_lightning.training.profiling import StepTimer
@@ -105,10 +110,15 @@ def build_callbacks(cfg: DictConfig, out: Path) -> list[pl.Callback]:
         # latest-step<N>.ckpt every N training steps (only the newest kept): what a rerun resumes
         # from after a hard kill (SIGKILL, power loss), when it is newer than last.ckpt
         callbacks.append(
-            ModelCheckpoint(dirpath=ckpt_dir, filename="latest-step{step}", every_n_train_steps=int(every), save_top_k=1, auto_insert_metric_name=False)
+            ModelCheckpoint(
+                dirpath=ckpt_dir,
+                filename="latest-step{step}",
+                every_n_train_steps=int(every),
+                save_top_k=1,
+                auto_insert_metric_name=False,
+            )
         )
     if cfg.callbacks.get("step_timer"):
-
         callbacks.append(StepTimer())
     if cfg.callbacks.get("log_val_images"):
         callbacks.append(LogValPredictions(num_images=int(cfg.callbacks.log_val_images)))
@@ -134,7 +144,11 @@ def _interrupted(out: Path, what: str, report: bool = True) -> SystemExit:
     ckpt = out / "checkpoints" / "interrupted.ckpt"
     saved = f"{ckpt} written; " if ckpt.is_file() else ""
     if report:
-        print(f"\ntraining stopped by {what}: {out} is not finished; {saved}run the same command again to resume it", file=sys.stderr, flush=True)
+        print(
+            f"\ntraining stopped by {what}: {out} is not finished; {saved}run the same command again to resume it",
+            file=sys.stderr,
+            flush=True,
+        )
     return SystemExit(SIGTERM_EXIT_CODE)
 
 
@@ -146,7 +160,9 @@ def _terminated_workers(exc: BaseException, trainer: pl.Trainer) -> bool:
     return bool(getattr(getattr(trainer, "_signal_connector", None), "received_sigterm", False))
 
 
-def _check_folder(out: Path, resolved: dict[str, Any], data: dict[str, Any] | None, done: dict[str, Any] | None) -> None:
+def _check_folder(
+    out: Path, resolved: dict[str, Any], data: dict[str, Any] | None, done: dict[str, Any] | None
+) -> None:
     """Refuse to resume or skip the run stored in ``out`` (its results or checkpoints) when it has
     another config or other data (:class:`~ttfnet_lightning.training.runs.RunMismatchError`)."""
     if done is not None or checkpoint_candidates(out):
@@ -154,8 +170,9 @@ def _check_folder(out: Path, resolved: dict[str, Any], data: dict[str, Any] | No
         check_same_data(str(out), read_data_record(out, done), data)
 
 
-def _resume_point(cfg: DictConfig, out: Path, resolved: dict[str, Any], data: dict[str, Any] | None,
-                  rank_zero: bool) -> tuple[Path | None, dict[str, Any] | None]:
+def _resume_point(
+    cfg: DictConfig, out: Path, resolved: dict[str, Any], data: dict[str, Any] | None, rank_zero: bool
+) -> tuple[Path | None, dict[str, Any] | None]:
     """The checkpoint to resume from (``ckpt_path``, else the newest readable one of the folder,
     else None) and what it says about its run, after checking that run's config and data.
 
@@ -189,13 +206,14 @@ def _skip_finished(cfg: DictConfig, out: Path, done: dict[str, Any] | None, rank
         # fresh clone: results.json is tracked, weights are not). The export is the point of
         # such a run, so train it again rather than fail or skip.
         if rank_zero:
-            print(f"\n{out} finished earlier, but {cfg.export_backbone} and {last_ckpt} are both "
-                  "missing: training it again to re-create the backbone weights")
+            print(
+                f"\n{out} finished earlier, but {cfg.export_backbone} and {last_ckpt} are both "
+                "missing: training it again to re-create the backbone weights"
+            )
         return False
     if rank_zero:
         print(f"\nskipping {out}: finished earlier (results.json; skip_finished=false trains again)")
     if export_missing and rank_zero:
-
         export_backbone_weights(load_model(last_ckpt), cfg.export_backbone)
     return True
 
@@ -231,7 +249,9 @@ def _train(cfg: DictConfig, out: Path) -> float | None:
         return done.get("metrics", {}).get(str(cfg.optimized_metric))
     ckpt_path, ckpt_run = _resume_point(cfg, out, resolved, data, rank_zero)
     if cfg.get("export_backbone") and Path(cfg.export_backbone).is_dir():  # found now, not after training
-        raise IsADirectoryError(f"export_backbone={cfg.export_backbone} is a directory: give the file to write (e.g. .../r18.pth)")
+        raise IsADirectoryError(
+            f"export_backbone={cfg.export_backbone} is a directory: give the file to write (e.g. .../r18.pth)"
+        )
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     if not ckpt_path and rank_zero:
@@ -254,8 +274,20 @@ def _train(cfg: DictConfig, out: Path) -> float | None:
         if trainer.interrupted:
             raise KeyboardInterrupt(f"training interrupted: {out} is not finished")
         return value
-    _finish(cfg, out, trainer, model, metrics, {"wall_seconds_last_session": time.time() - started, "data_fingerprint": data})
+    _finish(cfg, out, trainer, model, metrics, {**_wall_record(trainer, started), "data_fingerprint": data})
     return value
+
+
+def _wall_record(trainer: pl.Trainer, started: float) -> dict[str, Any]:
+    """results.json's wall clock: this session's, and with the sessions' count the whole run's over all
+    its sessions (:class:`TimeToAccuracy`; absent when it resumed a checkpoint that did not keep it)."""
+    record: dict[str, Any] = {"wall_seconds_last_session": time.time() - started}
+    timer = next((c for c in trainer.callbacks if isinstance(c, TimeToAccuracy)), None)
+    if timer is not None:
+        record["sessions"] = timer.sessions_before + 1
+        if timer.wall_complete:
+            record["wall_seconds_total"] = timer.wall_before + record["wall_seconds_last_session"]
+    return record
 
 
 def _build_data_and_model(cfg: DictConfig, ckpt_run: Any) -> tuple[pl.LightningDataModule, TTFNetModule]:
@@ -272,7 +304,9 @@ def _build_data_and_model(cfg: DictConfig, ckpt_run: Any) -> tuple[pl.LightningD
     return dm, model
 
 
-def _build_trainer(cfg: DictConfig, out: Path, dm: pl.LightningDataModule, loggers: list[Any], record: pl.Callback) -> pl.Trainer:
+def _build_trainer(
+    cfg: DictConfig, out: Path, dm: pl.LightningDataModule, loggers: list[Any], record: pl.Callback
+) -> pl.Trainer:
     """The Trainer with the run's callbacks (``record``: every checkpoint carries the run's config and data)."""
     callbacks = [*build_callbacks(cfg, out), record]
     if cfg.get("exact_resume", False):
@@ -280,14 +314,26 @@ def _build_trainer(cfg: DictConfig, out: Path, dm: pl.LightningDataModule, logge
         order.wrap(dm)
         callbacks.append(order)
     trainer: pl.Trainer = instantiate(
-        cfg.trainer, default_root_dir=str(out), logger=loggers, callbacks=callbacks, plugins=[StrictCheckpointIO()], _convert_="all"
+        cfg.trainer,
+        default_root_dir=str(out),
+        logger=loggers,
+        callbacks=callbacks,
+        plugins=[StrictCheckpointIO()],
+        _convert_="all",
     )
     log.info("output dir: %s", out)
     return trainer
 
 
-def _fit(cfg: DictConfig, out: Path, trainer: pl.Trainer, model: TTFNetModule, dm: pl.LightningDataModule,
-         ckpt_path: Path | str | None, loggers: list[Any]) -> None:
+def _fit(
+    cfg: DictConfig,
+    out: Path,
+    trainer: pl.Trainer,
+    model: TTFNetModule,
+    dm: pl.LightningDataModule,
+    ckpt_path: Path | str | None,
+    loggers: list[Any],
+) -> None:
     """``trainer.fit`` (and a final validation when the schedule ended between validations); a stop by
     SIGTERM becomes a non-zero exit that says how to resume."""
     try:
@@ -295,10 +341,14 @@ def _fit(cfg: DictConfig, out: Path, trainer: pl.Trainer, model: TTFNetModule, d
         # the job's process group ends with it
         with warnings.catch_warnings(), patch_lightning_hydra_command(), ddp_run_scope():
             warnings.filterwarnings("ignore", message=r".*ckpt_path=\"last\".*")  # we pass the checkpoint explicitly
-            warnings.filterwarnings("ignore", message=r".*overridden `(on_after_batch_transfer|transfer_batch_to_device)`.*")
+            warnings.filterwarnings(
+                "ignore", message=r".*overridden `(on_after_batch_transfer|transfer_batch_to_device)`.*"
+            )
             if cfg.get("exact_resume", False):
                 warnings.filterwarnings("ignore", message=r".*dataloader is not resumable.*")  # DataOrder positions it
-            trainer.fit(model, datamodule=dm, ckpt_path=None if ckpt_path is None else str(ckpt_path), weights_only=True)
+            trainer.fit(
+                model, datamodule=dm, ckpt_path=None if ckpt_path is None else str(ckpt_path), weights_only=True
+            )
             if not trainer.interrupted and trainer.callback_metrics.get("time/step") != trainer.global_step:
                 # the schedule ended between validations (check_val_every_n_epoch > 1): the reported
                 # metrics must be those of the final model
@@ -323,8 +373,14 @@ def _fit(cfg: DictConfig, out: Path, trainer: pl.Trainer, model: TTFNetModule, d
         raise _interrupted(out, "SIGTERM (with its data-loader workers)", trainer.is_global_zero) from None
 
 
-def _finish(cfg: DictConfig, out: Path, trainer: pl.Trainer, model: TTFNetModule, metrics: dict[str, float],
-            extra: dict[str, Any]) -> None:
+def _finish(
+    cfg: DictConfig,
+    out: Path,
+    trainer: pl.Trainer,
+    model: TTFNetModule,
+    metrics: dict[str, float],
+    extra: dict[str, Any],
+) -> None:
     """Rank 0 after training: print the final metrics and checkpoints; an interrupted run raises
     KeyboardInterrupt, a finished one gets its ``results.json`` (with ``extra``), its speed
     (``measure_fps``) and its exported backbone (``export_backbone``)."""
@@ -348,7 +404,6 @@ def _finish(cfg: DictConfig, out: Path, trainer: pl.Trainer, model: TTFNetModule
         **extra,
     }
     if cfg.get("measure_fps"):
-
         model.eval()
         results["fps"] = model_speed(model, batch_size=1, input_size=model.input_size, iters=30, warmup=5)
         results["fps_device"] = str(model.device)

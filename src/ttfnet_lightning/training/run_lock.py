@@ -85,8 +85,10 @@ def _read_holder(fd: int) -> dict[str, Any]:
 def _describe(holder: dict[str, Any]) -> str:
     if not holder:
         return "a process that has not said who it is"
-    return (f"pid {holder.get('pid', '?')} on host {holder.get('host', '?')}, started {holder.get('started', '?')}, "
-            f"command: {holder.get('command', '?')}")
+    return (
+        f"pid {holder.get('pid', '?')} on host {holder.get('host', '?')}, started {holder.get('started', '?')}, "
+        f"command: {holder.get('command', '?')}"
+    )
 
 
 def _try_lock(path: Path) -> int | None:
@@ -146,8 +148,13 @@ def run_lock(out: str | Path) -> Iterator[Path | None]:
         return
     _held[key] = fd
     try:
-        record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                  "command": shlex.join([sys.executable, *sys.argv]), "output_dir": str(out.absolute())}
+        record = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "command": shlex.join([sys.executable, *sys.argv]),
+            "output_dir": str(out.absolute()),
+        }
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(record).encode("utf-8"), 0)
         yield path

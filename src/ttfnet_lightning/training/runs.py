@@ -25,9 +25,25 @@ from ttfnet_lightning.training.tracking import flatten_dict
 
 log = logging.getLogger(__name__)
 
-__all__ = ["resume_checkpoint", "checkpoint_candidates", "check_same_config", "check_same_data", "data_record", "read_data_record",
-           "write_run_record", "checkpoint_run", "check_checkpoint_run", "check_checkpoint_module", "truncate_metrics", "write_results",
-           "ResumeMetrics", "RunRecord", "RunMismatchError", "CONFIG_FILE", "DATA_FILE"]
+__all__ = [
+    "resume_checkpoint",
+    "checkpoint_candidates",
+    "check_same_config",
+    "check_same_data",
+    "data_record",
+    "read_data_record",
+    "write_run_record",
+    "checkpoint_run",
+    "check_checkpoint_run",
+    "check_checkpoint_module",
+    "truncate_metrics",
+    "write_results",
+    "ResumeMetrics",
+    "RunRecord",
+    "RunMismatchError",
+    "CONFIG_FILE",
+    "DATA_FILE",
+]
 
 CONFIG_FILE = "config_resolved.yaml"  # a run's resolved config, beside its results
 DATA_FILE = "data_fingerprint.json"  # the data it was trained on (data_record)
@@ -53,7 +69,9 @@ def truncate_metrics(out: Path, resume_step: int | None) -> None:
         fields, rows = list(reader.fieldnames or []), list(reader)
     kept = [r for r in rows if r.get("step") in (None, "") or int(float(r["step"])) < resume_step]
     if len(kept) != len(rows):
-        log.info("metrics.csv: dropped %d rows logged after the checkpoint's step %d", len(rows) - len(kept), resume_step)
+        log.info(
+            "metrics.csv: dropped %d rows logged after the checkpoint's step %d", len(rows) - len(kept), resume_step
+        )
     text = io.StringIO(newline="")
     writer = csv.DictWriter(text, fieldnames=fields)
     writer.writeheader()
@@ -68,7 +86,9 @@ class ResumeMetrics(pl.Callback):
     def __init__(self, out: Path) -> None:
         self.out = out
 
-    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
         if trainer.is_global_zero:  # under DDP the file is rank 0's
             truncate_metrics(self.out, int(checkpoint.get("global_step", 0)))
 
@@ -84,7 +104,12 @@ def checkpoint_candidates(out: str | Path) -> list[Path]:
     training step first, by name)."""
     out = Path(out)
     ckpt_dir = out / "checkpoints"
-    cands = [ckpt_dir / "last.ckpt", ckpt_dir / "interrupted.ckpt", *ckpt_dir.glob("latest-step*.ckpt"), *out.glob("hpc_ckpt_*.ckpt")]
+    cands = [
+        ckpt_dir / "last.ckpt",
+        ckpt_dir / "interrupted.ckpt",
+        *ckpt_dir.glob("latest-step*.ckpt"),
+        *out.glob("hpc_ckpt_*.ckpt"),
+    ]
     cands = [p for p in cands if p.is_file() and p.stat().st_size > 0]
     return sorted(cands, key=lambda p: (p.stat().st_mtime_ns, _step_of(p)), reverse=True)
 
@@ -115,17 +140,35 @@ def resume_checkpoint(out: str | Path, skipped: list[tuple[Path, str]] | None = 
 
 
 # keys that may change between a run and its resumption without changing its result
-_RESUME_FREE_KEYS = ("logger", "callbacks", "trainer.enable_progress_bar", "data.datamodule.num_workers", "data.datamodule.root",
-                     # where the streamed copy of the same data lives (data=coco_stream), not what it is
-                     "data.datamodule.input_dir", "data.datamodule.cache_dir", "data.datamodule.storage_options",
-                     "backbone.weights", "pretrained_weights", "name", "group", "tags", "project", "ckpt_path", "skip_finished",
-                     "output_dir", "job_overrides", "table.grid", "export_backbone",
-                     # memory format and compilation change float rounding, not the run
-                     "speed",
-                     # new key (data order): runs stored before it existed stay resumable/skippable
-                     "exact_resume",
-                     # the data preset's LR reference batch: its effect is schedule.reference_batch, compared
-                     "data.reference_batch")
+_RESUME_FREE_KEYS = (
+    "logger",
+    "callbacks",
+    "trainer.enable_progress_bar",
+    "data.datamodule.num_workers",
+    "data.datamodule.root",
+    # where the streamed copy of the same data lives (data=coco_stream), not what it is
+    "data.datamodule.input_dir",
+    "data.datamodule.cache_dir",
+    "data.datamodule.storage_options",
+    "backbone.weights",
+    "pretrained_weights",
+    "name",
+    "group",
+    "tags",
+    "project",
+    "ckpt_path",
+    "skip_finished",
+    "output_dir",
+    "job_overrides",
+    "table.grid",
+    "export_backbone",
+    # memory format and compilation change float rounding, not the run
+    "speed",
+    # new key (data order): runs stored before it existed stay resumable/skippable
+    "exact_resume",
+    # the data preset's LR reference batch: its effect is schedule.reference_batch, compared
+    "data.reference_batch",
+)
 
 
 def _schema_defaults() -> dict[str, Any]:
@@ -138,7 +181,13 @@ def _schema_defaults() -> dict[str, Any]:
 # it trains on and how often it logs (`ckpt_path=... schedule.max_epochs=24` continues a run for more
 # epochs, into another output dir); a rerun into a finished run's folder must not report its results
 # for a longer schedule, so there they are compared
-_CONTINUE_FREE_KEYS = ("schedule.max_epochs", "trainer.max_epochs", "trainer.max_steps", "trainer.max_time", "trainer.log_every_n_steps")
+_CONTINUE_FREE_KEYS = (
+    "schedule.max_epochs",
+    "trainer.max_epochs",
+    "trainer.max_steps",
+    "trainer.max_time",
+    "trainer.log_every_n_steps",
+)
 
 
 def _config_diff(stored_cfg: dict[str, Any], resolved: dict[str, Any], also_free: tuple[str, ...] = ()) -> list[str]:
@@ -149,12 +198,17 @@ def _config_diff(stored_cfg: dict[str, Any], resolved: dict[str, Any], also_free
     # a setting added to the schema after the run was stored, at its default, changes nothing
     defaults = _schema_defaults()
     new_at_default = lambda k: k not in stored and k in defaults and now.get(k) == defaults[k]  # noqa: E731
-    diff = sorted(k for k in set(stored) | set(now)
-                  if not free(k) and not new_at_default(k) and stored.get(k, "<absent>") != now.get(k, "<absent>"))
+    diff = sorted(
+        k
+        for k in set(stored) | set(now)
+        if not free(k) and not new_at_default(k) and stored.get(k, "<absent>") != now.get(k, "<absent>")
+    )
     return [f"  {k}: stored {stored.get(k, '<absent>')!r}, now {now.get(k, '<absent>')!r}" for k in diff]
 
 
-def _refuse_if_different(where: str, stored_cfg: dict[str, Any], resolved: dict[str, Any], also_free: tuple[str, ...] = ()) -> None:
+def _refuse_if_different(
+    where: str, stored_cfg: dict[str, Any], resolved: dict[str, Any], also_free: tuple[str, ...] = ()
+) -> None:
     lines = _config_diff(stored_cfg, resolved, also_free)
     if lines:
         raise RunMismatchError(
@@ -208,7 +262,9 @@ def check_same_data(where: str, stored: dict[str, Any] | None, now: dict[str, An
     if now is None:
         return
     if stored is None or not isinstance(stored.get("fingerprint"), dict):
-        log.info("%s was stored before data fingerprints were recorded: the data it was trained on is not checked", where)
+        log.info(
+            "%s was stored before data fingerprints were recorded: the data it was trained on is not checked", where
+        )
         return
     a, b = stored["fingerprint"], now["fingerprint"]
     unknown = sorted(k for k in set(a) & set(b) if a[k] is None or b[k] is None)
@@ -218,7 +274,8 @@ def check_same_data(where: str, stored: dict[str, Any] | None, now: dict[str, An
     if diff:
         lines = [f"  {k}: stored {a.get(k, '<absent>')}, now {b.get(k, '<absent>')}" for k in diff]
         raise RunMismatchError(
-            f"{where} was trained on other data than data.datamodule gives now ({now.get('data')}; stored: {stored.get('data')}):\n"
+            f"{where} was trained on other data than data.datamodule gives now ({now.get('data')}; stored: "
+            f"{stored.get('data')}):\n"
             + "\n".join(lines)
             + "\nPoint data.datamodule at the data this run was trained on, or use another output_dir."
         )
@@ -238,7 +295,9 @@ class RunRecord(pl.Callback):
     def __init__(self, resolved: dict[str, Any], data: dict[str, Any] | None) -> None:
         self.record = {"config": resolved, "data_fingerprint": data}
 
-    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
         checkpoint[RUN_KEY] = self.record
 
 
@@ -259,7 +318,12 @@ def checkpoint_run(path: str | Path, *, verify: bool = True) -> dict[str, Any]:
         config = OmegaConf.to_container(OmegaConf.load(folder / CONFIG_FILE), resolve=True)
     if data is None:
         data = read_data_record(folder)
-    return {"config": config, "data": data, "hparams": module_hparams(ckpt.get("hyper_parameters") or {}), "where": f"checkpoint {path}"}
+    return {
+        "config": config,
+        "data": data,
+        "hparams": module_hparams(ckpt.get("hyper_parameters") or {}),
+        "where": f"checkpoint {path}",
+    }
 
 
 def check_checkpoint_run(run: dict[str, Any], resolved: dict[str, Any], data: dict[str, Any] | None) -> None:
@@ -272,7 +336,10 @@ def check_checkpoint_run(run: dict[str, Any], resolved: dict[str, Any], data: di
     if run["config"] is not None:
         _refuse_if_different(run["where"], run["config"], resolved, _CONTINUE_FREE_KEYS)
     else:
-        log.info("%s carries no config and has no config_resolved.yaml beside it: only its model settings are checked", run["where"])
+        log.info(
+            "%s carries no config and has no config_resolved.yaml beside it: only its model settings are checked",
+            run["where"],
+        )
     check_same_data(run["where"], run["data"], data)
 
 
@@ -287,8 +354,15 @@ def check_checkpoint_module(run: dict[str, Any], hparams: dict[str, Any]) -> Non
     Raises:
         RunMismatchError: a setting differs (each named with both values)."""
     stored, now = flatten_dict(run["hparams"]), flatten_dict(module_hparams(hparams))
-    diff = sorted(k for k in set(stored) | set(now) if k not in _HPARAMS_FREE and stored.get(k, "<absent>") != now.get(k, "<absent>"))
+    diff = sorted(
+        k
+        for k in set(stored) | set(now)
+        if k not in _HPARAMS_FREE and stored.get(k, "<absent>") != now.get(k, "<absent>")
+    )
     if diff:
         lines = [f"  {k}: checkpoint {stored.get(k, '<absent>')!r}, now {now.get(k, '<absent>')!r}" for k in diff[:15]]
-        raise RunMismatchError(f"{run['where']} holds a model with other settings than this run's:\n" + "\n".join(lines)
-                               + "\nResume it with the settings it was trained with, or start a new run without ckpt_path.")
+        raise RunMismatchError(
+            f"{run['where']} holds a model with other settings than this run's:\n"
+            + "\n".join(lines)
+            + "\nResume it with the settings it was trained with, or start a new run without ckpt_path."
+        )

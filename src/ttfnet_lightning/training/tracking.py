@@ -55,7 +55,17 @@ Scalar = str | int | float | bool | None
 
 # the validation metrics logged by TTFNetModule and LogValPredictions (named explicitly: see
 # define_wandb_metrics)
-VAL_METRICS = ("val/AP", "val/AP50", "val/AP75", "val/APs", "val/APm", "val/APl", "val/loss", "val/predictions", "val/heatmaps")
+VAL_METRICS = (
+    "val/AP",
+    "val/AP50",
+    "val/AP75",
+    "val/APs",
+    "val/APm",
+    "val/APl",
+    "val/loss",
+    "val/predictions",
+    "val/heatmaps",
+)
 TRAIN_CLOCK = "time/train_hours"
 GLOBAL_STEP = "trainer/global_step"  # WandbLogger's step metric
 MAX_TAG_LEN = 64  # W&B refuses longer tags
@@ -169,8 +179,11 @@ def run_identity(cfg: DictConfig | Mapping[str, Any], overrides: Sequence[str] |
         tags += override_tags(overrides)
     if cfg.get("group"):  # an explicit group wins
         group = cfg.get("group")
-    return {"group": None if group is None else str(group), "job_type": str(job_type),
-            "tags": list(dict.fromkeys(t for t in tags if t))}
+    return {
+        "group": None if group is None else str(group),
+        "job_type": str(job_type),
+        "tags": list(dict.fromkeys(t for t in tags if t)),
+    }
 
 
 def define_wandb_metrics(logger: WandbLogger) -> None:
@@ -306,14 +319,21 @@ def finish_wandb(loggers: list[Any]) -> None:
 
 
 def log_sweep_summary(
-    cfg: DictConfig, out_dir: str | Path, *, name: str, rows: Sequence[Mapping[str, Any]], images: Mapping[str, str | Path]
+    cfg: DictConfig,
+    out_dir: str | Path,
+    *,
+    name: str,
+    rows: Sequence[Mapping[str, Any]],
+    images: Mapping[str, str | Path],
 ) -> str | None:
     """Log a sweep's summary to W&B as one more run of the sweep's group (``cfg`` is one of its
     jobs' configs: same project, group and offline rule as the jobs): ``<name>/<key>`` images
     (e.g. the table plot) and ``<name>/cells`` (a table, one row per cell), ``job_type="summary"``,
     run files under ``out_dir/wandb``. Returns the run's directory, or None when the jobs did not
     log to W&B."""
-    lg_cfg = next((lg for lg in (cfg.get("logger") or {}).values() if str(lg.get("_target_", "")).endswith("WandbLogger")), None)
+    lg_cfg = next(
+        (lg for lg in (cfg.get("logger") or {}).values() if str(lg.get("_target_", "")).endswith("WandbLogger")), None
+    )
     if lg_cfg is None:
         return None
     import wandb
@@ -321,14 +341,22 @@ def log_sweep_summary(
     ident = run_identity(cfg, overrides=[])
     offline = wandb_offline(lg_cfg.get("offline"))
     run = wandb.init(
-        project=lg_cfg.get("project") or cfg.get("project"), group=lg_cfg.get("group") or ident["group"], job_type="summary",
-        name=f"{name}-summary", tags=ident["tags"], dir=str(out_dir), mode="offline" if offline else "online", reinit="create_new",
+        project=lg_cfg.get("project") or cfg.get("project"),
+        group=lg_cfg.get("group") or ident["group"],
+        job_type="summary",
+        name=f"{name}-summary",
+        tags=ident["tags"],
+        dir=str(out_dir),
+        mode="offline" if offline else "online",
+        reinit="create_new",
     )
     try:
         payload: dict[str, Any] = {f"{name}/{key}": wandb.Image(str(path)) for key, path in images.items()}
         if rows:
             columns = list(rows[0])
-            payload[f"{name}/cells"] = wandb.Table(columns=columns, data=[[None if r.get(c) is None else r.get(c) for c in columns] for r in rows])
+            payload[f"{name}/cells"] = wandb.Table(
+                columns=columns, data=[[None if r.get(c) is None else r.get(c) for c in columns] for r in rows]
+            )
         run.log(payload)
         return str(run.dir)
     finally:

@@ -27,10 +27,16 @@ from ttfnet_lightning.core.models.timm_backbone import TimmBackbone, import_timm
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "ResNetBackbone", "DarkNet53", "DLA34", "TimmBackbone", "BACKBONES", "build_backbone", "load_state_dict_strict",
-    "WeightsError", "import_timm",
+    "ResNetBackbone",
+    "DarkNet53",
+    "DLA34",
+    "TimmBackbone",
+    "BACKBONES",
+    "build_backbone",
+    "load_state_dict_strict",
+    "WeightsError",
+    "import_timm",
 ]
-
 
 
 _RESNETS = {
@@ -134,7 +140,9 @@ class DarkNet53(FreezableBackbone):
         stages = []
         cin = 32
         for cout, n in zip(self.CHANNELS, self.BLOCKS):
-            stages.append(nn.Sequential(_conv_bn_leaky(cin, cout, 3, stride=2), *[_DarkResidual(cout) for _ in range(n)]))
+            stages.append(
+                nn.Sequential(_conv_bn_leaky(cin, cout, 3, stride=2), *[_DarkResidual(cout) for _ in range(n)])
+            )
             cin = cout
         self.stages = nn.ModuleList(stages)
         self.out_channels = (128, 256, 512, 1024)

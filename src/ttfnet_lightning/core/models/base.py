@@ -34,7 +34,9 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     except ImportError as exc:
         raise WeightsError(f"reading {path} needs the safetensors package (pip install safetensors)") from exc
     except Exception as exc:  # corrupt or non-tensor pickle (torch's advice to load it unsafely is not passed on)
-        why = "a corrupt file, or Python objects other than tensors (never loaded)" if "Weights only" in str(exc) else exc
+        why = (
+            "a corrupt file, or Python objects other than tensors (never loaded)" if "Weights only" in str(exc) else exc
+        )
         raise WeightsError(f"could not read backbone weights from {path}: {type(exc).__name__}: {why}") from exc
     # accept a bare state dict or the usual checkpoint wrappers
     for key in ("state_dict", "model"):
@@ -49,9 +51,7 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     return state
 
 
-def load_state_dict_strict(
-    module: nn.Module, path: str | Path, *, ignore_prefixes: tuple[str, ...] = ()
-) -> None:
+def load_state_dict_strict(module: nn.Module, path: str | Path, *, ignore_prefixes: tuple[str, ...] = ()) -> None:
     """Load a local state dict into ``module`` with strict key and shape checking.
 
     Keys starting with one of ``ignore_prefixes`` (e.g. a classifier ``fc.`` the backbone does not

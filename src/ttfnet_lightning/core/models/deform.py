@@ -163,12 +163,15 @@ class _DeformConv2dFunction(torch.autograd.Function):
     and samples the taps again there. Both passes go through the output in chunks of whole images or
     of row blocks of one image (``_chunk_plan``) whose taps take at most ``_CHUNK_INPUTS`` x the
     input's bytes (at least ``_MIN_CHUNK_BYTES``; one whole image up to twice that); the backward
-    holds at most two tensors of a chunk's taps at a time. The dtypes of the forward (which autocast may choose: the samples'
+    holds at most two tensors of a chunk's taps at a time. The dtypes of the forward (which autocast may choose: the
+    samples'
     and the matmul's) are recorded and used again in the backward. Double backward is not
     supported (``once_differentiable``)."""
 
     @staticmethod
-    def forward(ctx: Any, input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None, mask: Tensor | None) -> Tensor:
+    def forward(
+        ctx: Any, input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None, mask: Tensor | None
+    ) -> Tensor:
         b, cin, h, w = input.shape
         cout, _, kh, kw = weight.shape
         k = kh * kw
@@ -204,7 +207,9 @@ class _DeformConv2dFunction(torch.autograd.Function):
         sdt, mdt = ctx.dtypes  # dtypes of the samples and of the matmul in the forward
         grad_b = None
         if ctx.bias_dtype is not None and need_b:
-            grad_b = grad_out.sum((0, 2, 3), dtype=torch.promote_types(grad_out.dtype, ctx.bias_dtype)).to(ctx.bias_dtype)
+            grad_b = grad_out.sum((0, 2, 3), dtype=torch.promote_types(grad_out.dtype, ctx.bias_dtype)).to(
+                ctx.bias_dtype
+            )
         need_m = need_m and mask is not None
         if not (need_in or need_off or need_w or need_m):
             return None, None, None, grad_b, None
@@ -217,9 +222,48 @@ class _DeformConv2dFunction(torch.autograd.Function):
         return grad_in, grad_off, grad_w, grad_b, grad_m
 
 
+def _add_weight_grad(grad_w: Tensor, g: Tensor, cols: Tensor) -> None:
+    """grad_w (Cout, Cin*K) += sum over the chunk's images of g (nb, Cout, n) @ cols (nb, Cin*K, n)^T,
+    one image at a time: one bmm would make nb weight-sized gradients at once."""
+    for i in range(g.shape[0]):
+        if grad_w.dtype == cols.dtype:
+            grad_w.addmm_(g[i], cols[i].T)
+        else:
+            grad_w += torch.mm(g[i], cols[i].T)
+
+
+def _grad_buffers(
+    x: Tensor,
+    grid: Tensor,
+    weight: Tensor,
+    mask: Tensor | None,
+    mdt: torch.dtype,
+    needs: tuple[bool, ...],
+    *,
+    split: bool,
+) -> tuple[Tensor | None, ...]:
+    """The gradients _backward fills (None where not needed): input (zeroed when an image's rows come in
+    several chunks, which add up), grid, mask (in the samples' dtype) and weight (Cout, Cin*K), zeroed."""
+    need_in, need_off, need_w, need_m = needs
+    cout, cin, kh, kw = weight.shape
+    grad_in = (torch.zeros if split else torch.empty)(x.shape, dtype=x.dtype, device=x.device) if need_in else None
+    grad_grid = torch.empty_like(grid) if need_off else None
+    grad_m = torch.empty(mask.shape, dtype=x.dtype, device=mask.device) if need_m and mask is not None else None
+    grad_w = None
+    if need_w:
+        grad_w = torch.zeros(cout, cin * kh * kw, dtype=torch.promote_types(weight.dtype, mdt), device=weight.device)
+    return grad_in, grad_grid, grad_m, grad_w
+
+
 def _backward(
-    grad_out: Tensor, input: Tensor, grid: Tensor, weight: Tensor, mask: Tensor | None,
-    sdt: torch.dtype, mdt: torch.dtype, needs: tuple[bool, bool, bool, bool],
+    grad_out: Tensor,
+    input: Tensor,
+    grid: Tensor,
+    weight: Tensor,
+    mask: Tensor | None,
+    sdt: torch.dtype,
+    mdt: torch.dtype,
+    needs: tuple[bool, bool, bool, bool],
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None]:
     """Gradients for input, offset, weight, mask (those in ``needs``) of ``_DeformConv2dFunction``;
     grid: (B, K, Ho, Wo, 2) the forward's sampling positions; sdt, mdt: dtypes of the samples and
@@ -234,10 +278,7 @@ def _backward(
     w2 = weight.reshape(1, cout, cin * k).to(mdt)
     chunks = _chunk_plan(input, k, ho, wo)
     split = any(r1 - r0 < ho for *_, r0, r1 in chunks)  # an image in several row blocks
-    grad_in = (torch.zeros if split else torch.empty)(x.shape, dtype=sdt, device=x.device) if need_in else None
-    grad_grid = torch.empty_like(grid) if need_off else None
-    grad_m = torch.empty(mask.shape, dtype=sdt, device=mask.device) if need_m else None
-    grad_w = torch.zeros(cout, cin * k, dtype=torch.promote_types(weight.dtype, mdt), device=weight.device) if need_w else None
+    grad_in, grad_grid, grad_m, grad_w = _grad_buffers(x, grid, weight, mask, mdt, needs, split=split)
     for b0, b1, r0, r1 in chunks:
         nb, r, n = b1 - b0, r1 - r0, (r1 - r0) * wo
         grid_c = grid[b0:b1, :, r0:r1].reshape(nb, k * r, wo, 2)
@@ -245,13 +286,7 @@ def _backward(
         m = None if mask is None else mask[b0:b1, :, r0:r1].reshape(nb, 1, k, n).to(sdt)
         g = grad_out[b0:b1, :, r0:r1].reshape(nb, cout, n).to(mdt)
         if grad_w is not None:
-            cols = (s if m is None else s * m).view(nb, cin * k, n).to(mdt)
-            for i in range(nb):  # not one bmm: that would make nb weight-sized gradients at once
-                if grad_w.dtype == mdt:
-                    grad_w.addmm_(g[i], cols[i].T)
-                else:
-                    grad_w += torch.mm(g[i], cols[i].T)
-            del cols
+            _add_weight_grad(grad_w, g, (s if m is None else s * m).view(nb, cin * k, n).to(mdt))
         grad_cols = torch.bmm(w2.expand(nb, -1, -1).transpose(1, 2), g).to(sdt).view(nb, cin, k, n)
         if grad_m is not None:
             grad_m[b0:b1, :, r0:r1] = s.mul_(grad_cols).sum(1).view(nb, k, r, wo)

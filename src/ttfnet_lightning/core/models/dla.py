@@ -54,7 +54,9 @@ class _DlaTree(nn.Module):
     ignored when loading such a file (:data:`DLA34.UNUSED_OFFICIAL_KEYS`).
     """
 
-    def __init__(self, levels: int, cin: int, cout: int, stride: int = 1, *, level_root: bool = False, root_dim: int = 0) -> None:
+    def __init__(
+        self, levels: int, cin: int, cout: int, stride: int = 1, *, level_root: bool = False, root_dim: int = 0
+    ) -> None:
         super().__init__()
         if root_dim == 0:
             root_dim = 2 * cout
@@ -119,7 +121,9 @@ class DLA34(FreezableBackbone):
         if not -1 <= frozen_stages <= 4:
             raise ValueError(f"frozen_stages must be in [-1, 4], got {frozen_stages}")
         ch, lv = self.CHANNELS, self.LEVELS
-        self.base_layer = nn.Sequential(nn.Conv2d(3, ch[0], 7, padding=3, bias=False), nn.BatchNorm2d(ch[0]), nn.ReLU(inplace=True))
+        self.base_layer = nn.Sequential(
+            nn.Conv2d(3, ch[0], 7, padding=3, bias=False), nn.BatchNorm2d(ch[0]), nn.ReLU(inplace=True)
+        )
         self.level0 = self._conv_level(ch[0], ch[0], lv[0])
         self.level1 = self._conv_level(ch[0], ch[1], lv[1], stride=2)
         self.level2 = _DlaTree(lv[2], ch[1], ch[2], 2, level_root=False)
@@ -146,19 +150,34 @@ class DLA34(FreezableBackbone):
                     "offline: download the file elsewhere and pass backbone.weights=/path/to/dla34-ba72cf86.pth, "
                     "or set backbone.pretrained=false."
                 ) from exc
-            load_checked(self, {k: v for k, v in state.items() if not k.startswith(ignore)}, source=self.URL, ignore_prefixes=ignore)
+            load_checked(
+                self,
+                {k: v for k, v in state.items() if not k.startswith(ignore)},
+                source=self.URL,
+                ignore_prefixes=ignore,
+            )
         self._freeze()
 
     @staticmethod
     def _conv_level(cin: int, cout: int, convs: int, stride: int = 1) -> nn.Sequential:
         layers: list[nn.Module] = []
         for i in range(convs):
-            layers += [nn.Conv2d(cin, cout, 3, stride=stride if i == 0 else 1, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+            layers += [
+                nn.Conv2d(cin, cout, 3, stride=stride if i == 0 else 1, padding=1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(inplace=True),
+            ]
             cin = cout
         return nn.Sequential(*layers)
 
     def _stage_modules(self) -> list[nn.Module]:
-        return [nn.ModuleList([self.base_layer, self.level0, self.level1]), self.level2, self.level3, self.level4, self.level5]
+        return [
+            nn.ModuleList([self.base_layer, self.level0, self.level1]),
+            self.level2,
+            self.level3,
+            self.level4,
+            self.level5,
+        ]
 
     def forward(self, x: Tensor) -> list[Tensor]:
         x = self.level1(self.level0(self.base_layer(x)))

@@ -57,10 +57,14 @@ class TimmBackbone(FreezableBackbone):
 
     REDUCTIONS = (4, 8, 16, 32)
 
-    def __init__(self, *, model: str | None, pretrained: bool = False, weights: str | None = None, frozen_stages: int = 1) -> None:
+    def __init__(
+        self, *, model: str | None, pretrained: bool = False, weights: str | None = None, frozen_stages: int = 1
+    ) -> None:
         super().__init__()
         if not model:
-            raise ValueError("backbone=timm needs a timm model name: backbone.model=<name>, e.g. backbone.model=resnet18d")
+            raise ValueError(
+                "backbone=timm needs a timm model name: backbone.model=<name>, e.g. backbone.model=resnet18d"
+            )
         if not -1 <= frozen_stages <= 4:
             raise ValueError(f"frozen_stages must be in [-1, 4], got {frozen_stages}")
         timm = import_timm()
@@ -84,7 +88,8 @@ class TimmBackbone(FreezableBackbone):
                 raise WeightsError(
                     f"could not download timm's pretrained weights for {model!r} ({type(exc).__name__}: {exc}). This "
                     f"machine may be offline: download the file elsewhere (e.g. the model's model.safetensors on the "
-                    f"Hugging Face hub) and pass backbone.weights=/path/to/{model}.safetensors, or set backbone.pretrained=false."
+                    f"Hugging Face hub) and pass backbone.weights=/path/to/{model}.safetensors, or set "
+                    "backbone.pretrained=false."
                 ) from exc
             self._load_timm_state(timm, full.state_dict(), source=f"timm pretrained {model}", full=full)
         self._freeze()
@@ -100,17 +105,22 @@ class TimmBackbone(FreezableBackbone):
             except RuntimeError as exc:
                 if "Unknown model" in str(exc):
                     raise
-                probe = timm.create_model(model, features_only=True, pretrained=False)  # a model that cannot init on meta
+                probe = timm.create_model(
+                    model, features_only=True, pretrained=False
+                )  # a model that cannot init on meta
         except RuntimeError as exc:
             if "Unknown model" in str(exc):
-                raise ValueError(f"unknown timm model {model!r} (timm.list_models('*pattern*') lists the names)") from exc
+                raise ValueError(
+                    f"unknown timm model {model!r} (timm.list_models('*pattern*') lists the names)"
+                ) from exc
             raise
         info = probe.feature_info
         reductions, indices = list(info.reduction()), list(info.out_indices)
         if not all(r in reductions for r in cls.REDUCTIONS):
             raise ValueError(
                 f"timm model {model!r} has feature levels with reductions {reductions}; TTFNet needs one each at "
-                f"{list(cls.REDUCTIONS)} (a pyramid backbone: ResNets, MobileNets, EfficientNets, ConvNeXts, DLA, RegNets, ...)"
+                f"{list(cls.REDUCTIONS)} (a pyramid backbone: ResNets, MobileNets, EfficientNets, ConvNeXts, DLA, "
+                "RegNets, ...)"
             )
         return tuple(int(indices[reductions.index(r)]) for r in cls.REDUCTIONS)
 
@@ -124,7 +134,10 @@ class TimmBackbone(FreezableBackbone):
         for level in self.net.feature_info.module_name():
             cands = [c for c in (level, level.replace(".", "_"), f"model.{level}") if c in pos]
             if not cands:  # pragma: no cover - every timm feature class names its modules
-                raise ValueError(f"timm model {self.model_name!r}: feature module {level!r} not found; frozen_stages cannot be applied")
+                raise ValueError(
+                    f"timm model {self.model_name!r}: feature module {level!r} not found; frozen_stages cannot be "
+                    "applied"
+                )
             name = cands[0]
             starts.append(pos[name])
             ends.append(max(i for i, n in enumerate(names) if n == name or n.startswith(name + ".")))
@@ -152,7 +165,9 @@ class TimmBackbone(FreezableBackbone):
                     m.eval()
 
     # ------------------------------------------------------------------------------ weights
-    def _load_timm_state(self, timm: Any, state: Mapping[str, Tensor], *, source: str | Path, full: nn.Module | None = None) -> None:
+    def _load_timm_state(
+        self, timm: Any, state: Mapping[str, Tensor], *, source: str | Path, full: nn.Module | None = None
+    ) -> None:
         """Strictly load ``state`` (classification-model or features-model key names) into the
         features model; the classification model's layers past the last level are ignored."""
         own = set(self.net.state_dict())

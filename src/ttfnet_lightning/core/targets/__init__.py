@@ -1,7 +1,7 @@
 """Batched Gaussian target encoding: boxes -> heatmap, box_target, reg_weight.
 
 This is the paper's contribution (equations (4)-(7)) and the only place it lives. The defaults
-reproduce the released TTFNet code exactly (README, "Target encoder variants"):
+reproduce the released TTFNet code exactly (docs/paper.md, "Target encoder variants"):
 
 * heatmap: one aspect-ratio-aware Gaussian per box, radii ``r_h = int(h_f / 2 * alpha)`` and
   ``r_w = int(w_f / 2 * alpha)`` on the feature-scale box, evaluated on integer offsets inside a

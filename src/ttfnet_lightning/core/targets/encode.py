@@ -93,17 +93,18 @@ def encode_targets(
             torch.full((B, 4 * G, h, w), -1.0, device=device),
             torch.zeros(B, G, h, w, device=device),
         )
-    geo = _geometry(
-        boxes, labels, num_classes=C, output_size=(h, w), stride=stride, alpha=alpha, beta=beta,
-        wh_gaussian=wh_gaussian, aspect_ratio=aspect_ratio, class_aware=class_aware, min_overlap=min_overlap,
+    kernel = dict(  # the options _geometry and _draw_boxes share
+        alpha=alpha,
+        beta=beta,
+        wh_gaussian=wh_gaussian,
+        aspect_ratio=aspect_ratio,
+        min_overlap=min_overlap,
         radius_formula=radius_formula,
     )
+    geo = _geometry(boxes, labels, num_classes=C, output_size=(h, w), stride=stride, class_aware=class_aware, **kernel)
     boxes = geo.boxes
     scale, gx_r, gy_r = _sample_scale(geo, area_weight=area_weight, gaussian_weight=gaussian_weight)
-    heatmap, owner_rank = _draw_boxes(
-        geo, num_classes=C, groups=G, output_size=(h, w), alpha=alpha, beta=beta, wh_gaussian=wh_gaussian,
-        aspect_ratio=aspect_ratio, min_overlap=min_overlap, radius_formula=radius_formula, chunk_size=chunk_size,
-    )
+    heatmap, owner_rank = _draw_boxes(geo, num_classes=C, groups=G, output_size=(h, w), chunk_size=chunk_size, **kernel)
     box_target, reg_weight = _gather_owner(owner_rank, boxes, scale, gx_r, gy_r)
     return heatmap, box_target, reg_weight
 
@@ -133,9 +134,20 @@ def _sample_scale(geo: Any, *, area_weight: str, gaussian_weight: bool) -> tuple
     return scale, gx_r, gy_r
 
 
-def _draw_boxes(geo: Any, *, num_classes: int, groups: int, output_size: tuple[int, int], alpha: float, beta: float,
-                wh_gaussian: bool, aspect_ratio: bool, min_overlap: float, radius_formula: str,
-                chunk_size: int) -> tuple[Tensor, Tensor]:
+def _draw_boxes(
+    geo: Any,
+    *,
+    num_classes: int,
+    groups: int,
+    output_size: tuple[int, int],
+    alpha: float,
+    beta: float,
+    wh_gaussian: bool,
+    aspect_ratio: bool,
+    min_overlap: float,
+    radius_formula: str,
+    chunk_size: int,
+) -> tuple[Tensor, Tensor]:
     """The heatmap (B, C, h, w) (per-class max of the boxes' Gaussians) and each pixel's owner
     (B, G, h, w) int32: 0 no box, else 1 + the owning box's index in drawing order (smallest box wins)."""
     C, G = num_classes, groups
@@ -149,10 +161,17 @@ def _draw_boxes(geo: Any, *, num_classes: int, groups: int, output_size: tuple[i
     owner_planes = torch.zeros(B * G + 1, h, w, device=device, dtype=torch.int32)  # int32: fast products
     heatmap = heat_planes[: B * C].view(B, C, h, w)  # contiguous (its storage holds the spare plane too)
     owner_rank = owner_planes[: B * G].view(B, G, h, w)  # 0: no box, else 1 + index in drawing order
-    heat = _Layer(heat_planes.view(-1), (image * C + hm_channel.clamp(max=max(C - 1, 0))).view(N), gy_a.view(N, h), gx_a.view(N, w))
+    heat = _Layer(
+        heat_planes.view(-1),
+        (image * C + hm_channel.clamp(max=max(C - 1, 0))).view(N),
+        gy_a.view(N, h),
+        gx_a.view(N, w),
+    )
     own = _Layer(
-        owner_planes.view(-1), (image * G + group).view(N),
-        (iny_r * rank.unsqueeze(-1)).view(N, h), inx_r.to(torch.int32).view(N, w),
+        owner_planes.view(-1),
+        (image * G + group).view(N),
+        (iny_r * rank.unsqueeze(-1)).view(N, h),
+        inx_r.to(torch.int32).view(N, w),
     )
     win = dict(h=h, w=w, cap=chunk_size * B)
     heat_static = _static_window(
@@ -169,7 +188,9 @@ def _draw_boxes(geo: Any, *, num_classes: int, groups: int, output_size: tuple[i
     return heatmap, owner_rank
 
 
-def _gather_owner(owner_rank: Tensor, boxes: Tensor, scale: Tensor, gx_r: Tensor, gy_r: Tensor) -> tuple[Tensor, Tensor]:
+def _gather_owner(
+    owner_rank: Tensor, boxes: Tensor, scale: Tensor, gx_r: Tensor, gy_r: Tensor
+) -> tuple[Tensor, Tensor]:
     """box_target (B, 4G, h, w) and reg_weight (B, G, h, w): the owning box's xyxy and sample weight at
     every pixel (-1 and 0 where no box owns it)."""
     B, G, h, w = owner_rank.shape
@@ -181,7 +202,9 @@ def _gather_owner(owner_rank: Tensor, boxes: Tensor, scale: Tensor, gx_r: Tensor
     box_target = table.gather(2, owner.unsqueeze(1).expand(B, 4, G * h * w))  # (B, 4, G*h*w)
     box_target = box_target.view(B, 4, G, h, w).transpose(1, 2).reshape(B, G * 4, h, w)
     # weight = scale * gy(y) * gx(x) of the owner (0 for none): gather (scale * gy) by row, gx by column
-    sgy = torch.cat((gy_r.new_zeros(B, 1, h), scale.unsqueeze(-1) * gy_r), 1).transpose(1, 2).contiguous()  # (B, h, 1 + M)
+    sgy = (
+        torch.cat((gy_r.new_zeros(B, 1, h), scale.unsqueeze(-1) * gy_r), 1).transpose(1, 2).contiguous()
+    )  # (B, h, 1 + M)
     gx_t = torch.cat((gx_r.new_zeros(B, 1, w), gx_r), 1)  # (B, 1 + M, w)
     reg_weight = sgy.unsqueeze(1).expand(B, G, h, M + 1).gather(3, owner_rank)  # (B, G, h, w)
     reg_weight *= gx_t.unsqueeze(1).expand(B, G, M + 1, w).gather(2, owner_rank)
@@ -242,8 +265,17 @@ def regression_coverage(
     if M == 0:
         return torch.zeros(B, G, h, w, device=boxes.device, dtype=torch.int32)
     geo = _geometry(
-        boxes, labels, num_classes=num_classes, output_size=(h, w), stride=stride, alpha=alpha, beta=beta,
-        wh_gaussian=wh_gaussian, aspect_ratio=aspect_ratio, class_aware=class_aware, min_overlap=min_overlap,
+        boxes,
+        labels,
+        num_classes=num_classes,
+        output_size=(h, w),
+        stride=stride,
+        alpha=alpha,
+        beta=beta,
+        wh_gaussian=wh_gaussian,
+        aspect_ratio=aspect_ratio,
+        class_aware=class_aware,
+        min_overlap=min_overlap,
         radius_formula=radius_formula,
     )
     rows = (geo.iny_r & geo.valid.unsqueeze(-1)).to(torch.float32)  # (B, M, h); padding covers nothing

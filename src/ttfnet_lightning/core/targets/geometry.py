@@ -129,6 +129,61 @@ class _Geometry(NamedTuple):
     span_r: Tensor  # (4, B, M) likewise for the regression area
 
 
+def _drawing_order(boxes: Tensor, labels: Tensor, num_classes: int) -> tuple[Tensor, ...]:
+    """Boxes (B, M, 4) and labels (B, M) sorted largest area first (stable), so the smallest box is
+    drawn last and wins; padding (labels outside 0..C-1) first, never drawn. Returns boxes (float32),
+    labels, valid, area ((w + 1) * (h + 1) >= 1, finite log/sqrt for degenerate boxes) and rank
+    (int32 1..M in drawing order, 0 for padding)."""
+    B, M = labels.shape
+    boxes = boxes.to(torch.float32)
+    labels = labels.to(torch.int64)
+    valid = (labels >= 0) & (labels < int(num_classes))
+    bw = (boxes[..., 2] - boxes[..., 0]).clamp(min=0)
+    bh = (boxes[..., 3] - boxes[..., 1]).clamp(min=0)
+    area = (bw + 1) * (bh + 1)
+    # order key: padding first (never drawn), then by decreasing area; stable keeps input order on ties
+    key = torch.where(valid, area, torch.full_like(area, float("inf")))
+    order = torch.sort(key, dim=1, descending=True, stable=True).indices  # (B, M)
+    boxes = boxes.gather(1, order.unsqueeze(-1).expand(B, M, 4))
+    labels, valid, area = labels.gather(1, order), valid.gather(1, order), area.gather(1, order)
+    rank = torch.arange(1, M + 1, device=boxes.device, dtype=torch.int32).expand(B, M) * valid
+    return boxes, labels, valid, area, rank
+
+
+def _feature_boxes(boxes: Tensor, valid: Tensor, *, stride: int, h: int, w: int) -> tuple[Tensor, ...]:
+    """Feature-scale width, height (float32) and integer centre x, y of each box (B, M), in the released
+    code's operation order; padding gets size 0 at a centre just off the map (profiles 0, windows empty)."""
+    fx1 = (boxes[..., 0] / stride).clamp(0, w - 1)
+    fy1 = (boxes[..., 1] / stride).clamp(0, h - 1)
+    fx2 = (boxes[..., 2] / stride).clamp(0, w - 1)
+    fy2 = (boxes[..., 3] / stride).clamp(0, h - 1)
+    feat_w = torch.where(valid, (fx2 - fx1).clamp(min=0), 0.0)
+    feat_h = torch.where(valid, (fy2 - fy1).clamp(min=0), 0.0)
+    cx = torch.floor((boxes[..., 0] + boxes[..., 2]) / 2 / stride).to(torch.int64)
+    cy = torch.floor((boxes[..., 1] + boxes[..., 3]) / 2 / stride).to(torch.int64)
+    return feat_w, feat_h, torch.where(valid, cx, -1), torch.where(valid, cy, -1)
+
+
+def _regression_rectangle(
+    boxes: Tensor, valid: Tensor, xs: Tensor, ys: Tensor, *, beta: float, stride: int
+) -> tuple[Tensor, ...]:
+    """The regression area without the Gaussian (wh_gaussian=False): the centre rectangle holding a
+    ``beta`` share of each box's width and height, as 0/1 profiles. Returns gx_r, inx_r, gy_r, iny_r, span_r."""
+    h, w = len(ys), len(xs)
+    r1 = (1 - beta) / 2
+    x1s = torch.round((1 - r1) * boxes[..., 0] + r1 * boxes[..., 2])
+    y1s = torch.round((1 - r1) * boxes[..., 1] + r1 * boxes[..., 3])
+    x2s = torch.round(r1 * boxes[..., 0] + (1 - r1) * boxes[..., 2])
+    y2s = torch.round(r1 * boxes[..., 1] + (1 - r1) * boxes[..., 3])
+    x1s, x2s = [torch.round(v / stride).clamp(0, w - 1).to(torch.int64) for v in (x1s, x2s)]
+    y1s, y2s = [torch.round(v / stride).clamp(0, h - 1).to(torch.int64) for v in (y1s, y2s)]
+    inx_r = _interval(xs, x1s, x2s)
+    iny_r = _interval(ys, y1s, y2s)
+    span_r = _span(y1s, y2s, h, x1s, x2s, w)
+    span_r[1] *= valid  # padding: no rows
+    return inx_r.to(torch.float32), inx_r, iny_r.to(torch.float32), iny_r, span_r
+
+
 def _geometry(
     boxes: Tensor,
     labels: Tensor,
@@ -148,40 +203,9 @@ def _geometry(
     separable 1-D profiles (see :func:`encode_targets` for the arguments; M >= 1)."""
     device = boxes.device
     h, w = int(output_size[0]), int(output_size[1])
-    B, M = labels.shape
     C = int(num_classes)
-    boxes = boxes.to(torch.float32)
-    labels = labels.to(torch.int64)
-    valid = (labels >= 0) & (labels < C)
-
-    # --- processing order: largest area first (stable), so the smallest box is drawn last and wins.
-    bw = (boxes[..., 2] - boxes[..., 0]).clamp(min=0)
-    bh = (boxes[..., 3] - boxes[..., 1]).clamp(min=0)
-    area = (bw + 1) * (bh + 1)  # >= 1, so log/sqrt are finite for degenerate boxes
-    # order key: padding first (never drawn), then by decreasing area; stable keeps input order on ties
-    key = torch.where(valid, area, torch.full_like(area, float("inf")))
-    order = torch.sort(key, dim=1, descending=True, stable=True).indices  # (B, M)
-    boxes = boxes.gather(1, order.unsqueeze(-1).expand(B, M, 4))
-    labels = labels.gather(1, order)
-    valid = valid.gather(1, order)
-    area = area.gather(1, order)
-    # rank 1..M in drawing order; 0 = padding (never owns a pixel)
-    rank = torch.arange(1, M + 1, device=device, dtype=torch.int32).expand(B, M) * valid
-
-    # --- feature-scale geometry (float32, same operation order as the released code)
-    fx1 = (boxes[..., 0] / stride).clamp(0, w - 1)
-    fy1 = (boxes[..., 1] / stride).clamp(0, h - 1)
-    fx2 = (boxes[..., 2] / stride).clamp(0, w - 1)
-    fy2 = (boxes[..., 3] / stride).clamp(0, h - 1)
-    feat_w = (fx2 - fx1).clamp(min=0)
-    feat_h = (fy2 - fy1).clamp(min=0)
-    cx = torch.floor((boxes[..., 0] + boxes[..., 2]) / 2 / stride).to(torch.int64)
-    cy = torch.floor((boxes[..., 1] + boxes[..., 3]) / 2 / stride).to(torch.int64)
-    # padding draws nothing: radius 0 at a centre just off the map (profiles 0, windows empty)
-    feat_w = torch.where(valid, feat_w, 0.0)
-    feat_h = torch.where(valid, feat_h, 0.0)
-    cx = torch.where(valid, cx, -1)
-    cy = torch.where(valid, cy, -1)
+    boxes, labels, valid, area, rank = _drawing_order(boxes, labels, C)
+    feat_w, feat_h, cx, cy = _feature_boxes(boxes, valid, stride=stride, h=h, w=w)
 
     if aspect_ratio:
         rw_a = (feat_w / 2.0 * alpha).to(torch.int64)
@@ -198,28 +222,16 @@ def _geometry(
     span_a = _span(cy - rh_a, cy + rh_a, h, cx - rw_a, cx + rw_a, w)
 
     # --- regression area per box: 1-D profiles (weights) and inside masks along x and y
-    if wh_gaussian:
-        if beta == alpha:
-            gx_r, inx_r, gy_r, iny_r, span_r = gx_a, inx_a, gy_a, iny_a, span_a
-        else:
-            rw_b = (feat_w / 2.0 * beta).to(torch.int64)
-            rh_b = (feat_h / 2.0 * beta).to(torch.int64)
-            gx_r, inx_r = _profile(xs, cx, rw_b)
-            gy_r, iny_r = _profile(ys, cy, rh_b)
-            span_r = _span(cy - rh_b, cy + rh_b, h, cx - rw_b, cx + rw_b, w)
+    if not wh_gaussian:
+        gx_r, inx_r, gy_r, iny_r, span_r = _regression_rectangle(boxes, valid, xs, ys, beta=beta, stride=stride)
+    elif beta == alpha:
+        gx_r, inx_r, gy_r, iny_r, span_r = gx_a, inx_a, gy_a, iny_a, span_a
     else:
-        r1 = (1 - beta) / 2
-        x1s = torch.round((1 - r1) * boxes[..., 0] + r1 * boxes[..., 2])
-        y1s = torch.round((1 - r1) * boxes[..., 1] + r1 * boxes[..., 3])
-        x2s = torch.round(r1 * boxes[..., 0] + (1 - r1) * boxes[..., 2])
-        y2s = torch.round(r1 * boxes[..., 1] + (1 - r1) * boxes[..., 3])
-        x1s, x2s = [torch.round(v / stride).clamp(0, w - 1).to(torch.int64) for v in (x1s, x2s)]
-        y1s, y2s = [torch.round(v / stride).clamp(0, h - 1).to(torch.int64) for v in (y1s, y2s)]
-        inx_r = _interval(xs, x1s, x2s)
-        iny_r = _interval(ys, y1s, y2s)
-        gx_r, gy_r = inx_r.to(torch.float32), iny_r.to(torch.float32)
-        span_r = _span(y1s, y2s, h, x1s, x2s, w)
-        span_r[1] *= valid  # padding: no rows
+        rw_b = (feat_w / 2.0 * beta).to(torch.int64)
+        rh_b = (feat_h / 2.0 * beta).to(torch.int64)
+        gx_r, inx_r = _profile(xs, cx, rw_b)
+        gy_r, iny_r = _profile(ys, cy, rh_b)
+        span_r = _span(cy - rh_b, cy + rh_b, h, cx - rw_b, cx + rw_b, w)
 
     hm_channel = torch.where(valid, labels, torch.full_like(labels, C))
     group = hm_channel if class_aware else torch.zeros_like(labels)

@@ -28,7 +28,12 @@ def _radius_bound(length: int, k: float) -> int:
 
 
 def _static_window(
-    h: int, w: int, *, kind: Literal["aspect", "iso", "rect"], k: float = 0.0, min_overlap: float = 0.7,
+    h: int,
+    w: int,
+    *,
+    kind: Literal["aspect", "iso", "rect"],
+    k: float = 0.0,
+    min_overlap: float = 0.7,
     radius_formula: RadiusFormula = "centernet",
 ) -> tuple[int, int]:
     """(rows, columns) that contain every box's clipped window, known without reading the boxes
@@ -39,15 +44,21 @@ def _static_window(
     elif kind == "iso" and 0 < min_overlap < 1:
         # every one of the three radii grows with the box's height and width (0 < o < 1), and a
         # feature-scale box is at most (h - 1) x (w - 1): the radius of that box bounds them all
-        big = gaussian_radius(torch.tensor([h - 1.0], dtype=torch.float64), torch.tensor([w - 1.0], dtype=torch.float64),
-                              min_overlap=min_overlap, formula=radius_formula)
+        big = gaussian_radius(
+            torch.tensor([h - 1.0], dtype=torch.float64),
+            torch.tensor([w - 1.0], dtype=torch.float64),
+            min_overlap=min_overlap,
+            formula=radius_formula,
+        )
         ry = rx = int(big.item()) + 1
     else:  # a rectangle of a box reaching beyond the image can cover the whole map
         return h, w
     return min(h, 2 * ry + 1), min(w, 2 * rx + 1)
 
 
-def _windows(ny: Tensor, nx: Tensor, *, static: tuple[int, int], cap: int) -> tuple[Tensor | None, list[tuple[int, int, int, int]]]:
+def _windows(
+    ny: Tensor, nx: Tensor, *, static: tuple[int, int], cap: int
+) -> tuple[Tensor | None, list[tuple[int, int, int, int]]]:
     """Which boxes are drawn together, and in how large a window.
 
     Args:
@@ -79,7 +90,9 @@ def _windows(ny: Tensor, nx: Tensor, *, static: tuple[int, int], cap: int) -> tu
         while j < n and j - i < cap:
             r, c = max(rows, hs[j]), max(cols, ws[j])
             padded = (j - i + 1) * r * c
-            if padded > _GROUP_ELEMENTS or ((j - i) * rows * cols >= _MIN_GROUP_ELEMENTS and padded > _PADDING * (real + areas[j])):
+            if padded > _GROUP_ELEMENTS or (
+                (j - i) * rows * cols >= _MIN_GROUP_ELEMENTS and padded > _PADDING * (real + areas[j])
+            ):
                 break
             rows, cols, real, j = r, c, real + areas[j], j + 1
         groups.append((i, j, rows, cols))
