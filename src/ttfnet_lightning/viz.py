@@ -36,7 +36,14 @@ from ttfnet_lightning.paper.figures import ablation_variants, figure3_variants, 
 from ttfnet_lightning.paper.plots import read_table_csv, table_figure
 from ttfnet_lightning.paper.run_plots import detections_figure, sweep_runs, time_to_accuracy_figure
 from ttfnet_lightning.paper.tables import build_table
-from ttfnet_lightning.paper.workbench import batch_figure, sample_images, strip_notebook, training_batches
+from ttfnet_lightning.paper.workbench import (
+    batch_figure,
+    sample_images,
+    strip_notebook,
+    training_batches,
+    validation_samples,
+)
+from ttfnet_lightning.training.checkpoint_data import checkpoint_datamodule
 from ttfnet_lightning.training.checkpoints import load_model
 
 
@@ -125,11 +132,8 @@ def _figure(args: argparse.Namespace) -> Any:
         for p in args.paths:
             runs.update(sweep_runs(p))
         return time_to_accuracy_figure(runs, metric=args.metric)
-    model = load_model(args.ckpt)  # detections
-    H, W = model.input_size
-    samples, _, _ = sample_images(
-        "shapes", num_images=args.num_images, image_size=(H, W), shape_classes=model.class_names
-    )
+    model = load_model(args.ckpt)  # detections, on the validation images of the data it was trained on
+    samples = validation_samples(checkpoint_datamodule(args.ckpt, input_size=model.input_size), args.num_images)
     images = [s[0] for s in samples]
     dets, heat = run_model(model, images)
     return detections_figure(

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from conftest import TINY_TRAIN, compose, offline_run_bytes
+from ttfnet_lightning.data.errors import DataError
 from ttfnet_lightning.deploy.predict import predict
 from ttfnet_lightning.training.callbacks import CocoResultsWriter
 from ttfnet_lightning.training.evaluate import evaluate
@@ -438,6 +439,23 @@ def test_short_voc_run(raccoon, tmp_path):
     _check_finished_run(tmp_path, steps=2, class_names=["raccoon"])
     dets = json.loads((tmp_path / "detections_val.json").read_text())
     assert dets and {d["category_id"] for d in dets} == {0}  # VOC: labels are their own ids
+    # evaluate remembers the data: the checkpoint alone evaluates on raccoon's 40 val images, beside the run
+    ckpt = tmp_path / "checkpoints" / "last.ckpt"
+    metrics = evaluate(compose("evaluate", [f"ckpt={ckpt}", "trainer=cpu", "speed_iters=2"]))
+    assert metrics["num_images"] == 40
+    assert metrics["val/AP50"] == pytest.approx(column(rows, "val/AP50")[-1], abs=1e-3)
+    assert len(list(tmp_path.glob("evaluate/*/metrics.json"))) == 1
+    with pytest.raises(DataError, match=r"data.datamodule.num_val: not a setting .*VocDataModule"):
+        evaluate(compose("evaluate", [f"ckpt={ckpt}", "trainer=cpu", "data.datamodule.num_val=8"]))
+    # viz detections too: raccoon's validation images with their boxes (it drew built-in shapes before)
+    from ttfnet_lightning import viz
+    from ttfnet_lightning.paper.workbench import validation_samples
+    from ttfnet_lightning.training.checkpoint_data import checkpoint_datamodule
+
+    samples = validation_samples(checkpoint_datamodule(ckpt, input_size=[128, 128]), 2)
+    assert len(samples) == 2 and all(s[0].shape == (3, 128, 128) and set(s[2].tolist()) == {0} for s in samples)
+    assert viz.main(["detections", "--ckpt", str(ckpt), "--num-images", "2", "--out", str(tmp_path / "d.png")]) == 0
+    assert (tmp_path / "d.png").stat().st_size > 1000
 
 
 def test_interrupted_run_leaves_a_resumable_checkpoint(tmp_path, monkeypatch):

@@ -305,13 +305,14 @@ def test_evaluate_config_needs_no_training_settings():
 def test_tool_configs_compose(name):
     """The tool configs resolve, carry the given checkpoint and their documented defaults (the
     optimised fp32 inference path, no compile), and keep their runs out of the training output
-    folders: Hydra's run dir is ``outputs/evaluate/<date>`` or ``<output>/.hydra_run``, never
+    folders: Hydra's run dir is ``<run>/evaluate/<date>`` or ``<output>/.hydra_run``, never
     train's ``outputs/<name>/<date>``, and the working directory is not changed."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    overrides = ["ckpt=x.ckpt", "input=img.jpg", "output=/some/preds"] if name == "predict" else ["ckpt=x.ckpt"]
+    ckpt = "runs/r1/checkpoints/last.ckpt"
+    overrides = ["ckpt=x.ckpt", "input=img.jpg", "output=/some/preds"] if name == "predict" else [f"ckpt={ckpt}"]
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = hydra_compose(config_name=name, overrides=overrides, return_hydra_config=True)
@@ -319,17 +320,18 @@ def test_tool_configs_compose(name):
     OmegaConf.set_struct(cfg, False)
     cfg.pop("hydra")
     plain = OmegaConf.to_container(cfg, resolve=True)
-    assert plain["ckpt"] == "x.ckpt" and chdir is False
+    assert plain["ckpt"] == ("x.ckpt" if name == "predict" else ckpt) and chdir is False
     if name == "predict":
         assert run_dir == "/some/preds/.hydra_run" and subdir is None
         assert plain["input"] == "img.jpg" and plain["output"] == "/some/preds" and plain["draw_threshold"] == 0.3
         assert plain["inference"] == {"optimize": True, "precision": "fp32", "compile": False}
         assert plain["device"] == "auto" and plain["draw_heatmap"] is False
     else:
-        assert run_dir.startswith("outputs/evaluate/") and len(run_dir) == len(
-            "outputs/evaluate/2026-01-01_00-00-00"
+        # beside the checkpoint's run, its data by default (the data config the checkpoint carries)
+        assert run_dir.startswith("runs/r1/evaluate/") and len(run_dir) == len(
+            "runs/r1/evaluate/2026-01-01_00-00-00"
         ), run_dir
-        assert "schedule" not in plain and plain["data"]["datamodule"]["_target_"].startswith("ttfnet_lightning.data.")
+        assert "schedule" not in plain and plain["data"]["name"] == "from_checkpoint"
         assert plain["inference"] == {"optimize": True, "precisions": ["fp32"], "compile": False}
         assert plain["input_size"] is None and plain["output_dir"] is None and plain["speed_iters"] == 20
 

@@ -83,6 +83,20 @@ def sample_images(
     return out, list(names), source
 
 
+def validation_samples(dm: Any, num_images: int) -> list[tuple[Tensor, Tensor, Tensor]]:
+    """The first ``num_images`` validation images of a set-up data module that hold a box, as the
+    model sees them: ``[(image (3, H, W) uint8, boxes (M, 4), labels (M,)), ...]`` (fewer when the
+    split has fewer)."""
+    out = []
+    for i in range(len(dm.val_dataset)):
+        img, tgt = dm.val_dataset[i]
+        if len(tgt["boxes"]):
+            out.append((img.as_subclass(Tensor), tgt["boxes"].as_subclass(Tensor).float(), tgt["labels"]))
+        if len(out) == num_images:
+            break
+    return out
+
+
 def compose(config_name: str = "train", overrides: Sequence[str] = ()) -> Any:
     """A config composed from the package's ``conf/`` with Hydra's API (no command line, no chdir)."""
     from hydra import compose as hydra_compose

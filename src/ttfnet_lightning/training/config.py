@@ -32,7 +32,7 @@ from typing import Any, Dict, List, Optional  # noqa: UP035  (OmegaConf needs ty
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
-from ttfnet_lightning.training.records import job_dirname, sqlite_url
+from ttfnet_lightning.training.records import beside_run, job_dirname, sqlite_url
 
 __all__ = [
     "BackboneConfig",
@@ -290,6 +290,9 @@ def register_configs() -> None:
     # `${ttf_sqlite:${hydra.sweep.dir}/optuna.db}`: the Optuna study's storage (hparams_search=beta_lr)
     if not OmegaConf.has_resolver("ttf_sqlite"):
         OmegaConf.register_new_resolver("ttf_sqlite", sqlite_url)
+    # `hydra.run.dir: ${ttf_beside_run:${ckpt},evaluate}/...`: evaluate writes beside the checkpoint's run
+    if not OmegaConf.has_resolver("ttf_beside_run"):
+        OmegaConf.register_new_resolver("ttf_beside_run", beside_run)
 
 
 register_configs()

@@ -30,8 +30,9 @@ from omegaconf import DictConfig
 from ttfnet_lightning.core.metrics import COCO_STATS, NA_NOTE, format_ap, is_na
 from ttfnet_lightning.data.errors import DataError
 from ttfnet_lightning.training.callbacks import CocoResultsWriter
+from ttfnet_lightning.training.checkpoint_data import checkpoint_data_config
 from ttfnet_lightning.training.checkpoints import load_model
-from ttfnet_lightning.training.records import output_dir
+from ttfnet_lightning.training.records import beside_run, output_dir
 
 log = logging.getLogger(__name__)
 
@@ -181,15 +182,16 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Validate ``cfg.ckpt`` on ``cfg.data``'s validation split, once per precision of
     ``cfg.inference.precisions`` (the first is the reported one); returns and prints the metrics
     (AP ours and COCOeval's when the data has an annotation file, model-only and end-to-end speed)."""
-    out = output_dir(cfg, "outputs/evaluate")
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_dir(cfg, beside_run(cfg.ckpt, "evaluate"))
     probe = load_model(cfg.ckpt)
+    data = checkpoint_data_config(cfg.data, cfg.ckpt)
     input_size = list(cfg.input_size or probe.input_size)
     overrides: dict[str, Any] = {"input_size": input_size}
     if cfg.get("batch_size"):
         overrides["batch_size"] = int(cfg.batch_size)
-    dm = instantiate(cfg.data.datamodule, **overrides, _convert_="all")
-    check_same_classes(probe, dm, ckpt=cfg.ckpt, data_name=str(cfg.data.name))
+    dm = instantiate(data.datamodule, **overrides, _convert_="all")
+    check_same_classes(probe, dm, ckpt=cfg.ckpt, data_name=str(data.name))
+    out.mkdir(parents=True, exist_ok=True)
     precisions = list((cfg.get("inference") or {}).get("precisions") or ["fp32"])
     by_precision = {}
     for i, precision in enumerate(precisions):
@@ -204,7 +206,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     num_images = first["num_images"]
-    print(f"\nEvaluation of {cfg.ckpt} on {cfg.data.name} val ({num_images} images, {input_size[0]}x{input_size[1]})")
+    print(f"\nEvaluation of {cfg.ckpt} on {data.name} val ({num_images} images, {input_size[0]}x{input_size[1]})")
 
     def cell(v: float) -> str:
         return format_ap(v, "8.2f")

@@ -13,7 +13,7 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-__all__ = ["RESULTS_FILE", "output_dir", "read_results", "job_dirname", "sqlite_url"]
+__all__ = ["RESULTS_FILE", "output_dir", "read_results", "job_dirname", "sqlite_url", "run_folder", "beside_run"]
 
 RESULTS_FILE = "results.json"  # a run's final record, written by train.train
 
@@ -59,3 +59,15 @@ def sqlite_url(path: str) -> str:
     storage before Hydra creates the sweep dir): ``${ttf_sqlite:${hydra.sweep.dir}/optuna.db}``."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{Path(path).absolute()}"
+
+
+def run_folder(ckpt: str | Path) -> Path:
+    """The run folder of a checkpoint: ``<run>`` for ``<run>/checkpoints/x.ckpt``, else the file's folder."""
+    path = Path(ckpt)
+    return path.parent.parent if path.parent.name == "checkpoints" else path.parent
+
+
+def beside_run(ckpt: Any, subfolder: str) -> str:
+    """``<run folder of ckpt>/<subfolder>``: the ``ttf_beside_run`` resolver
+    (``hydra.run.dir: ${ttf_beside_run:${ckpt},evaluate}/${now:...}`` in ``conf/evaluate.yaml``)."""
+    return str(run_folder(str(ckpt)) / str(subfolder))
