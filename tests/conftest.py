@@ -78,6 +78,7 @@ TINY_TRAIN = [
     "trainer.enable_progress_bar=false",
     "logger=csv",
     "callbacks.log_val_images=0",
+    "analysis=false",  # results.png + error analysis at the end: tested in tests/training/test_run_figures.py
 ]
 
 

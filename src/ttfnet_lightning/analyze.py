@@ -23,6 +23,7 @@ _HYDRA_ARGS = [
     "hydra.sweep.subdir=.",
     "hydra/job_logging=none",
     "hydra/hydra_logging=none",
+    "hydra/help=analyze",  # --help: this command's, not train's (whose config it composes)
 ]
 
 

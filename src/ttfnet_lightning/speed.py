@@ -1,4 +1,4 @@
-"""Table 4's FPS row measured again, for all of a sweep's models in one process under the same
+"""Table 4's FPS row measured again, for all of a sweep's models in one process under the same conditions.
 
     python -m ttfnet_lightning.speed results/table4-cpu [--rounds 7] [--iters 30]
 
@@ -15,12 +15,30 @@ from pathlib import Path
 
 from ttfnet_lightning.paper.speed import remeasure_fps
 
+DESCRIPTION = """\
+Measure Table 4's FPS row again: every finished job of a sweep (its last.ckpt) timed in one process
+under the same conditions, in interleaved rounds (each round times every model once, so a busy
+moment slows all models alike). Writes the median images/s (batch 1, model and decoder) into each
+job's results.json as fps (the value measured at the end of training is kept as
+fps_at_end_of_training)."""
+
+EXAMPLES = """\
+examples:
+  python -m ttfnet_lightning.speed results/table4-cpu
+  python -m ttfnet_lightning.speed multirun/table4-cpu --rounds 11 --iters 50   # steadier, slower
+  python -m ttfnet_lightning.tables results/table4-cpu                           # then: the table with them"""
+
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("sweep_dir", type=Path)
-    p.add_argument("--rounds", type=int, default=7)
-    p.add_argument("--iters", type=int, default=30)
+    p = argparse.ArgumentParser(
+        prog="python -m ttfnet_lightning.speed",
+        description=DESCRIPTION,
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("sweep_dir", type=Path, help="a paper-table sweep folder (experiment=table4)")
+    p.add_argument("--rounds", type=int, default=7, help="timing rounds; the median is kept (default 7)")
+    p.add_argument("--iters", type=int, default=30, help="timed forward passes per model and round (default 30)")
     args = p.parse_args(argv)
     try:
         medians = remeasure_fps(args.sweep_dir, rounds=args.rounds, iters=args.iters)

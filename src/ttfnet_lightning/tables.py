@@ -16,9 +16,29 @@ from collections.abc import Sequence
 
 from ttfnet_lightning.paper.tables import aggregate
 
+DESCRIPTION = """\
+Build the paper's table from a paper-table sweep (experiment=tableN), finished or not: each cell is
+the mean +- standard deviation over the finished seeds beside the paper's value in brackets
+(missing, failed or running where no result exists yet). Prints the table and writes table.md,
+table.csv and table.png into the sweep folder."""
+
+EXAMPLES = """\
+examples:
+  python -m ttfnet_lightning.tables multirun/table2-cpu              # print it, write table.md/.csv/.png
+  python -m ttfnet_lightning.tables results/table1-cpu results/table3-cpu
+  python -m ttfnet_lightning.tables multirun/table2-cpu --no-ratio   # skip the Ratio computation
+  python -m ttfnet_lightning.tables multirun/table2-cpu --wandb      # also log the plot to the sweep's W&B group
+
+more: docs/paper.md"""
+
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m ttfnet_lightning.tables", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m ttfnet_lightning.tables",
+        description=DESCRIPTION,
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("sweep_dirs", nargs="+", help="sweep dirs of experiment=tableN (e.g. multirun/table2-cpu)")
     ap.add_argument("--no-ratio", action="store_true", help="do not compute the Ratio columns (Tables 2, 3)")
     ap.add_argument(

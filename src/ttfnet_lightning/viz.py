@@ -17,6 +17,7 @@ Command line (what made the figures of the README and docs/)::
     python -m ttfnet_lightning.viz targets --index 1 --dpi 70 --out docs/figures/targets.png
     python -m ttfnet_lightning.viz table results/table2-cpu --out table2.png    # = the aggregator's table.png
     python -m ttfnet_lightning.viz time results/table1-cpu --out tta.png        # AP vs training time of a sweep's runs
+    python -m ttfnet_lightning.viz run outputs/<run>                            # <run>/results.png: losses, LR, val AP
     python -m ttfnet_lightning.viz detections --ckpt last.ckpt --out docs/figures/detections.png
     python -m ttfnet_lightning.viz batch protocol=cpu schedule=10x --out batch.png  # a batch as the network sees it
     python -m ttfnet_lightning.viz strip notebooks/*.ipynb                      # outputs out before committing
@@ -45,10 +46,23 @@ from ttfnet_lightning.paper.workbench import (
 )
 from ttfnet_lightning.training.checkpoint_data import checkpoint_datamodule
 from ttfnet_lightning.training.checkpoints import load_model
+from ttfnet_lightning.training.run_figures import RESULTS_PNG, results_figure
+
+DESCRIPTION = """\
+Figures, one subcommand each: the paper's Figure 3 for every target encoder (targets), a paper-table
+sweep as a plot (table), AP against training time (time), a run's results.png (run), a checkpoint's
+detections and heatmaps (detections), a training batch as the network sees it (batch); and strip
+removes notebooks' outputs. The figures need matplotlib (pip install -e ".[viz]"); each
+subcommand's options: python -m ttfnet_lightning.viz <subcommand> --help."""
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m ttfnet_lightning.viz", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m ttfnet_lightning.viz",
+        description=DESCRIPTION,
+        epilog="examples:\n" + (__doc__ or "").partition("::")[2].strip("\n"),  # the docstring's command lines
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = ap.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("targets", help="Figure 3: training samples of each target encoder on a real image")
     t.add_argument("--source", default="auto", choices=["auto", "coco", "shapes"])
@@ -69,6 +83,9 @@ def _parser() -> argparse.ArgumentParser:
     tm.add_argument("paths", nargs="+")
     tm.add_argument("--metric", default="val/AP")
     tm.add_argument("--out", default="time_to_accuracy.png")
+    rn = sub.add_parser("run", help="a run's results.png from its metrics.csv: losses, LR, val AP vs steps and hours")
+    rn.add_argument("run_dir")
+    rn.add_argument("--out", default=None, help=f"default: <run_dir>/{RESULTS_PNG}")
     d = sub.add_parser("detections", help="a checkpoint's detections and heatmaps on a few images")
     d.add_argument("--ckpt", required=True)
     d.add_argument("--num-images", type=int, default=4)
@@ -80,7 +97,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     bt.add_argument("--num-images", type=int, default=8)
     bt.add_argument("--out", default="batch.png")
-    for p in (t, tb, tm, d, bt):
+    for p in (t, tb, tm, rn, d, bt):
         p.add_argument("--dpi", type=int, default=80)
     st = sub.add_parser("strip", help="remove notebooks' outputs in place (they are stored without)")
     st.add_argument("notebooks", nargs="+")
@@ -127,6 +144,9 @@ def _figure(args: argparse.Namespace) -> Any:
             num_images=args.num_images,
             title=f"first training batch, {H}x{W} px: {' '.join(args.overrides) or 'defaults'}",
         )
+    if args.cmd == "run":
+        args.out = args.out or str(Path(args.run_dir) / RESULTS_PNG)
+        return results_figure(args.run_dir)
     if args.cmd == "time":
         runs: dict[str, Path] = {}
         for p in args.paths:

@@ -310,6 +310,7 @@ def test_evaluate_refuses_other_class_names_or_ids(tmp_path, names, ids, shown):
         "evaluate",
         [
             f"ckpt={ckpt}",
+            "data=shapes",  # the built-in data named: this checkpoint carries no config of its own
             "data.datamodule.num_val=4",
             "data.datamodule.num_workers=0",
             "trainer=cpu",

@@ -122,3 +122,28 @@ def test_glob_patterns_select_images(ckpt, tmp_path):
     assert summary["num_images"] == 2 and [i["file_name"] for i in images] == ["a.png", "b.png"]
     with pytest.raises(OutputPathError, match="input folder"):
         run(ckpt, f"{src}/*.png", src)
+
+
+def test_draw_threshold_defaults_to_the_runs_f1_best_threshold(ckpt, tmp_path, capsys):
+    """``draw_threshold=null`` (the default): the best threshold of the error analysis in the
+    checkpoint's run folder; a given value wins; no analysis: 0.3."""
+    from omegaconf import OmegaConf
+
+    from ttfnet_lightning.deploy.predict_files import draw_threshold
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    moved = run / "checkpoints" / "last.ckpt"
+    moved.write_bytes(ckpt.read_bytes())
+    cfg = OmegaConf.create({"ckpt": str(moved), "draw_threshold": None})
+    assert draw_threshold(cfg) == 0.3 and "no error analysis" in capsys.readouterr().out
+    (run / "analysis").mkdir()
+    (run / "analysis" / "summary.json").write_text(json.dumps({"best_score_threshold": 0.42}))
+    assert draw_threshold(cfg) == pytest.approx(0.42)
+    assert draw_threshold(OmegaConf.create({"ckpt": str(moved), "draw_threshold": 0.7})) == 0.7
+    src = tmp_path / "imgs"
+    src.mkdir()
+    write_png(torch.full((3, 40, 48), 128, dtype=torch.uint8), str(src / "a.png"))
+    capsys.readouterr()
+    predict(compose("predict", [f"ckpt={moved}", f"input={src}", f"output={tmp_path / 'out'}", "device=cpu"]))
+    assert "draw_threshold 0.420: the F1-best score threshold" in capsys.readouterr().out

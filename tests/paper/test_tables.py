@@ -298,6 +298,30 @@ def test_a_setting_added_later_at_its_default_does_not_block_a_resume(tmp_path):
         check_same_config(tmp_path, cfg)
 
 
+def test_runs_stored_before_the_released_augmentation_keep_their_meaning(tmp_path):
+    """A run stored without data.datamodule.augment_style trained with torchvision's transforms:
+    with augmentation on it matches augment_style=torchvision only; with augmentation off the style
+    is irrelevant either way."""
+    cfg = OmegaConf.to_container(compose("train", ["schedule=10x"]), resolve=True)
+    old = {**cfg, "data": {**cfg["data"], "datamodule": dict(cfg["data"]["datamodule"])}}
+    del old["data"]["datamodule"]["augment_style"]
+    (tmp_path / "config_resolved.yaml").write_text(OmegaConf.to_yaml(old))
+    assert cfg["data"]["datamodule"]["augment"] is True
+    with pytest.raises(ValueError, match=r"augment_style: stored 'torchvision', now 'released'"):
+        check_same_config(tmp_path, cfg)
+    cfg["data"]["datamodule"]["augment_style"] = "torchvision"
+    check_same_config(tmp_path, cfg)
+
+    plain = OmegaConf.to_container(compose("train"), resolve=True)  # fast schedule: no augmentation
+    assert plain["data"]["datamodule"]["augment"] is False
+    old_plain = {**plain, "data": {**plain["data"], "datamodule": dict(plain["data"]["datamodule"])}}
+    del old_plain["data"]["datamodule"]["augment_style"]
+    (tmp_path / "config_resolved.yaml").write_text(OmegaConf.to_yaml(old_plain))
+    check_same_config(tmp_path, plain)
+    plain["data"]["datamodule"]["augment_style"] = "torchvision"
+    check_same_config(tmp_path, plain)
+
+
 # ------------------------------------------------------------------ a real mini sweep (-m, CLI)
 def random_r18_weights(path: Path) -> Path:
     state = {k: v for k, v in torchvision.models.resnet18().state_dict().items() if not k.startswith("fc.")}

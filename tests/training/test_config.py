@@ -323,7 +323,7 @@ def test_tool_configs_compose(name):
     assert plain["ckpt"] == ("x.ckpt" if name == "predict" else ckpt) and chdir is False
     if name == "predict":
         assert run_dir == "/some/preds/.hydra_run" and subdir is None
-        assert plain["input"] == "img.jpg" and plain["output"] == "/some/preds" and plain["draw_threshold"] == 0.3
+        assert plain["input"] == "img.jpg" and plain["output"] == "/some/preds" and plain["draw_threshold"] is None
         assert plain["inference"] == {"optimize": True, "precision": "fp32", "compile": False}
         assert plain["device"] == "auto" and plain["draw_heatmap"] is False
     else:

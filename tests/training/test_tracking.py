@@ -14,6 +14,7 @@ import os
 import struct
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -54,11 +55,29 @@ def offline_records(path: Path) -> Iterator[Any]:
             yield record
 
 
+def _finished_records(run_dir: Path, timeout: float = 60.0) -> list[Any]:
+    """The run file's records once its closing ``exit`` record is there (wandb-core appends them
+    asynchronously, on a loaded machine seconds after ``wandb.finish()`` returned), or after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        files = list(run_dir.glob("run-*.wandb"))
+        try:
+            records = list(offline_records(files[0])) if len(files) == 1 else []
+        except Exception:  # a record being written
+            if time.monotonic() > deadline:
+                raise
+            records = []
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            assert len(files) == 1, f"{run_dir}: {files}"
+            return records
+        time.sleep(0.5)
+
+
 def read_offline_run(run_dir: Path) -> dict[str, Any]:
-    """run record fields, final config and summary, metric definitions and history rows."""
-    (wandb_file,) = run_dir.glob("run-*.wandb")
-    run: dict[str, Any] = {"config": {}, "summary": {}, "metrics": {}, "history": []}
-    for rec in offline_records(wandb_file):
+    """run record fields, final config and summary, metric definitions, history rows and logged
+    artifacts (name, type, aliases, metadata, ``{path: size}``) of a finished offline run."""
+    run: dict[str, Any] = {"config": {}, "summary": {}, "metrics": {}, "history": [], "artifacts": []}
+    for rec in _finished_records(run_dir):
         kind = rec.WhichOneof("record_type")
         if kind == "run":
             r = rec.run
@@ -76,6 +95,10 @@ def read_offline_run(run_dir: Path) -> dict[str, Any]:
         elif kind == "metric":
             m = rec.metric
             run["metrics"][m.name or m.glob_name] = m.step_metric
+        elif kind == "artifact":
+            a = rec.artifact
+            files = {e.path: e.size for e in a.manifest.contents}
+            run["artifacts"].append((a.name, a.type, list(a.aliases), json.loads(a.metadata or "{}"), files))
         elif kind == "history":
             run["history"].append(
                 {it.key or "/".join(it.nested_key): json.loads(it.value_json) for it in rec.history.item}
@@ -117,13 +140,19 @@ def test_flatten_config_gives_flat_scalar_keys():
 
 def test_run_identity_without_hydra():
     plain = compose("train", ["tags=[mine]"])
-    assert run_identity(plain) == {"group": None, "job_type": "train", "tags": ["mine"]}
+    assert run_identity(plain) == {
+        "name": "r18-fast-shapes-ttfnet",
+        "group": None,
+        "job_type": "train",
+        "tags": ["mine"],
+    }
     assert run_identity(compose("train", ["group=g"]))["group"] == "g"
     table = compose("train", ["table={name:table2,protocol:cpu}", "tags=[mine]"])
     ident = run_identity(
         table, overrides=["kernel.beta=0.3", "+seed=1", "output_dir=/tmp/x", "~callbacks", "experiment=table2"]
     )
     assert ident == {
+        "name": "r18-fast-shapes-ttfnet",  # overrides given: not a sweep job, cfg.name
         "group": "table2-cpu",
         "job_type": "ablation",
         "tags": ["mine", "table2", "protocol=cpu", "kernel.beta=0.3", "seed=1", "experiment=table2"],
@@ -131,6 +160,7 @@ def test_run_identity_without_hydra():
     # explicit group wins, job_type/group from the table dict when given
     table = compose("train", ["table={name:table4,protocol:paper,job_type:speed}", "group=mine"])
     assert run_identity(table, overrides=[]) == {
+        "name": "r18-fast-shapes-ttfnet",
         "group": "mine",
         "job_type": "speed",
         "tags": ["table4", "protocol=paper"],
@@ -138,55 +168,109 @@ def test_run_identity_without_hydra():
     assert override_tags(["data.datamodule.root=" + "x" * 64, "schedule=2x"]) == ["schedule=2x"]
 
 
-def test_run_identity_of_a_plain_multirun_job(hydra_job):
-    cfg = hydra_job(["kernel.beta=0.3", "hydra.mode=MULTIRUN", "hydra.sweep.dir=multirun/sw1"])
-    assert run_identity(cfg) == {"group": "sweep-sw1", "job_type": "sweep", "tags": ["kernel.beta=0.3"]}
+def write_multirun_yaml(sweep: Path, task: list[str], params: dict | None = None) -> Path:
+    """The ``multirun.yaml`` Hydra's basic sweeper writes into a sweep dir before its first job (the
+    parts read back: the command line and the sweeper's params)."""
+    sweep.mkdir(parents=True, exist_ok=True)
+    mr = {"hydra": {"overrides": {"task": task}, "sweeper": {"params": params}}}
+    OmegaConf.save(OmegaConf.create(mr), sweep / "multirun.yaml")
+    return sweep
+
+
+def test_run_identity_of_a_plain_multirun_job(hydra_job, tmp_path):
+    """``-m kernel.beta=0.3,0.54 schedule.lr=0.01 logger=wandb``, job 0: only the swept value is a
+    tag and names the run; the constant schedule.lr is neither."""
+    sweep = write_multirun_yaml(tmp_path / "sw1", ["kernel.beta=0.3,0.54", "schedule.lr=0.01", "logger=wandb"])
+    job = ["kernel.beta=0.3", "schedule.lr=0.01", "logger=wandb", "hydra.mode=MULTIRUN", f"hydra.sweep.dir={sweep}"]
+    assert run_identity(hydra_job([*job, "hydra.job.num=0"])) == {
+        "name": "beta=0.3",
+        "group": "sweep-sw1",
+        "job_type": "sweep",
+        "tags": ["kernel.beta=0.3"],
+    }
+    # name=... on the command line prefixes the job names; no swept key found: the job number
+    assert run_identity(hydra_job([*job, "name=mine", "hydra.job.num=0"]))["name"] == "mine:beta=0.3"
+    (sweep / "multirun.yaml").unlink()
+    bare = run_identity(hydra_job([*job, "hydra.job.num=1"]))
+    assert bare["name"] == "r18-fast-shapes-ttfnet#1" and bare["tags"] == []
 
 
 def test_table_job_offline_run_files(hydra_job, tmp_path, monkeypatch):
-    """A tiny training run as one job of a table sweep: group/job_type/tags, flat config and the
-    val/* x axis as written to the offline run file."""
+    """A tiny training run as one job of a table sweep, read back from the offline run file:
+    name, group/job_type, swept-only tags, every config key once (no ``_target_``, no module
+    hyper-parameters), val/* against training hours, the best val/AP in the summary, the best
+    checkpoint as a model artifact (logger.wandb.log_model=true) and the box overlays."""
     monkeypatch.setenv("WANDB_MODE", "offline")
-    base = [o for o in TINY_TRAIN if not o.startswith(("logger=", "schedule.max_epochs"))]
+    monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb-data"))  # the artifact's staged copy
+    sweep = write_multirun_yaml(
+        tmp_path / "sweep", ["experiment=table2", "schedule.max_epochs=1"], {"kernel.beta": "0.3,0.9", "seed": "1,2"}
+    )
+    base = [o for o in TINY_TRAIN if not o.startswith(("logger=", "schedule.max_epochs", "callbacks.log_val_images"))]
     cfg = hydra_job(
         [
+            "kernel.beta=0.3",
+            "seed=1",
             *base,
             "schedule.max_epochs=1",
             "logger=wandb",
-            f"output_dir={tmp_path}",
-            "kernel.beta=0.3",
-            "seed=1",
+            f"output_dir={tmp_path / 'job'}",
             "schedule.lr=0.01",
             "table={name:table2,protocol:cpu}",
             "hydra.mode=MULTIRUN",
+            f"hydra.sweep.dir={sweep}",
             "trainer.log_every_n_steps=1",
+            "logger.wandb.log_model=true",
+            "callbacks.log_val_images=2",
         ]
     )
     train(cfg)
-    (run_dir,) = (tmp_path / "wandb").glob("offline-run-*")
+    (run_dir,) = (tmp_path / "job" / "wandb").glob("offline-run-*")
     run = read_offline_run(run_dir)
 
+    assert run["name"] == "beta=0.3,seed=1"
     assert run["group"] == "table2-cpu" and run["job_type"] == "ablation"
-    assert {"table2", "protocol=cpu", "kernel.beta=0.3", "seed=1", "schedule.max_epochs=1"} <= set(run["tags"])
-    assert not any(t.startswith(("output_dir=", "table=")) for t in run["tags"])
+    assert run["tags"] == ["table2", "protocol=cpu", "kernel.beta=0.3", "seed=1"]  # no constant override
 
     config = {k: v for k, v in run["config"].items() if not k.startswith("_")}
     assert config["kernel.beta"] == 0.3 and config["seed"] == 1 and config["backbone.name"] == "r18"
     assert config["schedule.lr"] == 0.01 and config["table.name"] == "table2" and config["table.protocol"] == "cpu"
     assert "config" not in config  # no longer one nested key
     nested = {k: v for k, v in config.items() if isinstance(v, (dict, list))}
-    assert not nested, f"config not flat (Lightning's module hparams too): {sorted(nested)}"
-    assert (
-        config["data_info.num_classes"] >= 3 and config["net.backbone"] == "r18"
-    )  # the module's argument groups, flattened as well
+    assert not nested, f"config not flat: {sorted(nested)}"
+    assert not [k for k in config if k.endswith("_target_")]
+    internal = [k for k in config if k.startswith(("net.", "optim.", "loss.", "decode.", "data_info."))]
+    assert not internal, f"the module's hparams duplicate the config: {internal}"
+    # the wiring copies of conf/train.yaml are sent once, under their user-facing key
+    assert config["schedule.max_epochs"] == 1 and "trainer.max_epochs" not in config
+    assert "data.datamodule.augment" not in config and "logger.wandb.name" not in config
 
     # val/* against training hours; the clock itself against the global step
     assert run["metrics"]["val/AP"] == "time/train_hours" and run["metrics"]["val/AP50"] == "time/train_hours"
     assert run["metrics"]["val/*"] == "time/train_hours" and run["metrics"]["time/train_hours"] == "trainer/global_step"
     val_rows = [row for row in run["history"] if "val/AP" in row]
     assert len(val_rows) == 1 and val_rows[0]["time/train_hours"] > 0 and val_rows[0]["time/step"] == 2
-    assert run["summary"]["val/AP50"] == val_rows[0]["val/AP50"] and run["summary"]["time/train_hours"] > 0
+    # summary: the best (here the only) value, where it was reached
+    assert run["summary"]["val/AP50"] == {"max": val_rows[0]["val/AP50"]}
+    assert run["summary"]["best/val/AP"] == val_rows[0]["val/AP"] and run["summary"]["best/step"] == 2
+    assert run["summary"]["best/train_hours"] == val_rows[0]["time/train_hours"]
     assert "train/loss" in run["summary"]
+
+    # the best checkpoint as a model artifact, and nothing else
+    ((name, kind, aliases, meta, files),) = run["artifacts"]
+    assert kind == "model" and set(aliases) == {"best", "latest"} and name.startswith("model-")
+    assert meta["original_filename"].startswith("best-") and meta["ModelCheckpoint"]["monitor"] == "val/AP"
+    assert (
+        list(files) == ["model.ckpt"]
+        and files["model.ckpt"] == (tmp_path / "job" / "checkpoints" / meta["original_filename"]).stat().st_size
+    )
+
+    # validation images with W&B box overlays: both layers, their box files written beside the run
+    (pred_row,) = [row for row in run["history"] if "val/predictions/all_boxes" in row]
+    overlays = pred_row["val/predictions/all_boxes"]
+    assert len(overlays) == 2 and all(set(o) == {"predictions", "ground_truth"} for o in overlays)
+    truth = json.loads((run_dir / "files" / overlays[0]["ground_truth"]["path"]).read_text())
+    assert truth["box_data"] and truth["class_labels"]["0"] == "circle"
+    assert all(b["domain"] == "pixel" and b["class_id"] in range(5) for b in truth["box_data"])
 
 
 def test_plain_run_keeps_cfg_group_and_tags(tmp_path, monkeypatch):

@@ -12,7 +12,28 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import box_convert
 
-__all__ = ["boxes_from_distances", "grid_boxes", "local_max", "decode_detections", "coco_results"]
+__all__ = [
+    "BOX_CONVENTIONS",
+    "boxes_from_distances",
+    "grid_boxes",
+    "is_released_convention",
+    "local_max",
+    "decode_detections",
+    "coco_results",
+]
+
+#: how the network's boxes are read (``model.box_convention``): ``continuous`` (this library: a box's
+#: x2 = x1 + w, clamped to [0, W]) or ``released`` (mmdetection 1.x, the released TTFNet: the network
+#: regresses x2 = x1 + w - 1 (the last pixel), clamped to [0, W - 1]; decoded boxes get x2 + 1 after
+#: the rescale, so that x2 - x1 is the width the released code writes to COCO results)
+BOX_CONVENTIONS = ("continuous", "released")
+
+
+def is_released_convention(box_convention: str) -> bool:
+    """``True`` for ``"released"``, ``False`` for ``"continuous"``; any other name raises ValueError."""
+    if box_convention not in BOX_CONVENTIONS:
+        raise ValueError(f"box_convention must be one of {BOX_CONVENTIONS}, got {box_convention!r}")
+    return box_convention == "released"
 
 
 def boxes_from_distances(x: Tensor, y: Tensor, l: Tensor, t: Tensor, r: Tensor, b: Tensor, *, dim: int = -1) -> Tensor:
@@ -88,6 +109,7 @@ def decode_detections(
     k: int = 100,
     score_threshold: float = 0.01,
     pool_size: int = 3,
+    box_convention: str = "continuous",
 ) -> list[dict[str, Tensor]]:
     """Decode TTFNet outputs into detections, one dict per image (torchmetrics' mAP format).
 
@@ -105,11 +127,15 @@ def decode_detections(
         k: detections kept per image before the threshold (100).
         score_threshold: minimum score (0.01, strict ``>`` as in the released code).
         pool_size: max-pool window for peak keeping (3).
+        box_convention: ``"continuous"`` (clamp to [0, W] x [0, H]) or ``"released"`` (the released
+            models': clamp to [0, W - 1] x [0, H - 1] in input pixels, then x2 + 1 and y2 + 1 after the
+            rescale); see :data:`BOX_CONVENTIONS`.
     Returns:
         B dicts with ``boxes`` (N, 4) float xyxy, ``scores`` (N,), ``labels`` (N,) int64.
     """
     B, C, h, w = heatmap_logits.shape
     H, W = int(input_size[0]), int(input_size[1])
+    released = is_released_convention(box_convention)
     heat = heatmap_logits.float().sigmoid()  # a fresh (B, C, h, w) buffer, changed in place below
     # heat * (max_pool(heat) == heat), without a bool mask (multiplying by a bool tensor converts
     # it first, which costs more than the rest of the peak test)
@@ -131,12 +157,14 @@ def decode_detections(
         dist = wh.reshape(B, 4, h * w).gather(2, pix.unsqueeze(1).expand(B, 4, k)).permute(0, 2, 1)
     dist = dist.float()
     boxes = boxes_from_distances(xs, ys, *dist.unbind(dim=-1))
-    boxes[..., 0::2] = boxes[..., 0::2].clamp(0, W)
-    boxes[..., 1::2] = boxes[..., 1::2].clamp(0, H)
+    boxes[..., 0::2] = boxes[..., 0::2].clamp(0, W - 1 if released else W)
+    boxes[..., 1::2] = boxes[..., 1::2].clamp(0, H - 1 if released else H)
     if orig_sizes is not None:
         sizes = torch.as_tensor(orig_sizes, dtype=torch.float32, device=boxes.device).reshape(B, 2)
         scale = torch.stack((sizes[:, 1] / W, sizes[:, 0] / H, sizes[:, 1] / W, sizes[:, 0] / H), dim=-1)
         boxes = boxes * scale.unsqueeze(1)
+    if released:  # the last pixel x2 (x2 = x1 + w - 1) -> the corner after it, as the released code's COCO width
+        boxes[..., 2:] += 1
     keep = scores > score_threshold
     return [{"boxes": boxes[i][keep[i]], "scores": scores[i][keep[i]], "labels": labels[i][keep[i]]} for i in range(B)]
 

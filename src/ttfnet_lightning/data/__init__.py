@@ -19,12 +19,12 @@ from ttfnet_lightning.data.datamodules import (
     CocoDataModule,
     DetectionDataModule,
     ImageFileDataModule,
-    ShapesDataModule,
     VocDataModule,
 )
 from ttfnet_lightning.data.errors import DataError
 from ttfnet_lightning.data.sample import BadImage, ImageFileDataset
 from ttfnet_lightning.data.shapes import DEFAULT_SHAPE_CLASSES, SHAPE_KINDS, ShapesDataset, render_shapes
+from ttfnet_lightning.data.shapes_datamodule import ShapesDataModule
 from ttfnet_lightning.data.stream import CocoStreamDataModule  # litdata is imported only when a stream is built
 from ttfnet_lightning.data.transforms import build_transforms
 from ttfnet_lightning.data.voc import VocDetection

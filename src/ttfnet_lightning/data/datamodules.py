@@ -1,4 +1,5 @@
-"""LightningDataModules for the shapes, COCO and VOC data, all producing the batch format of
+"""LightningDataModules for COCO and VOC data (the shapes' module is in
+:mod:`~ttfnet_lightning.data.shapes_datamodule`), all producing the batch format of
 :func:`~ttfnet_lightning.data.collate.collate_detection`.
 
 Every module exposes, right after construction (the LightningModule is built from them):
@@ -23,10 +24,9 @@ from ttfnet_lightning.data.check import check_datasets, default_cache_dir
 from ttfnet_lightning.data.coco import CocoDetection
 from ttfnet_lightning.data.collate import collate_detection
 from ttfnet_lightning.data.errors import DataError
-from ttfnet_lightning.data.fingerprint import file_digest, params_digest, voc_split_digest, with_defaults
+from ttfnet_lightning.data.fingerprint import file_digest, voc_split_digest, with_defaults
 from ttfnet_lightning.data.sample import ImageFileDataset
-from ttfnet_lightning.data.shapes import DEFAULT_SHAPE_CLASSES, ShapesDataset
-from ttfnet_lightning.data.transforms import as_size, build_transforms
+from ttfnet_lightning.data.transforms import AUGMENT_STYLES, as_size, build_transforms
 from ttfnet_lightning.data.voc import VocDetection
 
 if TYPE_CHECKING:
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DetectionDataModule", "ImageFileDataModule", "ShapesDataModule", "CocoDataModule", "VocDataModule"]
+__all__ = ["DetectionDataModule", "ImageFileDataModule", "CocoDataModule", "VocDataModule"]
 
 STRIDE = 32  # input sizes must be multiples of the backbone's total stride
 
@@ -47,7 +47,15 @@ class DetectionDataModule(pl.LightningDataModule):
     label_to_cat_id: list[int] | None = None
     val_ann_file: str | None = None
 
-    def __init__(self, *, input_size: int | Sequence[int], batch_size: int, num_workers: int, augment: bool) -> None:
+    def __init__(
+        self,
+        *,
+        input_size: int | Sequence[int],
+        batch_size: int,
+        num_workers: int,
+        augment: bool,
+        augment_style: str = "released",
+    ) -> None:
         super().__init__()
         self.input_size = as_size(input_size, name="input_size", multiple=STRIDE)
         if int(batch_size) < 1:
@@ -57,6 +65,9 @@ class DetectionDataModule(pl.LightningDataModule):
         self.batch_size = int(batch_size)
         self.num_workers = int(num_workers)
         self.augment = bool(augment)
+        if augment_style not in AUGMENT_STYLES:
+            raise ValueError(f"augment_style must be one of {AUGMENT_STYLES}, got {augment_style!r}")
+        self.augment_style = str(augment_style)
         self.train_dataset: Dataset | None = None
         self.val_dataset: Dataset | None = None
 
@@ -68,7 +79,9 @@ class DetectionDataModule(pl.LightningDataModule):
         return {}
 
     def train_transforms(self):
-        return build_transforms(input_size=self.input_size, train=True, augment=self.augment)
+        return build_transforms(
+            input_size=self.input_size, train=True, augment=self.augment, augment_style=self.augment_style
+        )
 
     def val_transforms(self):
         return build_transforms(input_size=self.input_size, train=False)
@@ -166,87 +179,13 @@ class ImageFileDataModule(DetectionDataModule):
                 )
 
 
-class ShapesDataModule(DetectionDataModule):
-    """Procedural shapes (:class:`ShapesDataset`) generated at ``input_size``.
-
-    Args:
-        input_size: (H, W), multiples of 32; also the generated image size.
-        num_train, num_val: data set sizes.
-        seed, val_seed: seeds of the train and val streams (different: no shared images).
-        min_objects, max_objects: objects per image.
-        batch_size, num_workers: dataloader settings.
-        augment: SSD-style augmentations for training (see ``build_transforms``).
-        classes: shape class names.
-    """
-
-    def __init__(
-        self,
-        *,
-        input_size: int | Sequence[int] = (128, 128),
-        num_train: int = 2000,
-        num_val: int = 200,
-        seed: int = 0,
-        val_seed: int = 10_000,
-        min_objects: int = 1,
-        max_objects: int = 10,
-        batch_size: int = 16,
-        num_workers: int = 2,
-        augment: bool = False,
-        classes: Sequence[str] = DEFAULT_SHAPE_CLASSES,
-    ) -> None:
-        super().__init__(input_size=input_size, batch_size=batch_size, num_workers=num_workers, augment=augment)
-        self.num_train, self.num_val = int(num_train), int(num_val)
-        self.seed, self.val_seed = int(seed), int(val_seed)
-        self.min_objects, self.max_objects = int(min_objects), int(max_objects)
-        self.classes = tuple(str(c) for c in classes)
-        # validates the shape options now, and fixes class names before setup
-        probe = self._dataset(num_images=0, seed=self.seed, train=False)
-        self.class_names = probe.class_names
-        self.num_classes = probe.num_classes
-
-    @classmethod
-    def data_fingerprint(cls, **options: Any) -> dict[str, str | None]:
-        """The generating parameters of each split (the images are rendered from them)."""
-        o = with_defaults(cls, options)
-        common = {
-            "input_size": list(as_size(o["input_size"], name="input_size", multiple=STRIDE)),
-            "classes": list(o["classes"]),
-            "min_objects": int(o["min_objects"]),
-            "max_objects": int(o["max_objects"]),
-        }
-        return {
-            "train (generated shapes)": params_digest(
-                dict(common, num_images=int(o["num_train"]), seed=int(o["seed"]))
-            ),
-            "val (generated shapes)": params_digest(
-                dict(common, num_images=int(o["num_val"]), seed=int(o["val_seed"]))
-            ),
-        }
-
-    def _dataset(self, *, num_images: int, seed: int, train: bool) -> ShapesDataset:
-        return ShapesDataset(
-            num_images=num_images,
-            image_size=self.input_size,
-            seed=seed,
-            min_objects=self.min_objects,
-            max_objects=self.max_objects,
-            classes=self.classes,
-            transforms=self.train_transforms() if train else self.val_transforms(),
-        )
-
-    def setup(self, stage: str | None = None) -> None:
-        if self.train_dataset is None:
-            self.train_dataset = self._dataset(num_images=self.num_train, seed=self.seed, train=True)
-        if self.val_dataset is None:
-            self.val_dataset = self._dataset(num_images=self.num_val, seed=self.val_seed, train=False)
-
-
 # ImageFileDataModule's arguments, passed on from the subclasses' own
 _BASE_ARGS = (
     "input_size",
     "batch_size",
     "num_workers",
     "augment",
+    "augment_style",
     "skip_bad_images",
     "max_bad_images",
     "preflight",
@@ -273,6 +212,7 @@ class CocoDataModule(ImageFileDataModule):
         input_size: (H, W), multiples of 32.
         batch_size, num_workers: dataloader settings.
         augment: SSD-style augmentations for training.
+        augment_style: ``released`` (the released TTFNet code's) or ``torchvision``.
         train_keep_empty, val_keep_empty: keep images without non-crowd boxes.
     """
         + _CHECK_ARGS
@@ -288,6 +228,7 @@ class CocoDataModule(ImageFileDataModule):
         batch_size: int = 16,
         num_workers: int = 2,
         augment: bool = False,
+        augment_style: str = "released",
         train_keep_empty: bool = False,
         val_keep_empty: bool = True,
         skip_bad_images: bool = True,
@@ -358,6 +299,7 @@ class VocDataModule(ImageFileDataModule):
         input_size: (H, W), multiples of 32.
         batch_size, num_workers: dataloader settings.
         augment: SSD-style augmentations for training.
+        augment_style: ``released`` (the released TTFNet code's) or ``torchvision``.
     """
         + _CHECK_ARGS
     )
@@ -374,6 +316,7 @@ class VocDataModule(ImageFileDataModule):
         batch_size: int = 16,
         num_workers: int = 2,
         augment: bool = False,
+        augment_style: str = "released",
         skip_bad_images: bool = True,
         max_bad_images: int = 10,
         preflight: bool = True,

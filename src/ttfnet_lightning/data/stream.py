@@ -173,6 +173,7 @@ class CocoStreamDataModule(DetectionDataModule):
         input_size: (H, W), multiples of 32.
         batch_size, num_workers: dataloader settings (per process).
         augment: SSD-style augmentations for training.
+        augment_style: ``released`` (the released TTFNet code's) or ``torchvision``.
         shuffle: shuffle the training set (each epoch differently); validation is never shuffled.
         seed: litdata's shuffle seed (the order is a function of seed and epoch).
         skip_bad_images, max_bad_images: an item that does not decode (the prepare already excluded
@@ -199,13 +200,20 @@ class CocoStreamDataModule(DetectionDataModule):
         batch_size: int = 16,
         num_workers: int = 2,
         augment: bool = False,
+        augment_style: str = "released",
         shuffle: bool = True,
         seed: int = 0,
         skip_bad_images: bool = True,
         max_bad_images: int = 10,
         verify_checksums: bool = True,
     ) -> None:
-        super().__init__(input_size=input_size, batch_size=batch_size, num_workers=num_workers, augment=augment)
+        super().__init__(
+            input_size=input_size,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            augment=augment,
+            augment_style=augment_style,
+        )
         require_litdata()
         self.input_dir = str(input_dir)
         self.cache_dir = None if cache_dir is None else str(cache_dir)

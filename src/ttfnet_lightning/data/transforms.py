@@ -17,10 +17,19 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-__all__ = ["build_transforms", "get_labels", "IoUCropIfBoxes", "as_size"]
+from ttfnet_lightning.data.released_augment import (
+    ReleasedExpand,
+    ReleasedMinIoURandomCrop,
+    ReleasedPhotoMetricDistortion,
+)
+
+__all__ = ["AUGMENT_STYLES", "build_transforms", "get_labels", "IoUCropIfBoxes", "as_size"]
 
 #: Mean pixel of ImageNet (RGB, 0-255), used as the zoom-out fill.
 MEAN_PIXEL = (124, 116, 104)
+#: ``augment_style`` values: the released TTFNet code's augmentation (:mod:`.released_augment`, the
+#: paper's "aug 10x") or torchvision's SSD-style variants of it.
+AUGMENT_STYLES = ("released", "torchvision")
 
 
 def as_size(size: int | Sequence[int], *, name: str = "input_size", multiple: int = 1) -> tuple[int, int]:
@@ -68,31 +77,39 @@ def build_transforms(
     input_size: int | Sequence[int],
     train: bool,
     augment: bool = False,
+    augment_style: str = "released",
     hflip: float = 0.5,
     fill: Sequence[int] = MEAN_PIXEL,
 ) -> v2.Compose:
     """Detection pipeline for ``(image, target)`` samples.
 
-    * ``train=True``: [``augment``: photometric distortion (p=0.5), zoom-out onto a ``fill``
-      canvas up to 4x (p=0.5), SSD min-IoU crop], resize to ``input_size`` (aspect ratio NOT kept),
-      horizontal flip with probability ``hflip``, clamp boxes to the image, drop boxes smaller
-      than 1 px (with their labels).
+    * ``train=True``: [``augment``: photometric distortion, zoom-out onto a ``fill`` canvas up to 4x
+      (p=0.5), min-IoU crop: the released code's (``augment_style="released"``, see
+      :mod:`~ttfnet_lightning.data.released_augment`) or torchvision's ``RandomPhotometricDistort``
+      (p=0.5), ``RandomZoomOut`` and ``RandomIoUCrop`` (``"torchvision"``)], resize to ``input_size``
+      (aspect ratio NOT kept), horizontal flip with probability ``hflip``, clamp boxes to the image,
+      drop boxes smaller than 1 px (with their labels).
     * ``train=False``: resize to ``input_size`` only (evaluation uses the untouched ``gt_*``).
 
     Args:
         input_size: (H, W) network input size (or an int for a square).
         train: training or evaluation pipeline.
         augment: add the SSD-style augmentations (training only).
+        augment_style: ``"released"`` or ``"torchvision"`` (:data:`AUGMENT_STYLES`).
         hflip: horizontal flip probability (training only; 0 disables it).
         fill: RGB 0-255 canvas colour of the zoom-out.
     Returns:
         a ``v2.Compose`` mapping ``(image (3, h, w), target)`` to ``(image (3, H, W), target)``.
     """
     size = list(as_size(input_size))
+    if augment_style not in AUGMENT_STYLES:
+        raise ValueError(f"augment_style must be one of {AUGMENT_STYLES}, got {augment_style!r}")
     if not train:
         return v2.Compose([v2.Resize(size, antialias=True)])
     ops: list[Any] = []
-    if augment:
+    if augment and augment_style == "released":
+        ops += [ReleasedPhotoMetricDistortion(), ReleasedExpand(mean=fill), ReleasedMinIoURandomCrop()]
+    elif augment:
         ops += [
             v2.RandomPhotometricDistort(p=0.5),
             v2.RandomZoomOut(fill={tv_tensors.Image: list(fill), "others": 0}, side_range=(1.0, 4.0), p=0.5),

@@ -31,7 +31,6 @@ further package.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import logging
 import warnings
@@ -44,7 +43,13 @@ from torch import Tensor
 
 from ttfnet_lightning.deploy.graph import DetectionExport, exportable_net, topk_detections
 from ttfnet_lightning.deploy.onnx_runtime import check_exported_onnx, metadata_path
-from ttfnet_lightning.deploy.output_files import OutputPathError, check_output_file, same_file, write_with_sidecar
+from ttfnet_lightning.deploy.output_files import (
+    OutputPathError,
+    check_output_file,
+    file_sha256,
+    same_file,
+    write_with_sidecar,
+)
 from ttfnet_lightning.training.checkpoints import load_model
 from ttfnet_lightning.training.lit_module import IMAGENET_MEAN, IMAGENET_STD, TTFNetModule
 
@@ -79,14 +84,6 @@ def import_onnx() -> Any:
     return onnx
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _metadata(
     model: TTFNetModule, wrapper: DetectionExport, *, fmt: str, source: str | None, opset: int | None
 ) -> dict[str, Any]:
@@ -115,7 +112,13 @@ def _metadata(
             "formula": "(images - mean * 255) / (std * 255)",
         },
         "outputs": {
-            "boxes": {"shape": ["batch", wrapper.topk, 4], "dtype": "float32", "format": "xyxy input pixels"},
+            "boxes": {
+                "shape": ["batch", wrapper.topk, 4],
+                "dtype": "float32",
+                "format": "xyxy input pixels",
+                # released: x2, y2 are the last pixel + 1 (rescale x2 - 1 and y2 - 1, then add 1: onnx_runtime)
+                "box_convention": wrapper.box_convention,
+            },
             "scores": {"shape": ["batch", wrapper.topk], "dtype": "float32", "sorted": "descending"},
             "labels": {"shape": ["batch", wrapper.topk], "dtype": "int64"},
         },
@@ -131,7 +134,7 @@ def _metadata(
             "class_aware": model.class_aware,
         },
         "source_checkpoint": source,
-        "source_sha256": _sha256(Path(source)) if source and Path(source).is_file() else None,
+        "source_sha256": file_sha256(Path(source)) if source and Path(source).is_file() else None,
         "torch_version": torch.__version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -151,7 +154,8 @@ def _wrapper(model: TTFNetModule, input_size: Sequence[int] | None, topk: int | 
     k = int(topk if topk is not None else model.hparams.decode["topk"])
     if k < 1:
         raise ValueError(f"topk must be >= 1, got {k}")
-    return DetectionExport(exportable_net(model), input_size=(H, W), topk=k).eval()
+    convention = model.hparams.decode.get("box_convention", "continuous")
+    return DetectionExport(exportable_net(model), input_size=(H, W), topk=k, box_convention=convention).eval()
 
 
 def check_export_output(output: str | Path, model: TTFNetModule | str | Path | None = None) -> Path:

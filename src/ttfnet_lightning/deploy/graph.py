@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ttfnet_lightning.core.decode import is_released_convention
 from ttfnet_lightning.core.models.neck import ModulatedDeformConv2d
 from ttfnet_lightning.training.lit_module import IMAGENET_MEAN, IMAGENET_STD, TTFNetModule
 
@@ -24,16 +25,21 @@ def topk_detections(
     stride: int = 4,
     k: int = 100,
     pool_size: int = 3,
+    box_convention: str = "continuous",
 ) -> tuple[Tensor, Tensor, Tensor]:
     """:func:`~ttfnet_lightning.core.decode.decode_detections` with a fixed K and no score threshold or
     rescale, in export-friendly ops (no in-place writes, batch size never read as a number).
 
     Returns boxes (B, K, 4) float32 xyxy input pixels clamped to the input, scores (B, K),
     labels (B, K) int64, K = min(k, C*h*w); the same values, in the same order, as the top K of
-    ``decode_detections`` before its threshold (``tests/deploy/test_export.py`` checks it).
+    ``decode_detections`` (with the same ``box_convention``, no rescale) before its threshold
+    (``tests/deploy/test_export.py`` checks it). ``box_convention="released"``: clamped to [0, W - 1] x
+    [0, H - 1], then x2 + 1 and y2 + 1 (:data:`~ttfnet_lightning.core.decode.BOX_CONVENTIONS`).
     """
     _, C, h, w = heatmap_logits.shape
+    released = is_released_convention(box_convention)
     H, W = float(input_size[0]), float(input_size[1])
+    hi_h, hi_w, one = (H - 1, W - 1, 1.0) if released else (H, W, 0.0)
     heat = heatmap_logits.float().sigmoid()
     peaks = F.max_pool2d(heat, pool_size, stride=1, padding=(pool_size - 1) // 2)
     heat = heat * (peaks == heat).to(heat.dtype)
@@ -53,9 +59,9 @@ def topk_detections(
         dist = wh.flatten(2).gather(2, pix.unsqueeze(1).expand(-1, 4, -1)).permute(0, 2, 1)
     dist = dist.float()
     l, t, r, b = dist.unbind(dim=-1)
-    boxes = torch.stack(
-        ((xs - l).clamp(0, W), (ys - t).clamp(0, H), (xs + r).clamp(0, W), (ys + b).clamp(0, H)), dim=-1
-    )
+    x1, y1 = (xs - l).clamp(0, hi_w), (ys - t).clamp(0, hi_h)
+    x2, y2 = (xs + r).clamp(0, hi_w) + one, (ys + b).clamp(0, hi_h) + one
+    boxes = torch.stack((x1, y1, x2, y2), dim=-1)
     return boxes, scores, labels
 
 
@@ -67,6 +73,8 @@ class DetectionExport(nn.Module):
         input_size: (H, W) the model is exported for (multiples of 32).
         topk: K detections per image.
         mean, std: per-channel normalisation on the 0-1 scale (ImageNet's by default).
+        box_convention: how the boxes are read, the checkpoint's ``decode.box_convention``
+            (:func:`topk_detections`).
     Shapes:
         images (B, 3, H, W) uint8 (or float 0-255) -> boxes (B, K, 4), scores (B, K), labels (B, K).
     """
@@ -79,8 +87,11 @@ class DetectionExport(nn.Module):
         topk: int = 100,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        box_convention: str = "continuous",
     ) -> None:
         super().__init__()
+        is_released_convention(box_convention)  # an unknown name fails here, not at the first call
+        self.box_convention = box_convention
         self.net = net
         self.input_size = (int(input_size[0]), int(input_size[1]))
         self.topk = int(topk)
@@ -95,7 +106,14 @@ class DetectionExport(nn.Module):
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         x = (images.float() - self.mean) / self.std  # as TTFNetModule.normalize
         heatmap_logits, wh = self.net(x)
-        return topk_detections(heatmap_logits, wh, input_size=self.input_size, stride=self.stride, k=self.topk)
+        return topk_detections(
+            heatmap_logits,
+            wh,
+            input_size=self.input_size,
+            stride=self.stride,
+            k=self.topk,
+            box_convention=self.box_convention,
+        )
 
 
 def exportable_net(model: TTFNetModule) -> nn.Module:

@@ -122,6 +122,11 @@ class OnnxDetector:
     def score_threshold(self) -> float:
         return float(self.meta.get("score_threshold", 0.01))
 
+    @property
+    def box_convention(self) -> str:
+        """The exported boxes' convention (``continuous`` for exports that do not name one)."""
+        return str(self.meta.get("outputs", {}).get("boxes", {}).get("box_convention", "continuous"))
+
     def run(self, images: np.ndarray | Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Raw outputs for (B, 3, H, W) uint8 RGB images at :attr:`input_size`: boxes (B, K, 4)
         xyxy input pixels, scores (B, K), labels (B, K)."""
@@ -153,7 +158,9 @@ class OnnxDetector:
         if orig_sizes is not None:
             sizes = torch.as_tensor([tuple(s) for s in orig_sizes], dtype=torch.float32).reshape(-1, 2)
             scale = torch.stack((sizes[:, 1] / W, sizes[:, 0] / H, sizes[:, 1] / W, sizes[:, 0] / H), dim=-1)
-            boxes = boxes * scale.unsqueeze(1)
+            # the released box convention: the + 1 on x2, y2 comes after the rescale (as decode_detections)
+            one = torch.tensor([0.0, 0.0, 1.0, 1.0]) if self.box_convention == "released" else torch.zeros(4)
+            boxes = (boxes - one) * scale.unsqueeze(1) + one
         keep = scores > thr
         return [
             {"boxes": boxes[i][keep[i]], "scores": scores[i][keep[i]], "labels": labels[i][keep[i]].long()}

@@ -15,6 +15,7 @@ checkpoint), and temporary files that never outlive a failure.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import secrets
 from collections.abc import Callable, Iterator, Sequence
@@ -142,3 +143,12 @@ def write_with_sidecar(
         tmp_side.write_text(sidecar_text())
         publish(tmp, path)
         publish(tmp_side, sidecar)
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -40,6 +40,7 @@ from ttfnet_lightning.deploy.onnx_runtime import OnnxDetector
 from ttfnet_lightning.deploy.output_files import publish, temporary_path, write_text_atomic
 from ttfnet_lightning.deploy.predict_files import (
     check_output_folder,
+    draw_threshold,
     list_images,
     output_names,
 )
@@ -246,7 +247,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         files=files,
         class_names=names,
         cat_ids=model.label_to_cat_id or list(range(len(names))),
-        draw_threshold=cfg.draw_threshold,
+        draw_threshold=draw_threshold(cfg),
         heatmap_alpha=float(cfg.get("heatmap_alpha", 0.5)),
     )
     loader = DataLoader(
@@ -286,7 +287,7 @@ def predict_onnx(cfg: Any) -> dict[str, Any]:
         files=files,
         class_names=names,
         cat_ids=detector.label_to_cat_id or list(range(len(names))),
-        draw_threshold=cfg.draw_threshold,
+        draw_threshold=draw_threshold(cfg),
     )
     loader = DataLoader(
         ImageFolder(files, detector.input_size),

@@ -8,14 +8,33 @@ import glob
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from ttfnet_lightning.deploy.output_files import OutputPathError, same_file
+from ttfnet_lightning.training.error_analysis import best_score_threshold
+from ttfnet_lightning.training.records import run_folder
 
-__all__ = ["IMAGE_SUFFIXES", "RESULT_FILES", "list_images", "output_names", "check_output_folder"]
+__all__ = ["IMAGE_SUFFIXES", "RESULT_FILES", "list_images", "output_names", "check_output_folder", "draw_threshold"]
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif"}
 RESULT_FILES = ("detections.json", "images.json")  # written beside the drawn images
 GLOB_CHARS = "*?["
+DEFAULT_DRAW_THRESHOLD = 0.3  # when the checkpoint's run has no error analysis
+
+
+def draw_threshold(cfg: Any) -> float:
+    """``cfg.draw_threshold``; when null (the default), the F1-best score threshold of the error
+    analysis in the checkpoint's run folder (``<run>/analysis/summary.json``, written at the end of
+    training), else :data:`DEFAULT_DRAW_THRESHOLD`; which one is used is printed."""
+    if cfg.get("draw_threshold") is not None:
+        return float(cfg.draw_threshold)
+    run = run_folder(str(cfg.ckpt))
+    best = None if str(cfg.ckpt).lower().endswith(".onnx") else best_score_threshold(run)
+    if best is None:
+        print(f"draw_threshold {DEFAULT_DRAW_THRESHOLD} (no error analysis with a best threshold in {run})")
+        return DEFAULT_DRAW_THRESHOLD
+    print(f"draw_threshold {best:.3f}: the F1-best score threshold of the run's error analysis ({run}/analysis)")
+    return best
 
 
 def list_images(path: str | Path) -> list[Path]:

@@ -29,7 +29,7 @@ from ttfnet_lightning.core.drawing import draw_detections
 from ttfnet_lightning.data.errors import DataError
 from ttfnet_lightning.deploy.onnx_runtime import OnnxDetector
 from ttfnet_lightning.deploy.output_files import publish, temporary_path, write_text_atomic
-from ttfnet_lightning.deploy.predict_files import check_output_folder
+from ttfnet_lightning.deploy.predict_files import check_output_folder, draw_threshold
 from ttfnet_lightning.training.checkpoints import load_model, pick_device
 
 log = logging.getLogger(__name__)
@@ -204,6 +204,6 @@ def predict_video(cfg: Any) -> dict[str, Any]:
         input_size=size,
         class_names=list(names),
         cat_ids=list(ids or range(len(names))),
-        draw_threshold=float(cfg.draw_threshold),
+        draw_threshold=draw_threshold(cfg),
         batch_size=int(cfg.batch_size),
     )

@@ -38,6 +38,7 @@ from ttfnet_lightning.paper.plots import table_figure
 from ttfnet_lightning.paper.sweeps import COLLAPSE_RATIO, Job, expand_sweep
 from ttfnet_lightning.paper.values import paper_values
 from ttfnet_lightning.paper.verdicts import CPU_SEED_SPREAD, verdicts
+from ttfnet_lightning.paper.wandb_report import save_report_if_online
 from ttfnet_lightning.training.tracking import log_sweep_summary
 
 log = logging.getLogger(__name__)
@@ -176,6 +177,7 @@ def aggregate(sweep_dir: str | Path, *, ratio: bool = True, quiet: bool = False,
             )
         except Exception as exc:  # the table is on disk either way
             log.warning("could not log the %s summary to W&B: %s", table.name, exc)
+        save_report_if_online(sweep_dir, jobs[0].cfg)  # the sweep's W&B report (online only; never raises)
     if not quiet:
         print(table.markdown())
         print(f"written: {md}, {path}, {Path(sweep_dir) / 'jobs.csv'}" + (f", {png}" if png.is_file() else ""))

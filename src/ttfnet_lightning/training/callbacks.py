@@ -1,6 +1,7 @@
-"""Lightning callbacks: time-to-accuracy tracking, validation images with boxes, and the pieces
-that make runs trustworthy: a NaN/inf guard and the interruption checkpoint (the reproducible data
-order: :mod:`ttfnet_lightning.training.data_order`)."""
+"""Lightning callbacks: time-to-accuracy tracking, and the pieces that make runs trustworthy: a
+NaN/inf guard and the interruption checkpoint (the reproducible data order:
+:mod:`ttfnet_lightning.training.data_order`; validation images with boxes, ``LogValPredictions``:
+:mod:`ttfnet_lightning.training.wandb_media`)."""
 
 from __future__ import annotations
 
@@ -20,9 +21,9 @@ from pytorch_lightning.callbacks import Callback, OnExceptionCheckpoint
 
 from ttfnet_lightning.core.atomic import atomic_write
 from ttfnet_lightning.core.decode import coco_results
-from ttfnet_lightning.core.drawing import overlay_heatmap
 from ttfnet_lightning.training.distributed import dedupe_by_image, gather_to_rank_zero
 from ttfnet_lightning.training.lit_module import NonFiniteError, image_ids
+from ttfnet_lightning.training.wandb_media import LogValPredictions  # moved there; imported from here by run.py
 
 log = logging.getLogger(__name__)
 
@@ -178,105 +179,6 @@ class CocoResultsWriter(Callback):
         if len(per_rank) > 1:
             self.results = dedupe_by_image(per_rank)
         self.write(Path(log_dir) / self.filename)
-
-
-class LogValPredictions(Callback):
-    """Log a few validation images with predicted (red) and true (green) boxes to W&B/TensorBoard
-    (``val/predictions``), and the same images with the predicted heatmap (sigmoid, max over
-    classes, scaled to its maximum, given in the caption) blended over them and the true boxes in
-    white (``val/heatmaps``).
-
-    Args:
-        num_images: images logged per validation (from the first validation batch).
-        min_score: predictions drawn above this score.
-    """
-
-    def __init__(self, *, num_images: int = 4, min_score: float = 0.3) -> None:
-        self.num_images = num_images
-        self.min_score = min_score
-
-    def on_validation_batch_end(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        if batch_idx != 0 or trainer.sanity_checking or not trainer.is_global_zero or outputs is None:
-            return
-        from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
-        from torchvision.utils import draw_bounding_boxes
-
-        targets = [lg for lg in trainer.loggers if isinstance(lg, (WandbLogger, TensorBoardLogger))]
-        if not targets:
-            return
-        images = batch["images"][: self.num_images]
-        mean, std = pl_module.mean, pl_module.std
-        pics = (images * std + mean).clamp(0, 255).to(torch.uint8).cpu()
-        H, W = images.shape[-2:]
-        names = list(getattr(pl_module, "class_names", None) or [])
-        drawn = []
-        for i, pic in enumerate(pics):
-            h0, w0 = batch["meta"][i]["orig_size"]
-            scale = torch.tensor([W / w0, H / h0, W / w0, H / h0])
-            det = outputs[i]
-            keep = det["scores"].cpu() >= self.min_score
-            pboxes = det["boxes"].cpu()[keep] * scale
-            plabels = [
-                f"{names[c] if c < len(names) else c} {s:.2f}"
-                for c, s in zip(det["labels"].cpu()[keep].tolist(), det["scores"].cpu()[keep].tolist())
-            ]
-            gkeep = batch["labels"][i].cpu() >= 0
-            pic = draw_bounding_boxes(pic, batch["boxes"][i].cpu()[gkeep], colors="lime", width=1)
-            if len(pboxes):
-                pic = draw_bounding_boxes(pic, pboxes, labels=plabels, colors="red", width=1)
-            drawn.append(pic)
-        heat, peaks = self.heatmaps(pl_module, batch, pics)
-        for lg in targets:
-            try:
-                for key, pictures, extra in (
-                    ("val/predictions", drawn, {}),
-                    ("val/heatmaps", heat, {"caption": peaks}),
-                ):
-                    if not pictures:
-                        continue
-                    if isinstance(lg, WandbLogger):
-                        lg.log_image(
-                            key=key,
-                            images=[p.permute(1, 2, 0).numpy() for p in pictures],
-                            step=trainer.global_step,
-                            **extra,
-                        )
-                    else:
-                        lg.experiment.add_images(key, torch.stack(pictures), trainer.global_step)
-            except Exception as exc:  # a logging failure must never stop training
-                log.warning("could not log validation images to %s: %s", type(lg).__name__, exc)
-
-    def heatmaps(
-        self, pl_module: pl.LightningModule, batch: Any, pics: torch.Tensor
-    ) -> tuple[list[torch.Tensor], list[str]]:
-        """The images ``pics`` (uint8, input size) with the predicted heatmap, scaled to its maximum,
-        blended over them and the true boxes in white, and captions giving each maximum (one more
-        forward pass of these few images; nothing if it fails)."""
-        from torchvision.utils import draw_bounding_boxes
-
-        try:
-            with torch.no_grad():
-                hm, _ = pl_module(batch["images"][: len(pics)])
-            heat = hm.float().sigmoid().amax(1).cpu()
-        except Exception as exc:  # a logging failure must never stop training
-            log.warning("could not compute validation heatmaps: %s", exc)
-            return [], []
-        out = []
-        for i, (pic, h) in enumerate(zip(pics, heat)):
-            pic = overlay_heatmap(pic, h, alpha=0.6, vmax=None)
-            gkeep = batch["labels"][i].cpu() >= 0
-            if gkeep.any():
-                pic = draw_bounding_boxes(pic, batch["boxes"][i].cpu()[gkeep], colors="white", width=1)
-            out.append(pic)
-        return out, [f"heatmap max {float(h.max()):.2f}" for h in heat]
 
 
 class FiniteGuard(Callback):

@@ -44,6 +44,7 @@ __all__ = [
     "ModelConfig",
     "OptimConfig",
     "ScheduleConfig",
+    "ProgressConfig",
     "CallbacksConfig",
     "SpeedConfig",
     "DataInfo",
@@ -149,6 +150,13 @@ class DecodeConfig:
 
     topk: int = 100
     score_threshold: float = 0.01
+    # how the network's boxes are read (ttfnet_lightning.core.decode.BOX_CONVENTIONS): continuous (x2 = x1 + w,
+    # clamped to W) | released (the released models' x2 = x1 + w - 1, clamped to W - 1; converted checkpoints)
+    box_convention: str = "continuous"
+
+    def __post_init__(self) -> None:
+        if self.box_convention not in ("continuous", "released"):  # core.decode.BOX_CONVENTIONS (tested equal)
+            raise ValueError(f"model.box_convention must be continuous or released, got {self.box_convention!r}")
 
 
 @dataclass
@@ -182,7 +190,9 @@ class ScheduleConfig(OptimConfig):
     name: str = "fast"
     max_epochs: int = 12
     gradient_clip_val: Optional[float] = 35.0
-    augment: bool = False  # random flips etc. in training (-> data.datamodule.augment)
+    # photometric distortion, expand, min-IoU crop in training (-> data.datamodule.augment); which
+    # implementation: data.datamodule.augment_style (released: the released code's | torchvision)
+    augment: bool = False
 
 
 # -------------------------------------------------------------------------------- data, top level
@@ -198,6 +208,15 @@ class DataInfo:
 
 
 @dataclass
+class ProgressConfig:
+    """What a run prints while it trains (user keys ``callbacks.progress.*``; under ``callbacks``, so a
+    run resumes with other values; :mod:`ttfnet_lightning.training.progress`)."""
+
+    mode: str = "auto"  # auto (a bar when stdout is a terminal, else plain lines) | bar | lines
+    every_seconds: float = 30.0  # lines: one per this many seconds, besides the first step's and the end's
+
+
+@dataclass
 class CallbacksConfig:
     log_val_images: int = 4  # validation images with boxes sent to W&B/TensorBoard (0 = off)
     # checkpoints/latest-step<N>.ckpt every N training steps (only the newest kept); a rerun resumes
@@ -206,6 +225,7 @@ class CallbacksConfig:
     # per-step time of data wait, host-to-device, target encoding, forward, backward, optimizer
     # (ttfnet_lightning.training.profiling.StepTimer): time/step_<phase>_ms in the metrics, a summary at the end
     step_timer: bool = False
+    progress: ProgressConfig = field(default_factory=ProgressConfig)
 
 
 @dataclass
@@ -237,6 +257,9 @@ class TrainConfig:
     skip_finished: bool = True
     exact_resume: bool = False
     measure_fps: bool = False
+    # at the end of a finished run: <run>/results.png and the error analysis of the last validation
+    # in <run>/analysis/ (ttfnet_lightning.training.run_figures; the PNGs need the viz extra)
+    analysis: bool = True
     export_backbone: Optional[str] = None
     pretrained_weights: Dict[str, Any] = field(default_factory=dict)  # per backbone name (protocol=cpu)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)

@@ -32,6 +32,7 @@ from ttfnet_lightning.data.errors import DataError
 from ttfnet_lightning.training.callbacks import CocoResultsWriter
 from ttfnet_lightning.training.checkpoint_data import checkpoint_data_config
 from ttfnet_lightning.training.checkpoints import load_model
+from ttfnet_lightning.training.error_analysis import ANALYSIS_DIR, write_error_analysis
 from ttfnet_lightning.training.records import beside_run, output_dir
 
 log = logging.getLogger(__name__)
@@ -231,4 +232,6 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     for k in speed_keys:
         print(f"  {k:<36}" + "".join(f" {by_precision[p][k]:8.1f} ({p})" for p in precisions))
     print(f"wrote {out / 'metrics.json'} and the detections JSON(s) in {out}")
+    if cfg.get("analysis", True):  # per-class AP, PR curves, confusion matrix, worst images: <out>/analysis/
+        write_error_analysis(out / "detections_val.json", dm, out / ANALYSIS_DIR, num_images=num_images)
     return metrics

@@ -112,7 +112,7 @@ class TTFNetModule(pl.LightningModule):
         loss: :class:`~ttfnet_lightning.training.config.LossConfig` -- wloc, wreg, plus_one.
         optim: :class:`~ttfnet_lightning.training.config.OptimConfig` -- SGD and LR schedule
         (:mod:`ttfnet_lightning.training.optim`).
-        decode: :class:`~ttfnet_lightning.training.config.DecodeConfig` -- topk, score_threshold.
+        decode: :class:`~ttfnet_lightning.training.config.DecodeConfig` -- topk, score_threshold, box_convention.
         data_info: :class:`~ttfnet_lightning.training.config.DataInfo` -- num_classes (C), class_names,
             input_size (H, W), label_to_cat_id, batch_size (per device, for linear LR scaling).
     Omitted settings take their dataclass defaults. Flat arguments of the previous release
@@ -245,6 +245,7 @@ class TTFNetModule(pl.LightningModule):
             stride=TTFNet.stride,
             k=self.hparams.decode["topk"],
             score_threshold=self.hparams.decode["score_threshold"],
+            box_convention=self.hparams.decode.get("box_convention", "continuous"),
         )
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Tensor]]:

@@ -40,7 +40,9 @@ from ttfnet_lightning.training.distributed import (
 from ttfnet_lightning.training.evaluate import model_speed
 from ttfnet_lightning.training.lit_module import TTFNetModule, data_info
 from ttfnet_lightning.training.profiling import StepTimer
+from ttfnet_lightning.training.progress import progress_callbacks
 from ttfnet_lightning.training.records import output_dir, read_results
+from ttfnet_lightning.training.run_figures import finish_run_figures
 from ttfnet_lightning.training.run_lock import lock_output_dir
 from ttfnet_lightning.training.runs import (
     ResumeMetrics,
@@ -59,6 +61,7 @@ from ttfnet_lightning.training.runs import (
     write_run_record,
 )
 from ttfnet_lightning.training.tracking import build_loggers, finish_wandb, job_overrides, log_hyperparams
+from ttfnet_lightning.training.warnings_policy import library_messages_filtered
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +125,8 @@ def build_callbacks(cfg: DictConfig, out: Path) -> list[pl.Callback]:
         callbacks.append(StepTimer())
     if cfg.callbacks.get("log_val_images"):
         callbacks.append(LogValPredictions(num_images=int(cfg.callbacks.log_val_images)))
+    # the model summary and progress: a bar in a terminal, plain lines in a batch job's log
+    callbacks.extend(progress_callbacks(cfg.callbacks.get("progress") or {}, cfg.trainer))
     return callbacks
 
 
@@ -234,7 +239,7 @@ def train(cfg: DictConfig) -> float | None:
     Under DDP every process runs this function; the run's files are written by global rank 0 only
     (see :mod:`ttfnet_lightning.training.distributed`), which also holds the folder's lock."""
     out = output_dir(cfg)
-    with lock_output_dir(out):
+    with lock_output_dir(out), library_messages_filtered():  # harmless library messages left out
         return _train(cfg, out)
 
 
@@ -269,6 +274,8 @@ def _train(cfg: DictConfig, out: Path) -> float | None:
     _fit(cfg, out, trainer, model, dm, ckpt_path, loggers)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}  # all logged values are scalars
     value = metrics.get(str(cfg.optimized_metric))
+    if rank_zero and not trainer.interrupted and cfg.get("analysis", True):
+        finish_run_figures(out, trainer=trainer, datamodule=dm)  # before W&B closes: it logs the PNGs there too
     finish_wandb(loggers)
     if not rank_zero:  # under DDP: the metrics are synced, rank 0 reports and writes them
         if trainer.interrupted:
@@ -353,7 +360,8 @@ def _fit(
                 # the schedule ended between validations (check_val_every_n_epoch > 1): the reported
                 # metrics must be those of the final model
                 trainer.validate(model, datamodule=dm, verbose=False)
-                trainer.save_checkpoint(out / "checkpoints" / "last.ckpt")  # last.ckpt = the final model
+                # last.ckpt = the final model (weights_only given: Lightning logs its default otherwise)
+                trainer.save_checkpoint(out / "checkpoints" / "last.ckpt", weights_only=False)
     except SIGTERMException:
         # Lightning raises SystemExit() (exit status 0) on SIGTERM: schedulers must see a failure,
         # and a sweep must stop here rather than start its next job

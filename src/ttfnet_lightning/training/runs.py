@@ -142,6 +142,7 @@ def resume_checkpoint(out: str | Path, skipped: list[tuple[Path, str]] | None = 
 # keys that may change between a run and its resumption without changing its result
 _RESUME_FREE_KEYS = (
     "logger",
+    "analysis",  # what is written after training, not how it trains
     "callbacks",
     "trainer.enable_progress_bar",
     "data.datamodule.num_workers",
@@ -190,10 +191,31 @@ _CONTINUE_FREE_KEYS = (
 )
 
 
+# settings added after runs were stored, with the value a run stored without them implicitly had
+# (runs before data/released_augment.py used torchvision's SSD transforms)
+_IMPLIED_WHEN_ABSENT = {"data.datamodule.augment_style": "torchvision"}
+# settings that only matter when another one is on: {key: the switch}
+_ONLY_WHEN = {"data.datamodule.augment_style": "data.datamodule.augment"}
+
+
+def _comparable(flat: dict[str, Any], *, stored: bool) -> dict[str, Any]:
+    """``flat`` with the implied values of later settings filled in (``stored`` side only) and the
+    settings whose switch is off dropped (the augmentation style of a run without augmentation)."""
+    out = dict(flat)
+    if stored:
+        for key, implied in _IMPLIED_WHEN_ABSENT.items():
+            out.setdefault(key, implied)
+    for key, switch in _ONLY_WHEN.items():
+        if not out.get(switch, False):
+            out.pop(key, None)
+    return out
+
+
 def _config_diff(stored_cfg: dict[str, Any], resolved: dict[str, Any], also_free: tuple[str, ...] = ()) -> list[str]:
     """``key: stored ..., now ...`` lines of the settings that differ, resume-free keys (and
     ``also_free``) and settings added to the schema later (at their default) aside."""
-    stored, now = flatten_dict(stored_cfg), flatten_dict(resolved)
+    stored = _comparable(flatten_dict(stored_cfg), stored=True)
+    now = _comparable(flatten_dict(resolved), stored=False)
     free = lambda k: any(k == f or k.startswith(f + ".") for f in (*_RESUME_FREE_KEYS, *also_free))  # noqa: E731
     # a setting added to the schema after the run was stored, at its default, changes nothing
     defaults = _schema_defaults()

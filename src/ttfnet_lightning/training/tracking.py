@@ -1,27 +1,30 @@
-"""Weights & Biases run identity, flat config and metric axes (used by ``train.py``).
+"""Weights & Biases run identity and loggers (used by ``train.py``).
 
-A run's identity comes from its config and, in a Hydra multirun, its job's task overrides:
+A run's identity comes from its config and, in a Hydra multirun, from the settings its sweep varies
+(:func:`~ttfnet_lightning.training.wandb_sweep.sweep_keys`: the sweeper's params and the command
+line's sweep syntax; constants given on the command line are not among them):
 
 * paper-table sweeps (``experiment=table1..table6``; the composed config has
   ``table: {name: table2, protocol: cpu}``): every job lands in group ``table2-cpu`` with
-  ``job_type="ablation"`` and tags ``table2``, ``protocol=cpu`` and one per varied setting
-  (``kernel.beta=0.3``, ...);
-* other multiruns: group ``sweep-<sweep dir name>``, ``job_type="sweep"``, tags per varied setting;
-* single runs: group ``cfg.group`` (or none), ``job_type="train"``, tags ``cfg.tags``.
+  ``job_type="ablation"``, tags ``table2``, ``protocol=cpu`` and one per varied setting
+  (``kernel.beta=0.3``, ...), and is named after its varied values (``beta=0.3,class_aware=True,seed=0``);
+* other multiruns: group ``sweep-<sweep dir name>``, ``job_type="sweep"``, tags and name from the
+  varied settings as above (``name=...`` on the command line prefixes the name: ``mine:beta=0.3``);
+* single runs: name ``cfg.name``, group ``cfg.group`` (or none), ``job_type="train"``, tags ``cfg.tags``.
 
 When a paper-table sweep ends, its table plot and cells go to the same group as one more run,
 ``job_type="summary"`` (:func:`log_sweep_summary`, called by the tables aggregator).
 
 An explicit ``cfg.group`` always wins and ``cfg.tags`` are always kept. The config goes to W&B as
-flat top-level keys (``kernel.beta``, ``schedule.lr``, ``backbone.name``, ...), so W&B's group-by
-and parallel-coordinates panels can use them directly, and the ``val/*`` metrics are plotted
-against the training clock ``time/train_hours`` (logged by ``callbacks.TimeToAccuracy``).
+flat top-level keys, each once (``kernel.beta``, ``schedule.lr``, ``backbone.name``, ...), so W&B's
+group-by and parallel-coordinates panels can use them directly; the ``val/*`` metrics are plotted
+against the training clock ``time/train_hours`` (logged by ``callbacks.TimeToAccuracy``) and the
+summary keeps the best ``val/AP`` (:mod:`ttfnet_lightning.training.wandb_logger`).
 """
 
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -29,9 +32,18 @@ from pathlib import Path
 from typing import Any
 
 from hydra.utils import instantiate
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import WandbLogger
-from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+from ttfnet_lightning.training.wandb_logger import (
+    VAL_METRICS,
+    FlatWandbLogger,
+    define_wandb_metrics,
+    flatten_config,
+    flatten_dict,
+    wandb_config,
+)
+from ttfnet_lightning.training.wandb_sweep import sweep_keys, sweep_run_name, varied_overrides
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +52,7 @@ __all__ = [
     "build_loggers",
     "finish_wandb",
     "wandb_offline",
+    "wandb_config",
     "VAL_METRICS",
     "define_wandb_metrics",
     "flatten_config",
@@ -51,56 +64,9 @@ __all__ = [
     "run_identity",
 ]
 
-Scalar = str | int | float | bool | None
-
-# the validation metrics logged by TTFNetModule and LogValPredictions (named explicitly: see
-# define_wandb_metrics)
-VAL_METRICS = (
-    "val/AP",
-    "val/AP50",
-    "val/AP75",
-    "val/APs",
-    "val/APm",
-    "val/APl",
-    "val/loss",
-    "val/predictions",
-    "val/heatmaps",
-)
-TRAIN_CLOCK = "time/train_hours"
-GLOBAL_STEP = "trainer/global_step"  # WandbLogger's step metric
 MAX_TAG_LEN = 64  # W&B refuses longer tags
 # overrides that name files or the run itself, not a varied setting
 _NOT_SETTINGS = {"output_dir", "ckpt_path", "name", "group", "tags", "project", "job_overrides", "table"}
-
-
-def flatten_dict(params: Mapping[str, Any], prefix: str = "", sep: str = ".") -> dict[str, Scalar]:
-    """Nested mappings -> one level with ``sep``-joined keys; lists -> their JSON text (``"[64, 64]"``).
-
-    Empty mappings disappear; other values (str, int, float, bool, None) are kept as they are,
-    anything else becomes its ``str``.
-    """
-    flat: dict[str, Scalar] = {}
-    for key, value in params.items():
-        name = f"{prefix}{sep}{key}" if prefix else str(key)
-        if isinstance(value, Mapping):
-            flat.update(flatten_dict(value, name, sep))
-        elif isinstance(value, (list, tuple)):
-            try:
-                flat[name] = json.dumps(list(value))
-            except TypeError:
-                flat[name] = str(list(value))
-        elif value is None or isinstance(value, (str, int, float, bool)):
-            flat[name] = value
-        else:
-            flat[name] = str(value)
-    return flat
-
-
-def flatten_config(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Scalar]:
-    """The resolved config as flat ``{"kernel.beta": 0.54, "schedule.lr": 0.016, ...}`` (no ``hydra`` key)."""
-    container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-    container.pop("hydra", None)
-    return flatten_dict(container)
 
 
 def _hydra() -> Any | None:
@@ -150,83 +116,78 @@ def override_tags(overrides: Sequence[str]) -> list[str]:
     return tags
 
 
+def _varied(cfg: DictConfig | Mapping[str, Any], overrides: Sequence[str] | None, hc: Any | None) -> list[str]:
+    """The job's varied settings (see :func:`run_identity`); ``hc``: the Hydra config of a multirun job."""
+    if overrides is not None:
+        return list(overrides)
+    if cfg.get("job_overrides") is not None:
+        return job_overrides(cfg)
+    if hc is not None:
+        return varied_overrides([str(o) for o in hc.overrides.task], sweep_keys(hc))
+    return job_overrides(cfg) if cfg.get("table") else []
+
+
+def _job_name(base: str, varied: Sequence[str], hc: Any) -> str:
+    """A multirun job's name (:func:`~ttfnet_lightning.training.wandb_sweep.sweep_run_name`):
+    prefixed with ``base`` when the command line names the sweep (``name=...``)."""
+    named = any(str(o).lstrip("+").startswith("name=") for o in hc.overrides.task)
+    try:
+        job_num = int(hc.job.num)
+    except Exception:  # no job number (a config composed outside a launcher)
+        job_num = None
+    return sweep_run_name(base, varied, job_num=job_num, prefix=named)
+
+
 def run_identity(cfg: DictConfig | Mapping[str, Any], overrides: Sequence[str] | None = None) -> dict[str, Any]:
-    """``dict(group=..., job_type=..., tags=[...])`` for ``wandb.init`` (see the module docstring).
+    """``dict(name=..., group=..., job_type=..., tags=[...])`` for ``wandb.init`` (see the module docstring).
 
     Args:
-        cfg: the composed config; reads ``group``, ``tags``, ``table`` and ``job_overrides`` (all optional).
-        overrides: the job's varied settings; default :func:`job_overrides`. Tagged in table runs,
-            multiruns, and whenever given explicitly (this argument or ``cfg.job_overrides``).
+        cfg: the composed config; reads ``name``, ``group``, ``tags``, ``table`` and ``job_overrides``
+            (all optional).
+        overrides: the job's varied settings, each tagged; default: in a multirun the job's task
+            overrides of the keys its sweep varies (:func:`~ttfnet_lightning.training.wandb_sweep.sweep_keys`),
+            else ``cfg.job_overrides`` (when given), else in a table run all task overrides, else none.
+            A multirun job given none of its own is named after them.
     """
-    explicit = overrides is not None or cfg.get("job_overrides") is not None
-    overrides = job_overrides(cfg) if overrides is None else list(overrides)
     table = cfg.get("table")
     tags = [str(t) for t in (cfg.get("tags") or [])]
-    hc = _hydra()
+    name = None if cfg.get("name") is None else str(cfg.get("name"))
+    hc = _hydra() if _is_multirun() else None
     group: str | None = None
     if table:
-        name = str(table.get("name") or "table")
+        table_name = str(table.get("name") or "table")
         protocol = table.get("protocol")
-        group = table.get("group") or (f"{name}-{protocol}" if protocol else name)
+        group = table.get("group") or (f"{table_name}-{protocol}" if protocol else table_name)
         job_type = table.get("job_type") or "ablation"
-        tags += [name] + ([f"protocol={protocol}"] if protocol else [])
-    elif _is_multirun():
+        tags += [table_name] + ([f"protocol={protocol}"] if protocol else [])
+    elif hc is not None:
         group = "sweep-" + Path(hc.sweep.dir).name  # all jobs of one sweep together
         job_type = "sweep"
     else:
         job_type = "train"
-    if table or _is_multirun() or explicit:
-        tags += override_tags(overrides)
+    varied = _varied(cfg, overrides, hc)
+    tags += override_tags(varied)
+    if hc is not None and overrides is None and cfg.get("job_overrides") is None:
+        name = _job_name(name or "run", varied, hc)
     if cfg.get("group"):  # an explicit group wins
         group = cfg.get("group")
     return {
+        "name": name,
         "group": None if group is None else str(group),
         "job_type": str(job_type),
         "tags": list(dict.fromkeys(t for t in tags if t)),
     }
 
 
-def define_wandb_metrics(logger: WandbLogger) -> None:
-    """Plot ``val/*`` against the training clock ``time/train_hours`` (hours of training,
-    validation excluded) and the clock itself against the global step.
-
-    WandbLogger already maps every metric (``*``) to ``trainer/global_step``. wandb-core picks
-    among matching globs in no fixed order, so the known validation metrics are defined by name
-    (a named definition beats any glob); ``val/*`` catches the others.
-    """
-    run = logger.experiment
-    if not callable(getattr(run, "define_metric", None)):  # disabled W&B
-        return
-    run.define_metric(TRAIN_CLOCK, step_metric=GLOBAL_STEP)
-    for name in VAL_METRICS:
-        run.define_metric(name, step_metric=TRAIN_CLOCK, step_sync=True)
-    run.define_metric("val/*", step_metric=TRAIN_CLOCK, step_sync=True)
-
-
-class FlatWandbLogger(WandbLogger):
-    """:class:`~pytorch_lightning.loggers.WandbLogger` whose config keys are flat
-    (``kernel.alpha``, not ``kernel: {alpha: ...}``).
-
-    Lightning also logs the LightningModule's hyperparameters (``kernel`` is a dict there); flat,
-    they land on the same ``kernel.*`` keys as the run config instead of a nested ``kernel`` that
-    W&B would show under the same dotted names.
-    """
-
-    @rank_zero_only
-    def log_hyperparams(self, params: Any) -> None:
-        from lightning_fabric.utilities.logger import _convert_params
-
-        params = _convert_params(params)
-        if isinstance(params, (DictConfig, ListConfig)):
-            params = OmegaConf.to_container(params, resolve=True)
-        super().log_hyperparams(flatten_dict(params))
-
-
 def log_hyperparams(logger: Any, cfg: DictConfig, resolved: Mapping[str, Any] | None = None) -> None:
-    """Log the run config to one logger: W&B gets the flat keys of :func:`flatten_config` and its
-    metric axes (:func:`define_wandb_metrics`); other loggers the resolved config under ``config``."""
-    if isinstance(logger, WandbLogger):
-        logger.log_hyperparams(flatten_config(cfg))
+    """Log the run config to one logger: W&B gets the flat keys of
+    :func:`~ttfnet_lightning.training.wandb_logger.wandb_config` (each setting once) and its metric
+    axes and summaries (:func:`define_wandb_metrics`); other loggers the resolved config under ``config``."""
+    if isinstance(logger, FlatWandbLogger):
+        logger.log_config(cfg)
+        define_wandb_metrics(logger)
+    elif isinstance(logger, WandbLogger):
+        logger.log_hyperparams(wandb_config(cfg))
         define_wandb_metrics(logger)
     else:
         logger.log_hyperparams({"config": OmegaConf.to_container(cfg, resolve=True) if resolved is None else resolved})
@@ -275,10 +236,9 @@ def _resumable_csv_logger(out: Path) -> Any:
 def build_loggers(cfg: DictConfig, out: Path) -> list[Any]:
     """CSV always (``out/metrics.csv``), plus the tracker(s) of the ``logger`` group.
 
-    W&B gets the run identity of :func:`tracking.run_identity` (group, job_type, tags); values
-    set on the logger itself (``logger.wandb.group=...``) win, its tags are kept."""
-    from ttfnet_lightning.training.tracking import run_identity
-
+    W&B gets the run identity of :func:`run_identity` (name, group, job_type, tags); values set
+    on the logger itself (``logger.wandb.group=...``, a ``logger.wandb.name`` other than ``name``)
+    win, its tags are kept."""
     loggers: list[Any] = [_resumable_csv_logger(out)]
     for key, lg_cfg in (cfg.get("logger") or {}).items():
         target = str(lg_cfg.get("_target_", ""))
@@ -286,9 +246,11 @@ def build_loggers(cfg: DictConfig, out: Path) -> list[Any]:
             ident = run_identity(cfg)
             tags = [str(t) for t in (lg_cfg.get("tags") or [])]
             offline = wandb_offline(lg_cfg.get("offline"))
+            own_name = lg_cfg.get("name")
             kw = {
                 "offline": offline,
                 "save_dir": str(out),
+                "name": own_name if own_name is not None and own_name != cfg.get("name") else ident["name"],
                 "group": lg_cfg.get("group") or ident["group"],
                 "job_type": lg_cfg.get("job_type") or ident["job_type"],
                 "tags": list(dict.fromkeys(tags + ident["tags"])),

@@ -16,11 +16,20 @@ checking: a mismatch raises an error listing the missing and unexpected keys.
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Mapping
 
+import torch
 from torch import Tensor, nn
 from torchvision.models import ResNet18_Weights, ResNet34_Weights, resnet18, resnet34
 
-from ttfnet_lightning.core.models.base import FreezableBackbone, WeightsError, load_state_dict_strict
+from ttfnet_lightning.core.models.base import (
+    FreezableBackbone,
+    WeightsError,
+    load_checked,
+    load_state_dict_strict,
+    read_state_dict,
+)
 from ttfnet_lightning.core.models.dla import DLA34
 from ttfnet_lightning.core.models.timm_backbone import TimmBackbone, import_timm
 
@@ -36,6 +45,9 @@ __all__ = [
     "load_state_dict_strict",
     "WeightsError",
     "import_timm",
+    "is_released_darknet",
+    "released_darknet_key",
+    "from_released_darknet",
 ]
 
 
@@ -114,6 +126,52 @@ class _DarkResidual(nn.Module):
         return x + self.conv2(self.conv1(x))
 
 
+# the released DarknetV3 (ZJULearning/ttfnet mmdet/models/backbones/darknet.py) names each conv-BN-LeakyReLU
+# cell's parts ``conv`` and ``bn``; here they are positions 0 and 1 of an nn.Sequential
+_RELEASED_CELL = {"conv": "0", "bn": "1"}
+_RELEASED_STEM = re.compile(r"stem\.(conv|bn)\.(\w+)")
+_RELEASED_DOWN = re.compile(r"layer([1-5])\.0\.(conv|bn)\.(\w+)")
+_RELEASED_BLOCK = re.compile(r"layer([1-5])\.(\d+)\.body\.([01])\.(conv|bn)\.(\w+)")
+# its ImageNet classifier (``out_indices=None``: average pool + ``output`` Linear(1024, 1000)), not part of the trunk
+_RELEASED_CLASSIFIER = "output."
+
+
+def is_released_darknet(state: Mapping[str, Tensor]) -> bool:
+    """Whether ``state`` has the key layout of the released DarknetV3 (``stem.conv.*``, ``layerN.0.conv.*``,
+    ``layerN.M.body.K.conv.*``): the official ``darknet53.pth`` ImageNet file and the released TTFNet
+    checkpoints' ``backbone.*``."""
+    return any(_RELEASED_STEM.fullmatch(k) or _RELEASED_DOWN.fullmatch(k) for k in state)
+
+
+def released_darknet_key(key: str) -> str | None:
+    """:class:`DarkNet53`'s name for a key of the released DarknetV3, None for a key it does not name:
+    ``stem.{conv,bn}.P`` -> ``stem.{0,1}.P``; ``layerN.0.{conv,bn}.P`` (the stride-2 conv) ->
+    ``stages.{N-1}.0.{0,1}.P``; ``layerN.M.body.K.{conv,bn}.P`` (residual block M, its 1x1 (K=0) and 3x3
+    (K=1) cell) -> ``stages.{N-1}.M.conv{K+1}.{0,1}.P``."""
+    if m := _RELEASED_STEM.fullmatch(key):
+        return f"stem.{_RELEASED_CELL[m[1]]}.{m[2]}"
+    if m := _RELEASED_DOWN.fullmatch(key):
+        return f"stages.{int(m[1]) - 1}.0.{_RELEASED_CELL[m[2]]}.{m[3]}"
+    if (m := _RELEASED_BLOCK.fullmatch(key)) and int(m[2]) > 0:
+        return f"stages.{int(m[1]) - 1}.{m[2]}.conv{int(m[3]) + 1}.{_RELEASED_CELL[m[4]]}.{m[5]}"
+    return None
+
+
+def from_released_darknet(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """A released DarknetV3 state dict under :class:`DarkNet53`'s key names (:func:`released_darknet_key`;
+    shapes are equal). The ImageNet classifier ``output.*`` is dropped; a key it does not name is kept as it
+    is (a strict load then names it); a BN's ``num_batches_tracked`` the file lacks is 0 (files saved
+    before PyTorch 0.4.1 have none)."""
+    out: dict[str, Tensor] = {}
+    for key, value in state.items():
+        if key.startswith(_RELEASED_CLASSIFIER):
+            continue
+        out[released_darknet_key(key) or key] = value
+    for key in [k for k in out if k.endswith(".running_mean")]:
+        out.setdefault(key[: -len("running_mean")] + "num_batches_tracked", torch.tensor(0, dtype=torch.long))
+    return out
+
+
 class DarkNet53(FreezableBackbone):
     """DarkNet-53 (YOLOv3) trunk as in the released TTFNet.
 
@@ -124,7 +182,9 @@ class DarkNet53(FreezableBackbone):
 
     Args:
         weights: local state dict path, loaded strictly (the released code used strict=False and
-            missed key mismatches silently).
+            missed key mismatches silently): this module's key names, or the released DarknetV3's
+            (the official ``darknet53.pth`` ImageNet file: ``stem.conv``, ``layerN.M.body.K.conv``...,
+            detected by the key layout and renamed, :func:`from_released_darknet`).
         pretrained: not available (torchvision has no DarkNet weights); raises with a hint.
         frozen_stages: -1 none, 0 stem, 1 stem + stage 1 (default), up to 5.
     """
@@ -148,7 +208,7 @@ class DarkNet53(FreezableBackbone):
         self.out_channels = (128, 256, 512, 1024)
         self.frozen_stages = frozen_stages
         if weights:
-            load_state_dict_strict(self, weights)
+            self._load_weights(weights)
         elif pretrained:
             raise WeightsError(
                 "no downloadable ImageNet weights exist for DarkNet-53 here: pass "
@@ -156,6 +216,21 @@ class DarkNet53(FreezableBackbone):
                 "or set backbone.pretrained=false to train from scratch."
             )
         self._freeze()
+
+    def _load_weights(self, weights: str) -> None:
+        state = read_state_dict(weights)
+        if not is_released_darknet(state):
+            load_checked(self, state, source=weights)
+            return
+        try:
+            load_checked(self, from_released_darknet(state), source=weights)
+        except WeightsError as exc:
+            raise WeightsError(
+                f"{exc}\n  (the file has the released DarknetV3 key layout, renamed to this module's: stem.conv -> "
+                "stem.0, layerN.0.conv -> stages.{N-1}.0.0, layerN.M.body.K.conv -> stages.{N-1}.M.conv{K+1}.0; "
+                "its classifier output.* dropped)"
+            ) from exc
+        log.info("loaded the released DarkNet-53 layout from %s (renamed to DarkNet53's keys)", weights)
 
     def _stage_modules(self) -> list[nn.Module]:
         return [self.stem, *self.stages]
