@@ -21,6 +21,9 @@ DESCRIPTIONS = {
     "evaluate": "Evaluate a checkpoint",
     "predict": "Run a trained model on images or videos",
     "export": "Export a trained TTFNet for deployment",
+    "convert": "Convert a released TTFNet checkpoint",
+    "data.check": "Check a data set before training",
+    "data.prepare": "Write a COCO data set once",
     "analyze": "The share of ambiguous regression samples",
     "tables": "Build the paper's table",
     "speed": "Measure Table 4's FPS row again",
@@ -77,7 +80,13 @@ def test_train_help_lists_every_group_and_cfg_job_still_prints_the_config():
 
 
 @pytest.mark.parametrize(
-    ("command", "overrides"), [("evaluate", ["ckpt=x"]), ("predict", ["ckpt=x", "input=y"]), ("export", ["ckpt=x"])]
+    ("command", "overrides"),
+    [
+        ("evaluate", ["ckpt=x"]),
+        ("predict", ["ckpt=x", "input=y"]),
+        ("export", ["ckpt=x"]),
+        ("convert", ["input=x", "output=y"]),
+    ],
 )
 def test_settings_named_in_the_help_exist(command, overrides):
     """The hand-written lists of a command's settings and group options (conf/hydra/help/) are real."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -91,7 +92,7 @@ def test_resume_continues_at_the_same_step(trained, tmp_path):
     assert column(rows, "time/train_seconds")[0] > 0
 
 
-def test_evaluate_reports_ap_and_speed(trained, tmp_path):
+def test_evaluate_reports_ap_and_speed(trained, tmp_path, caplog):
     cfg = compose(
         "evaluate",
         [
@@ -103,7 +104,9 @@ def test_evaluate_reports_ap_and_speed(trained, tmp_path):
             f"output_dir={tmp_path}",
         ],
     )
-    metrics = evaluate(cfg)
+    with caplog.at_level(logging.INFO):
+        metrics = evaluate(cfg)
+    assert "GPU available" in caplog.text and "Tip:" not in caplog.text  # Lightning's logger tip left out
     for key in ("val/AP", "val/AP50", "model_only_images_per_s_batch1", "end_to_end_images_per_s"):
         assert key in metrics
     assert metrics["model_only_images_per_s_batch1"] > 0 and metrics["num_images"] == 8

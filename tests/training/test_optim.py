@@ -75,3 +75,21 @@ def test_build_optimizer_scales_warms_up_and_steps_down():
     expected = [base * f for f in (0.5, 0.625, 0.75, 0.875, 1.0, 1.0, 0.1, 0.1)]  # epoch 2 starts at step 6
     assert lrs == pytest.approx(expected)
     assert opt.param_groups[1]["lr"] == pytest.approx(2 * lrs[-1])  # biases: 2x
+
+
+def test_released_norm_groups_train_named_bn_biases_like_weights():
+    """schedule.norm_groups=released (mmdetection 1.x's builder): biases of the normalisation layers it
+    names bn/bnN keep the weights' LR and decay; every other bias still gets 2x LR and no decay."""
+    net = Tiny()
+    names = {"bn.weight", "bn.bias"}
+    weights, biases = param_groups(
+        net.named_parameters(), lr=0.01, weight_decay=4e-4, bias_lr_mult=2.0, bias_decay=0.0, norm_names=names
+    )
+    assert {id(p) for p in weights["params"]} == {id(net.conv.weight), id(net.bn.weight), id(net.bn.bias)}
+    assert {id(p) for p in biases["params"]} == {id(net.conv.bias)}
+    for norm_groups, bn_bias_group in (("released", 0), ("biases", 1)):
+        optim = checked(OptimConfig, {"norm_groups": norm_groups})
+        opt, _ = build_optimizer(net.named_parameters(), optim, total_batch=16, steps_per_epoch=3, norm_names=names)
+        assert any(p is net.bn.bias for p in opt.param_groups[bn_bias_group]["params"]), norm_groups
+    with pytest.raises(ValueError, match="schedule.norm_groups"):
+        build_optimizer(net.named_parameters(), {**optim, "norm_groups": "bn"}, total_batch=16, steps_per_epoch=3)

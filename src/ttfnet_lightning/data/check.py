@@ -384,6 +384,19 @@ def _other_split_errors(dm_cfg: Any, first: str) -> list[str]:
     return errors
 
 
+HELP = """Check a data set before training: every image and annotation of the training and validation
+splits read once, every problem listed with its file (missing, undecodable or truncated images, sizes
+that differ from the annotation, images shared by the splits, duplicate ids, file names that leave the
+image folder). Exit status 0: no fatal problem; 1: fatal problems; 2: the data set cannot be built.
+
+Examples:
+  python -m ttfnet_lightning.data.check data=voc data.datamodule.root=/data/VOCdevkit/VOC2007
+  python -m ttfnet_lightning.data.check data=coco data.datamodule.root=/data/coco data.datamodule.check_cache_dir=/tmp/c
+  ttfnet-check-data data=coco data.datamodule.root=/data/coco
+
+Takes train's overrides (data=..., data.datamodule.*). More: docs/data.md"""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m ttfnet_lightning.data.check [overrides...]``: build the data module of the
     composed train config (no pre-flight in setup), check it, print every problem; returns the
@@ -393,6 +406,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from hydra.utils import instantiate
 
     overrides = list(sys.argv[1:] if argv is None else argv)
+    if {"-h", "--help"} & set(overrides):
+        print(HELP)
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides)

@@ -220,6 +220,24 @@ def _bool(value: str) -> bool:
     raise ValueError(f"expected true or false, got {value!r}")
 
 
+USAGE = (
+    "usage: python -m ttfnet_lightning.data.prepare data=coco data.datamodule.root=/data/coco output=DIR "
+    "[chunk_bytes=64MB] [workers=8] [overwrite=false] [other overrides of train]"
+)
+HELP = f"""Write a COCO data set once in Lightning's streaming format (litdata chunks, with checksums) for
+data=coco_stream: the images after the data module's pre-flight check, each file stored as it is on
+disk. The output must be a new or empty folder, or one this command wrote (overwrite=true); it may not
+lie inside the source data. Needs the stream extra.
+
+Examples:
+  python -m ttfnet_lightning.data.prepare data=coco data.datamodule.root=/data/coco output=/data/coco-stream
+  python -m ttfnet_lightning.data.prepare data=coco data.datamodule.root=/data/coco output=/data/coco-stream workers=16
+  python -m ttfnet_lightning.train data=coco_stream data.datamodule.input_dir=/data/coco-stream
+
+{USAGE}
+More: docs/data.md"""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m ttfnet_lightning.data.prepare data=coco data.datamodule.root=... output=DIR``;
     returns the exit status (see the module docstring)."""
@@ -227,14 +245,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
-    own, overrides = _split_args(list(sys.argv[1:] if argv is None else argv))
+    args = list(sys.argv[1:] if argv is None else argv)
+    if {"-h", "--help"} & set(args):
+        print(HELP)
+        return 0
+    own, overrides = _split_args(args)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if not own["output"]:
-        print(
-            "usage: python -m ttfnet_lightning.data.prepare data=coco data.datamodule.root=/data/coco output=DIR "
-            "[chunk_bytes=64MB] [workers=8] [overwrite=false] [other overrides of train]",
-            file=sys.stderr,
-        )
+        print(USAGE, file=sys.stderr)
         return 2
     require_litdata()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):

@@ -64,6 +64,12 @@ class BackboneConfig:
     pretrained: bool = False  # ImageNet weights: torchvision (ResNets), the official file (DLA-34), timm's hub (timm)
     weights: Optional[str] = None  # a local state dict (.pth, or .safetensors), loaded strictly
     frozen_stages: int = 1  # -1: nothing frozen; 1: stem + stage 1 (paper)
+    # BN of the frozen stages: eval (statistics fixed) | train (statistics move: the released DarkNet-53)
+    frozen_bn: str = "eval"
+    init: str = "pytorch"  # DarkNet-53's conv init: pytorch | kaiming (the released code from scratch)
+    # biases of the backbone's BN layers: biases (2x LR, no decay, like every bias) | released (the
+    # weights' LR and decay: mmdetection 1.x's rule for layers named bn/bnN; -> schedule.norm_groups)
+    norm_groups: str = "biases"
     box_convs: Optional[int] = None  # convs of the box head; null = the paper's per-backbone value
     lr: float = 0.016  # the paper's LR for this backbone ...
     reference_batch: int = 128  # ... per this many images (8 GPUs x 16)
@@ -94,6 +100,8 @@ class NetConfig(NeckHeadConfig):
     pretrained: bool = False
     weights: Optional[str] = None
     frozen_stages: int = 1
+    frozen_bn: str = "eval"
+    backbone_init: str = "pytorch"
     box_convs: Optional[int] = None
 
     @classmethod
@@ -108,6 +116,8 @@ class NetConfig(NeckHeadConfig):
                 pretrained=backbone["pretrained"],
                 weights=backbone["weights"],
                 frozen_stages=backbone["frozen_stages"],
+                frozen_bn=backbone.get("frozen_bn", "eval"),
+                backbone_init=backbone.get("init", "pytorch"),
                 box_convs=backbone["box_convs"],
             ),
         )
@@ -176,6 +186,7 @@ class OptimConfig:
     weight_decay: float = 4.0e-4
     bias_lr_mult: float = 2.0
     bias_decay: float = 0.0
+    norm_groups: str = "biases"  # biases | released (training/optim.py; wired from backbone.norm_groups)
     warmup_steps: int = 500
     warmup_ratio: float = 0.2
     milestones: List[int] = field(default_factory=lambda: [9, 11])  # epochs: LR x gamma

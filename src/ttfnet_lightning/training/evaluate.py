@@ -34,6 +34,7 @@ from ttfnet_lightning.training.checkpoint_data import checkpoint_data_config
 from ttfnet_lightning.training.checkpoints import load_model
 from ttfnet_lightning.training.error_analysis import ANALYSIS_DIR, write_error_analysis
 from ttfnet_lightning.training.records import beside_run, output_dir
+from ttfnet_lightning.training.warnings_policy import library_messages_filtered
 
 log = logging.getLogger(__name__)
 
@@ -149,11 +150,16 @@ def _evaluate_once(
     model = _load(cfg, precision)
     if dm.label_to_cat_id is not None:
         model.hparams.data_info["label_to_cat_id"] = list(dm.label_to_cat_id)
-    trainer: pl.Trainer = instantiate(
-        cfg.trainer, default_root_dir=str(out), logger=False, callbacks=[CocoResultsWriter(json_name)], _convert_="all"
-    )
+    with library_messages_filtered():  # Lightning's hosted-logger tip, as in train()
+        trainer: pl.Trainer = instantiate(
+            cfg.trainer,
+            default_root_dir=str(out),
+            logger=False,
+            callbacks=[CocoResultsWriter(json_name)],
+            _convert_="all",
+        )
     t0 = time.perf_counter()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), library_messages_filtered():
         warnings.filterwarnings("ignore", message=r".*overridden `on_after_batch_transfer`.*")
         results = trainer.validate(model, datamodule=dm, verbose=False)[0]  # CocoResultsWriter: the detections JSON
     seconds = time.perf_counter() - t0

@@ -349,7 +349,10 @@ class TTFNetModule(pl.LightningModule):
     def configure_optimizers(self):
         optim = self.hparams.optim
         total, steps_per_epoch = self.total_batch_size(), self.steps_per_epoch()
-        opt, sched = build_optimizer(self.named_parameters(), optim, total_batch=total, steps_per_epoch=steps_per_epoch)
+        norm_names = {f"net.backbone.{name}" for name in self.net.backbone.released_norm_names()}
+        opt, sched = build_optimizer(
+            self.named_parameters(), optim, total_batch=total, steps_per_epoch=steps_per_epoch, norm_names=norm_names
+        )
         log.info(
             "SGD lr %.5g (base %.5g for batch %d, total batch %d), %d steps/epoch, milestones %s",
             opt.param_groups[0]["lr"],

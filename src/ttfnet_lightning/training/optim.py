@@ -1,7 +1,10 @@
 """The paper's optimiser and LR schedule, as plain functions (no Lightning):
 
 * SGD with two parameter groups: weights (``weight_decay``) and biases (``bias_lr_mult`` x LR,
-  ``bias_decay`` x weight decay; the released code: 2x LR, no decay);
+  ``bias_decay`` x weight decay; the released code: 2x LR, no decay). ``norm_groups``: ``biases``
+  puts every bias in the second group; ``released`` follows mmdetection 1.x's builder, where the
+  backbone's normalisation layers named ``bn``/``bnN`` keep the weights' LR and decay for their
+  biases too (:meth:`~ttfnet_lightning.core.models.base.FreezableBackbone.released_norm_names`);
 * linear LR scaling: ``lr`` is the LR for ``reference_batch`` images per step, scaled to the real
   total batch (per device x devices x gradient accumulation) when ``scale_lr``;
 * linear warm-up from ``warmup_ratio`` x LR over ``warmup_steps`` optimiser steps, then LR x
@@ -12,13 +15,15 @@ Settings: :class:`ttfnet_lightning.training.config.OptimConfig`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["lr_factor", "scaled_lr", "param_groups", "build_optimizer"]
+__all__ = ["lr_factor", "scaled_lr", "param_groups", "build_optimizer", "NORM_GROUPS"]
+
+NORM_GROUPS = ("biases", "released")
 
 
 def lr_factor(
@@ -54,13 +59,16 @@ def param_groups(
     weight_decay: float,
     bias_lr_mult: float,
     bias_decay: float,
+    norm_names: Collection[str] = (),
 ) -> list[dict[str, Any]]:
     """Two SGD groups of the trainable parameters, named for Lightning's ``LearningRateMonitor``
-    (``train/lr/weights``, ``train/lr/biases``): weights, then biases (names ending in ``.bias``)."""
+    (``train/lr/weights``, ``train/lr/biases``): weights, then biases (names ending in ``.bias``
+    and not in ``norm_names``, whose biases are trained like weights)."""
     decay, no_decay = [], []
+    norm_names = set(norm_names)
     for name, p in named_parameters:
         if p.requires_grad:
-            (no_decay if name.endswith(".bias") else decay).append(p)
+            (no_decay if name.endswith(".bias") and name not in norm_names else decay).append(p)
     return [
         {"params": decay, "lr": lr, "weight_decay": weight_decay, "name": "weights"},
         {"params": no_decay, "lr": lr * bias_lr_mult, "weight_decay": weight_decay * bias_decay, "name": "biases"},
@@ -73,8 +81,13 @@ def build_optimizer(
     *,
     total_batch: int,
     steps_per_epoch: int,
+    norm_names: Collection[str] = (),
 ) -> tuple[torch.optim.SGD, torch.optim.lr_scheduler.LambdaLR]:
-    """SGD and its per-step LR schedule from the settings ``optim`` (an :class:`OptimConfig` dict)."""
+    """SGD and its per-step LR schedule from the settings ``optim`` (an :class:`OptimConfig` dict);
+    ``norm_names``: the parameters ``optim["norm_groups"] == "released"`` trains like weights."""
+    norm_groups = optim.get("norm_groups", "biases")
+    if norm_groups not in NORM_GROUPS:
+        raise ValueError(f"schedule.norm_groups must be one of {NORM_GROUPS}, got {norm_groups!r}")
     lr = scaled_lr(
         optim["lr"], total_batch=total_batch, reference_batch=optim["reference_batch"], scale_lr=optim["scale_lr"]
     )
@@ -84,6 +97,7 @@ def build_optimizer(
         weight_decay=optim["weight_decay"],
         bias_lr_mult=optim["bias_lr_mult"],
         bias_decay=optim["bias_decay"],
+        norm_names=norm_names if norm_groups == "released" else (),
     )
     opt = torch.optim.SGD(groups, lr=lr, momentum=optim["momentum"])
     milestones, gamma = list(optim["milestones"]), float(optim["gamma"])

@@ -192,8 +192,15 @@ _CONTINUE_FREE_KEYS = (
 
 
 # settings added after runs were stored, with the value a run stored without them implicitly had
-# (runs before data/released_augment.py used torchvision's SSD transforms)
-_IMPLIED_WHEN_ABSENT = {"data.datamodule.augment_style": "torchvision"}
+# (runs before data/released_augment.py used torchvision's SSD transforms; before the released DarkNet-53
+# options, every backbone had eval-mode frozen BN, PyTorch's init and every bias in the bias group)
+_IMPLIED_WHEN_ABSENT = {
+    "data.datamodule.augment_style": "torchvision",
+    "backbone.frozen_bn": "eval",
+    "backbone.init": "pytorch",
+    "backbone.norm_groups": "biases",
+    "schedule.norm_groups": "biases",
+}
 # settings that only matter when another one is on: {key: the switch}
 _ONLY_WHEN = {"data.datamodule.augment_style": "data.datamodule.augment"}
 

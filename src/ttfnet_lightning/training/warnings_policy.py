@@ -1,7 +1,7 @@
 """The library messages a training run leaves out, each with why it is harmless here.
 
-:func:`library_messages_filtered` is entered by :func:`~ttfnet_lightning.training.run.train` for the
-duration of a run (never on import: importing the package changes no filter). It ignores the
+:func:`library_messages_filtered` is entered by :func:`~ttfnet_lightning.training.run.train` and by
+``evaluate`` for the duration of a run (never on import: importing the package changes no filter). It ignores the
 warnings of :data:`IGNORED_WARNINGS` and drops Lightning's info messages of
 :data:`DROPPED_LIGHTNING_INFO`; everything else still prints.
 
@@ -71,7 +71,8 @@ IGNORED_WARNINGS: tuple[tuple[str, type[Warning], str], ...] = (
 
 # Lightning's info messages (its rank-zero logger) left out: the start of the message, and why
 DROPPED_LIGHTNING_INFO: tuple[tuple[str, str], ...] = (
-    ("💡 Tip: For seamless cloud logging", "an advertisement for Lightning's hosted logger"),
+    # "... cloud logging" (LitLogger) and "... cloud uploads and versioning" (LitModelCheckpoint)
+    ("💡 Tip: For seamless cloud", "advertisements for Lightning's hosted logger and model registry"),
     ("Loading `train_dataloader` to estimate number of stepping batches", "internal detail of the LR schedule's setup"),
     ("Trainer already configured with model summary callbacks", "the run adds its own summary (progress.ParamSummary)"),
 )

@@ -187,15 +187,23 @@ class DarkNet53(FreezableBackbone):
             detected by the key layout and renamed, :func:`from_released_darknet`).
         pretrained: not available (torchvision has no DarkNet weights); raises with a hint.
         frozen_stages: -1 none, 0 stem, 1 stem + stage 1 (default), up to 5.
+        init: ``pytorch`` (PyTorch's default conv init) or ``kaiming`` (the released code from scratch:
+            mmcv's ``kaiming_init``, normal with fan-out for ReLU and zero bias; BN weight 1, bias 0); weights
+            loaded from a file replace it.
     """
 
     BLOCKS = (1, 2, 8, 8, 4)
     CHANNELS = (64, 128, 256, 512, 1024)
+    INITS = ("pytorch", "kaiming")
 
-    def __init__(self, *, pretrained: bool = False, weights: str | None = None, frozen_stages: int = 1) -> None:
+    def __init__(
+        self, *, pretrained: bool = False, weights: str | None = None, frozen_stages: int = 1, init: str = "pytorch"
+    ) -> None:
         super().__init__()
         if not -1 <= frozen_stages <= 5:
             raise ValueError(f"frozen_stages must be in [-1, 5], got {frozen_stages}")
+        if init not in self.INITS:
+            raise ValueError(f"backbone.init must be one of {self.INITS} for DarkNet-53, got {init!r}")
         self.stem = _conv_bn_leaky(3, 32, 3)
         stages = []
         cin = 32
@@ -207,6 +215,8 @@ class DarkNet53(FreezableBackbone):
         self.stages = nn.ModuleList(stages)
         self.out_channels = (128, 256, 512, 1024)
         self.frozen_stages = frozen_stages
+        if init == "kaiming":
+            self._kaiming_init()
         if weights:
             self._load_weights(weights)
         elif pretrained:
@@ -232,6 +242,26 @@ class DarkNet53(FreezableBackbone):
             ) from exc
         log.info("loaded the released DarkNet-53 layout from %s (renamed to DarkNet53's keys)", weights)
 
+    def _kaiming_init(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def released_norm_names(self) -> set[str]:
+        """Every BatchNorm parameter: the released DarknetV3 names each cell's BN ``bn``
+        (:data:`~ttfnet_lightning.core.models.base.RELEASED_NORM_NAME` matches all of them)."""
+        return {
+            f"{name}.{p}"
+            for name, m in self.named_modules()
+            if isinstance(m, nn.BatchNorm2d)
+            for p, _ in m.named_parameters()
+        }
+
     def _stage_modules(self) -> list[nn.Module]:
         return [self.stem, *self.stages]
 
@@ -249,18 +279,38 @@ BACKBONES = ("r18", "r34", "d53", "dla34", "timm")
 
 
 def build_backbone(
-    name: str, *, model: str | None = None, pretrained: bool = False, weights: str | None = None, frozen_stages: int = 1
+    name: str,
+    *,
+    model: str | None = None,
+    pretrained: bool = False,
+    weights: str | None = None,
+    frozen_stages: int = 1,
+    frozen_bn: str = "eval",
+    init: str = "pytorch",
 ) -> FreezableBackbone:
     """Backbone by name: ``"r18"``, ``"r34"``, ``"d53"``, ``"dla34"`` or ``"timm"`` (with ``model``,
-    a timm model name)."""
+    a timm model name). ``frozen_bn``: see :class:`FreezableBackbone`; ``init``: DarkNet-53 only
+    (:class:`DarkNet53`; the others keep their library's initialisation, torchvision's ResNets already
+    Kaiming fan-out)."""
     if model and name != "timm":
         raise ValueError(f"backbone.model={model!r} is only used with backbone=timm (the backbone is {name!r})")
+    if init != "pytorch" and name not in ("d53", "darknet53"):
+        raise ValueError(f"backbone.init={init!r} is DarkNet-53's option; backbone {name!r} takes only 'pytorch'")
+    backbone = _build(name, model=model, pretrained=pretrained, weights=weights, frozen_stages=frozen_stages, init=init)
+    if frozen_bn != "eval":
+        backbone.set_frozen_bn(frozen_bn)
+    return backbone
+
+
+def _build(
+    name: str, *, model: str | None, pretrained: bool, weights: str | None, frozen_stages: int, init: str
+) -> FreezableBackbone:
     if name in ("r18", "resnet18"):
         return ResNetBackbone(depth=18, pretrained=pretrained, weights=weights, frozen_stages=frozen_stages)
     if name in ("r34", "resnet34"):
         return ResNetBackbone(depth=34, pretrained=pretrained, weights=weights, frozen_stages=frozen_stages)
     if name in ("d53", "darknet53"):
-        return DarkNet53(pretrained=pretrained, weights=weights, frozen_stages=frozen_stages)
+        return DarkNet53(pretrained=pretrained, weights=weights, frozen_stages=frozen_stages, init=init)
     if name == "dla34":
         return DLA34(pretrained=pretrained, weights=weights, frozen_stages=frozen_stages)
     if name == "timm":

@@ -5,6 +5,7 @@ unexpected keys; an unreadable or unsafe file raises :class:`WeightsError` namin
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -13,7 +14,15 @@ from torch import Tensor, nn
 
 log = logging.getLogger(__name__)
 
-__all__ = ["WeightsError", "FreezableBackbone", "load_state_dict_strict", "load_checked", "read_state_dict"]
+__all__ = [
+    "WeightsError",
+    "FreezableBackbone",
+    "FROZEN_BN_MODES",
+    "RELEASED_NORM_NAME",
+    "load_state_dict_strict",
+    "load_checked",
+    "read_state_dict",
+]
 
 
 class WeightsError(RuntimeError):
@@ -95,22 +104,48 @@ def load_checked(
     log.info("loaded backbone weights from %s (%d tensors)", path, len(state))
 
 
+FROZEN_BN_MODES = ("eval", "train")
+# mmdetection 1.x's optimiser builder (the released code): parameters whose name this matches are
+# normalisation layers and keep the weights' LR and weight decay; other biases get bias_lr_mult/bias_decay
+RELEASED_NORM_NAME = re.compile(r"(bn|gn)(\d+)?.(weight|bias)")
+
+
 class FreezableBackbone(nn.Module):
-    """Common freezing logic: subclasses list their stages (stem first) in ``self.stages``."""
+    """Common freezing logic: subclasses list their stages (stem first) in ``self.stages``.
+
+    ``frozen_bn``: ``eval`` (default) keeps the frozen stages' BatchNorm in eval mode (statistics fixed);
+    ``train`` leaves it in the mode the caller asks for (the released DarkNet-53, ``norm_eval=False``:
+    the frozen stages' running statistics keep moving while their parameters stay fixed)."""
 
     out_channels: tuple[int, int, int, int]
     frozen_stages: int
+    frozen_bn: str = "eval"
 
     def _stage_modules(self) -> list[nn.Module]:
         raise NotImplementedError
 
     def _freeze(self) -> None:
         for stage in self._stage_modules()[: self.frozen_stages + 1]:
-            stage.eval()
+            if self.frozen_bn == "eval":
+                stage.eval()
             for p in stage.parameters():
                 p.requires_grad_(False)
 
+    def set_frozen_bn(self, mode: str) -> None:
+        """``eval`` or ``train`` (see the class docstring); raises ValueError naming the key otherwise."""
+        if mode not in FROZEN_BN_MODES:
+            raise ValueError(f"backbone.frozen_bn must be one of {FROZEN_BN_MODES}, got {mode!r}")
+        self.frozen_bn = mode
+        self.train(self.training)
+
+    def released_norm_names(self) -> set[str]:
+        """Names (relative to the backbone) of the parameters the released code's optimiser treats as
+        normalisation layers (:data:`RELEASED_NORM_NAME` on its parameter names). Here: the same test on
+        this module's names, which equal the released ones for torchvision's ResNets (``bn1``, ``bn2``;
+        not ``downsample.1``); backbones named otherwise override it."""
+        return {name for name, _ in self.named_parameters() if RELEASED_NORM_NAME.search(name)}
+
     def train(self, mode: bool = True) -> FreezableBackbone:
         super().train(mode)
-        self._freeze()  # frozen stages keep eval-mode BN whatever the caller asks
+        self._freeze()  # frozen stages keep eval-mode BN whatever the caller asks (frozen_bn="eval")
         return self

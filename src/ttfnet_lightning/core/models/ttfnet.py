@@ -27,6 +27,8 @@ class TTFNet(nn.Module):
             default for timm models).
         weights: local backbone state dict (strict keys).
         frozen_stages: backbone stages frozen (1 = stem + stage 1; -1 none).
+        frozen_bn: ``eval`` (frozen stages' BN statistics fixed) or ``train`` (the released DarkNet-53).
+        backbone_init: DarkNet-53's conv init, ``pytorch`` or ``kaiming`` (the released code from scratch).
         neck_channels: (256, 128, 64).
         shortcut_convs: shortcut convs for backbone stages 2, 3, 4 ((3, 2, 1); (0, 0, 0) = none).
         deformable: modulated deformable up-sampling convs (True) or plain convs.
@@ -55,6 +57,8 @@ class TTFNet(nn.Module):
         pretrained: bool = False,
         weights: str | None = None,
         frozen_stages: int = 1,
+        frozen_bn: str = "eval",
+        backbone_init: str = "pytorch",
         neck_channels: Sequence[int] = (256, 128, 64),
         shortcut_convs: Sequence[int] = (3, 2, 1),
         deformable: bool = True,
@@ -71,7 +75,13 @@ class TTFNet(nn.Module):
         self.num_classes = num_classes
         self.class_aware = class_aware
         self.backbone = build_backbone(
-            backbone, model=backbone_model, pretrained=pretrained, weights=weights, frozen_stages=frozen_stages
+            backbone,
+            model=backbone_model,
+            pretrained=pretrained,
+            weights=weights,
+            frozen_stages=frozen_stages,
+            frozen_bn=frozen_bn,
+            init=backbone_init,
         )
         self.neck = UpsampleNeck(
             in_channels=self.backbone.out_channels,
