@@ -555,3 +555,18 @@ def test_a_hard_killed_training_with_workers_leaves_no_stuck_lock(tmp_path):
     proc.wait()
     with run_lock(out) as lock:
         assert lock is not None
+
+
+def test_a_folder_whose_only_checkpoint_is_unreadable_starts_afresh(tmp_path, capsys):
+    """train() passes over an unreadable checkpoint and starts a fresh run; Lightning must not load
+    the file anyway (it did while the interruption callback was an OnExceptionCheckpoint, for which
+    ``fit(ckpt_path=None)`` means "the newest checkpoint of the folder")."""
+    out = tmp_path / "run"
+    bad = out / "checkpoints" / "last.ckpt"
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(b"not a checkpoint" * 64)
+    train(compose("train", [*ONE_EPOCH, f"output_dir={out}"]))
+    said = capsys.readouterr()
+    assert f"not resuming from {bad}" in said.err, said.err
+    assert json.loads((out / "results.json").read_text())["status"] == "finished"
+    assert torch.load(bad, map_location="cpu", weights_only=True)["global_step"] > 0  # a new last.ckpt

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import threading
 import time
@@ -17,7 +18,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback, OnExceptionCheckpoint
+from pytorch_lightning.callbacks import Callback, Checkpoint
 
 from ttfnet_lightning.core.atomic import atomic_write
 from ttfnet_lightning.core.decode import coco_results
@@ -203,16 +204,32 @@ class FiniteGuard(Callback):
         )
 
 
-class InterruptCheckpoint(OnExceptionCheckpoint):
+class InterruptCheckpoint(Checkpoint):
     """``checkpoints/interrupted.ckpt`` when training stops on an exception, Ctrl-C or SIGTERM, so
     that rerunning the command resumes it. Not written when nothing was trained in this session
     (a bad config value or unreadable data: a corrected rerun must start afresh, or resume from
     the checkpoint it was started from), nor for NaN/inf (such a model must not be resumed). A
-    failing write is logged and does not hide the original error."""
+    failing write is logged and does not hide the original error; the file is removed when a run
+    ends normally.
+
+    Lightning's ``OnExceptionCheckpoint`` does the same, but its presence makes ``fit(ckpt_path=None)``
+    mean "the newest checkpoint of the folder": ``train()`` chooses the checkpoint itself (passing over
+    unreadable ones), so None must mean a fresh start. Hence a plain ``Checkpoint`` with the same two
+    hooks (pytorch_lightning 2.6's ``on_exception`` and ``teardown``)."""
+
+    FILE_EXTENSION = ".ckpt"
 
     def __init__(self, dirpath: str, filename: str = "interrupted") -> None:
-        super().__init__(dirpath=dirpath, filename=filename)
+        super().__init__()
+        self.dirpath, self.filename = dirpath, filename
         self.trained_batches = 0
+
+    @property
+    def ckpt_path(self) -> str:
+        return os.path.join(self.dirpath, self.filename + self.FILE_EXTENSION)
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        trainer.strategy.remove_checkpoint(self.ckpt_path)
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -228,7 +245,7 @@ class InterruptCheckpoint(OnExceptionCheckpoint):
             return
         try:
             with _worker_deaths_ignored():
-                super().on_exception(trainer, pl_module, exception)
+                trainer.save_checkpoint(self.ckpt_path)
         except Exception as exc:  # the original exception is the one to report
             log.error("could not write the interruption checkpoint %s: %s", self.ckpt_path, exc)
         else:

@@ -347,7 +347,6 @@ def _fit(
         # DDP inside a Hydra sweep: the other ranks run this job, not the sweep's command line, and
         # the job's process group ends with it
         with warnings.catch_warnings(), patch_lightning_hydra_command(), ddp_run_scope():
-            warnings.filterwarnings("ignore", message=r".*ckpt_path=\"last\".*")  # we pass the checkpoint explicitly
             warnings.filterwarnings(
                 "ignore", message=r".*overridden `(on_after_batch_transfer|transfer_batch_to_device)`.*"
             )

@@ -6,8 +6,10 @@ warnings of :data:`IGNORED_WARNINGS` and drops Lightning's info messages of
 :data:`DROPPED_LIGHTNING_INFO`; everything else still prints.
 
 Fixed at their cause instead (docs/training.md, "Logs in batch jobs"): Lightning's "Total FLOPs: 0"
-(:class:`~ttfnet_lightning.training.progress.ParamSummary` leaves the column out) and "`weights_only`
-was not set" (``train`` passes it when it saves the final model).
+(:class:`~ttfnet_lightning.training.progress.ParamSummary` leaves the column out), "`weights_only`
+was not set" (``train`` passes it when it saves the final model) and "`.fit(ckpt_path=None)` was called
+without a model" (:class:`~ttfnet_lightning.training.callbacks.InterruptCheckpoint` is no longer an
+``OnExceptionCheckpoint``, whose presence made None mean "last").
 """
 
 from __future__ import annotations
@@ -30,17 +32,6 @@ IGNORED_WARNINGS: tuple[tuple[str, type[Warning], str], ...] = (
         # pytorch_lightning/utilities/_pytree.py (2.6) still uses torch's LeafSpec, which torch 2.10+
         # deprecates; nothing for us to change, and it works until torch removes it (then Lightning must)
         "Lightning's own use of a torch API torch deprecates",
-    ),
-    (
-        r"`\.fit\(ckpt_path=None\)` was called without a model",
-        UserWarning,
-        # InterruptCheckpoint is an OnExceptionCheckpoint, so Lightning reads ckpt_path=None as "last";
-        # train() chooses the checkpoint itself and passes it, so None means a fresh start: in a new
-        # folder "last" finds nothing to load (the follow-up "no last checkpoint" warning is ignored
-        # in run.py). Not harmless in a folder whose checkpoints train() found unreadable: Lightning
-        # then loads last.ckpt/interrupted.ckpt anyway and fails (reported separately; the warning
-        # would not have said so either)
-        "train() passes the checkpoint it resumes; None is a fresh start",
     ),
     (
         r"`ModelCheckpoint\(monitor='val/AP'\)` could not find the monitored key",
