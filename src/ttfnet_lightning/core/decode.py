@@ -144,8 +144,9 @@ def decode_detections(
     scores, idx = heat.reshape(B, -1).topk(k, dim=1)  # (B, K)
     labels = idx // (h * w)
     pix = idx % (h * w)
-    ys = (pix // w).to(wh.dtype) * stride
-    xs = (pix % w).to(wh.dtype) * stride
+    # float32 whatever wh's dtype: bf16 holds whole numbers exactly only up to 256 (maps over 1024 px wide)
+    ys = (pix // w).to(torch.float32) * stride
+    xs = (pix % w).to(torch.float32) * stride
 
     class_aware = wh.shape[1] != 4
     if class_aware:

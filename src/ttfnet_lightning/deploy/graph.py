@@ -118,7 +118,13 @@ class DetectionExport(nn.Module):
 
 def exportable_net(model: TTFNetModule) -> nn.Module:
     """A copy of the module's network in eval mode whose deformable convs use the native
-    implementation (grid_sample + matmul: ONNX GridSample; same parameters and results)."""
+    implementation (grid_sample + matmul: ONNX GridSample; same parameters and results).
+
+    Raises:
+        ValueError: a model of another method than TTFNet (``net.method``): the graph decodes TTFNet's boxes."""
+    method = model.hparams.net.get("method", "ttfnet")
+    if method != "ttfnet":
+        raise ValueError(f"export supports method=ttfnet; this checkpoint is {method}")
     net = copy.deepcopy(model.net).float().eval()
     for m in net.modules():
         if isinstance(m, ModulatedDeformConv2d):

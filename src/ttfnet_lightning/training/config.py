@@ -55,6 +55,9 @@ __all__ = [
 
 
 # ------------------------------------------------------------------------------------ network
+METHODS = ("ttfnet", "centernet")  # model.method: the network's head and training objective
+
+
 @dataclass
 class BackboneConfig:
     """Hydra group ``backbone`` (``conf/backbone/*.yaml``)."""
@@ -88,6 +91,13 @@ class NeckHeadConfig:
     box_channels: int = 64
     wh_scale: float = 16.0  # predicted distances = relu(x) * wh_scale
     prior_prob: float = 0.01  # initial heatmap probability (last heatmap bias -log((1 - p) / p))
+    # ttfnet | centernet: CenterNet's head, targets, loss and decoder on the same backbone and neck (paper
+    # Table 8; core/centernet.py); set with the group method=centernet (conf/method/), which also sets its head
+    method: str = "ttfnet"
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:  # core.models.ttfnet.METHODS (tested equal)
+            raise ValueError(f"model.method must be one of {METHODS}, got {self.method!r}")
 
 
 @dataclass
@@ -242,7 +252,7 @@ class CallbacksConfig:
 @dataclass
 class SpeedConfig:
     """Training speed switches that do not change the model (user keys ``speed.*``); with
-    ``trainer.precision=bf16-mixed`` (or ``16-mixed``, ``trainer=gpu``'s default) and
+    ``trainer.precision=bf16-mixed`` (or ``16-mixed``; ``trainer=gpu`` keeps the released fp32) and
     ``trainer.benchmark`` (cuDNN autotuning, on in ``trainer=gpu``) these are the GPU path."""
 
     channels_last: bool = False  # weights and input batches in channels_last memory format

@@ -20,12 +20,9 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from ttfnet_lightning.core.decode import decode_detections
 from ttfnet_lightning.core.inference import optimize_for_inference
-from ttfnet_lightning.core.losses import TTFNetLoss
 from ttfnet_lightning.core.metrics import TORCHMETRICS_KEYS, is_na
 from ttfnet_lightning.core.models import TTFNet
-from ttfnet_lightning.core.targets import encode_targets
 from ttfnet_lightning.training.config import (
     DataInfo,
     DecodeConfig,
@@ -37,6 +34,7 @@ from ttfnet_lightning.training.config import (
     module_groups,
 )
 from ttfnet_lightning.training.distributed import ImageMeanAveragePrecision as MeanAveragePrecision
+from ttfnet_lightning.training.methods import build_objective
 from ttfnet_lightning.training.optim import build_optimizer, lr_factor  # noqa: F401  (lr_factor: re-exported for compatibility)
 
 log = logging.getLogger(__name__)
@@ -139,11 +137,14 @@ class TTFNetModule(pl.LightningModule):
         H, W = self.input_size
         if H % 32 or W % 32:
             raise ValueError(f"input_size must be multiples of 32 (the backbone's stride), got {H}x{W}")
-        kernel = groups["kernel"]
-        self.class_aware = bool(kernel["class_aware"])
+        kernel, method = groups["kernel"], groups["net"]["method"]
+        self.class_aware = bool(kernel["class_aware"]) and method == "ttfnet"  # centernet ignores the kernel
         self.net = TTFNet(num_classes=self.num_classes, class_aware=self.class_aware, **groups["net"])
-        self.encoder_options = {k: v for k, v in kernel.items() if k != "name"}
-        self.loss_fn = TTFNetLoss(stride=TTFNet.stride, **groups["loss"])
+        # target encoder, loss and decoder of the method (training/methods.py)
+        self.objective = build_objective(
+            method, kernel=kernel, loss=groups["loss"], decode=groups["decode"], stride=TTFNet.stride
+        )
+        self.loss_fn = self.objective.loss
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255, persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255, persistent=False)
         self.val_map = build_map_metric()
@@ -179,16 +180,16 @@ class TTFNetModule(pl.LightningModule):
         """(B, 3, H, W) uint8 RGB -> float, ImageNet mean/std normalised."""
         return (images.float() - self.mean) / self.std
 
-    def encode(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
-        """Training targets for a batch on its device (heatmap, box_target, reg_weight)."""
+    def encode(self, batch: dict[str, Any]) -> tuple[Tensor, ...]:
+        """Training targets for a batch on its device: TTFNet's (heatmap, box_target, reg_weight) or
+        CenterNet's (heatmap, wh, offset, index, mask)."""
         H, W = batch["images"].shape[-2:]
-        return encode_targets(
+        return self.objective.encode(
             batch["boxes"],
             batch["labels"],
             num_classes=self.num_classes,
             output_size=(H // TTFNet.stride, W // TTFNet.stride),
             stride=TTFNet.stride,
-            **self.encoder_options,
         )
 
     def use_channels_last(self) -> TTFNetModule:
@@ -209,7 +210,8 @@ class TTFNetModule(pl.LightningModule):
 
     # ---------------------------------------------------------------------------------- steps
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        """(B, 3, H, W) normalised images -> heatmap logits (B, C, h, w), wh (B, 4 or 4C, h, w)."""
+        """(B, 3, H, W) normalised images -> heatmap logits (B, C, h, w), wh (B, 4 or 4C, h, w) (CenterNet:
+        size and offset, (B, 4, h, w))."""
         return self.net(images)
 
     def _losses(self, batch: dict[str, Any]) -> tuple[dict[str, Tensor], tuple[Tensor, Tensor]]:
@@ -229,15 +231,15 @@ class TTFNetModule(pl.LightningModule):
             )
         B = batch["images"].shape[0]
         self.log("train/loss", losses["loss"], prog_bar=True, batch_size=B)
-        self.log("train/loss_heatmap", losses["loss_heatmap"], batch_size=B)
-        self.log("train/loss_box", losses["loss_box"], batch_size=B)
+        for term in self.objective.terms:  # TTFNet: loss_heatmap, loss_box; CenterNet: ..., loss_wh, loss_offset
+            self.log(f"train/{term}", losses[term], batch_size=B)
         return losses["loss"]
 
     def decode(
         self, heatmap_logits: Tensor, wh: Tensor, meta: Sequence[dict[str, Any]] | None, input_size
     ) -> list[dict[str, Tensor]]:
         orig = [tuple(m["orig_size"]) for m in meta] if meta is not None else None
-        return decode_detections(
+        return self.objective.decode(
             heatmap_logits,
             wh,
             input_size=tuple(input_size),

@@ -115,6 +115,11 @@ def _grid(offset: Tensor, kh: int, kw: int, h: int, w: int) -> Tensor:
     return torch.stack(((2 * x + 1) / w - 1, (2 * y + 1) / h - 1), dim=-1).view(b, k * ho, wo, 2)
 
 
+def _sampling_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of sampling positions and samples: ``dtype``, at least float32 (see the callers)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 def _sample(input: Tensor, grid: Tensor) -> Tensor:
     return F.grid_sample(input, grid.to(input.dtype), mode="bilinear", padding_mode="zeros", align_corners=False)
 
@@ -130,7 +135,8 @@ def _deform_conv2d_autograd(
     cout, _, kh, kw = weight.shape
     k = kh * kw
     ho, wo = offset.shape[-2:]
-    cols = _sample(input, _grid(offset, kh, kw, h, w))
+    sdt = _sampling_dtype(input.dtype)  # positions and samples at least in float32, as in _DeformConv2dFunction
+    cols = _sample(input.to(sdt), _grid(offset.to(_sampling_dtype(offset.dtype)), kh, kw, h, w))
     cols = cols.view(b, cin, k, ho * wo)  # (B, Cin, K*Ho, Wo) -> taps next to channels, like weight
     if mask is not None:
         cols = cols * mask.reshape(b, 1, k, ho * wo).to(cols.dtype)
@@ -176,12 +182,14 @@ class _DeformConv2dFunction(torch.autograd.Function):
         cout, _, kh, kw = weight.shape
         k = kh * kw
         ho, wo = offset.shape[-2:]
-        # sampling positions, as grid_sample takes them (in the input's dtype): saved instead of offset
-        grid = _grid(offset, kh, kw, h, w).to(input.dtype).view(b, k, ho, wo, 2)
+        # sampling positions, as grid_sample takes them: saved instead of offset. At least float32, positions and
+        # samples alike (grid_sample takes one dtype): in bf16 a position of 32-64 px is off by up to 0.125 px
+        sdt = _sampling_dtype(input.dtype)
+        grid = _grid(offset.to(_sampling_dtype(offset.dtype)), kh, kw, h, w).to(sdt).view(b, k, ho, wo, 2)
         out = None
         for b0, b1, r0, r1 in _chunk_plan(input, k, ho, wo):
             nb, n = b1 - b0, (r1 - r0) * wo
-            cols = _sample(input[b0:b1], grid[b0:b1, :, r0:r1].reshape(nb, k * (r1 - r0), wo, 2))
+            cols = _sample(input[b0:b1].to(sdt), grid[b0:b1, :, r0:r1].reshape(nb, k * (r1 - r0), wo, 2))
             if mask is not None:
                 cols.view(nb, cin, k, n).mul_(mask[b0:b1, None, :, r0:r1].reshape(nb, 1, k, n).to(cols.dtype))
             w2 = weight.reshape(1, cout, cin * k).to(cols.dtype).expand(nb, -1, -1)

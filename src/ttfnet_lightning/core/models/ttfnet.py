@@ -7,13 +7,16 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from ttfnet_lightning.core.models.backbones import build_backbone
-from ttfnet_lightning.core.models.head import TTFHead
+from ttfnet_lightning.core.models.head import CenterNetHead, TTFHead
 from ttfnet_lightning.core.models.neck import UpsampleNeck
 
-__all__ = ["TTFNet"]
+__all__ = ["TTFNet", "METHODS"]
 
 # regression convs per backbone in the released configs (DLA-34: stacked_convs=(2, 1))
 _DEFAULT_BOX_CONVS = {"r18": 1, "r34": 2, "d53": 2, "dla34": 1}
+
+#: the heads (and training objectives) a network can have: TTFNet's, or CenterNet's (core/centernet.py)
+METHODS = ("ttfnet", "centernet")
 
 
 class TTFNet(nn.Module):
@@ -41,9 +44,15 @@ class TTFNet(nn.Module):
         wh_scale: s = 16.
         prior_prob: initial heatmap probability (0.01).
         stride: output stride (fixed at 4 by the architecture; exposed for the encoder/decoder).
+        method: ``"ttfnet"`` (the head above) or ``"centernet"``: CenterNet's head
+            (:class:`~ttfnet_lightning.core.models.head.CenterNetHead`) with the same head sizes
+            (``box_convs=None``: 1; ``conf/method/centernet.yaml`` sets CenterNet's one 64-channel conv per
+            branch); ``wh_scale``, ``prior_prob`` and ``class_aware`` are TTFNet's only.
     Shapes:
         images (B, 3, H, W), H and W multiples of 32 -> heatmap logits (B, C, H/4, W/4),
-        distances (B, 4, H/4, W/4) (l, t, r, b) in input pixels (or (B, 4C, H/4, W/4)).
+        distances (B, 4, H/4, W/4) (l, t, r, b) in input pixels (or (B, 4C, H/4, W/4)); for
+        ``method="centernet"`` the second output is (B, 4, H/4, W/4): size (w, h) and centre offset
+        (x, y) in output-map units (:mod:`ttfnet_lightning.core.centernet`).
     """
 
     stride = 4
@@ -70,9 +79,15 @@ class TTFNet(nn.Module):
         class_aware: bool = False,
         wh_scale: float = 16.0,
         prior_prob: float = 0.01,
+        method: str = "ttfnet",
     ) -> None:
         super().__init__()
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        if method == "centernet" and class_aware:
+            raise ValueError("method='centernet' has no class-aware regression (kernel.class_aware=true)")
         self.num_classes = num_classes
+        self.method = method
         self.class_aware = class_aware
         self.backbone = build_backbone(
             backbone,
@@ -90,19 +105,27 @@ class TTFNet(nn.Module):
             deformable=deformable,
             deform_impl=deform_impl,
         )
-        if box_convs is None:
-            box_convs = _DEFAULT_BOX_CONVS.get(backbone, 2)
-        self.head = TTFHead(
-            in_channels=self.neck.out_channels,
-            num_classes=num_classes,
-            heatmap_convs=heatmap_convs,
-            heatmap_channels=heatmap_channels,
-            box_convs=box_convs,
-            box_channels=box_channels,
-            class_aware=class_aware,
-            wh_scale=wh_scale,
-            prior_prob=prior_prob,
-        )
+        if method == "centernet":
+            self.head = CenterNetHead(
+                in_channels=self.neck.out_channels,
+                num_classes=num_classes,
+                heatmap_convs=heatmap_convs,
+                heatmap_channels=heatmap_channels,
+                box_convs=1 if box_convs is None else box_convs,
+                box_channels=box_channels,
+            )
+        else:
+            self.head = TTFHead(
+                in_channels=self.neck.out_channels,
+                num_classes=num_classes,
+                heatmap_convs=heatmap_convs,
+                heatmap_channels=heatmap_channels,
+                box_convs=_DEFAULT_BOX_CONVS.get(backbone, 2) if box_convs is None else box_convs,
+                box_channels=box_channels,
+                class_aware=class_aware,
+                wh_scale=wh_scale,
+                prior_prob=prior_prob,
+            )
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
         return self.head(self.neck(self.backbone(images)))
