@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export WANDB_MODE ?= offline
 
-.PHONY: help install lint test test-slow train bench clean tables table1 table2 table3 table4 table5 table6 cpu-pretrained
+.PHONY: help install lint test test-slow train bench clean tables table1 table2 table3 table4 table5 table6 cpu-pretrained modern race race-mini
 
 help:  ## list targets
 	@grep -E '^[a-z0-9 -]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-34s %s\n", $$1, $$2}'
@@ -51,6 +51,15 @@ table6: $(CPU_PRETRAINED)/r18.pth $(CPU_PRETRAINED)/r34.pth $(CPU_PRETRAINED)/d5
 	$(BIN)/python -m ttfnet_lightning.train experiment=$@ protocol=cpu
 
 tables: table1 table2 table3 table4 table5 table6  ## every CPU-scale paper table, table1 ... table6 (hours; resumable)
+
+modern: $(STAMP)  ## EMA, cosine, flat-cosine, multi-scale vs the paper's recipe, 3 seeds -> results/modern-cpu (~2 h; resumable)
+	$(BIN)/python -m ttfnet_lightning.train experiment=modern
+
+race: $(STAMP)  ## the race: TTFNet, CenterNet and torchvision's detectors, 12 training min each, 2 seeds -> results/race-cpu (~3 h; resumable)
+	$(BIN)/python -m ttfnet_lightning.train experiment=race  # then python -m ttfnet_lightning.race results/race-cpu by itself
+
+race-mini: $(STAMP)  ## the race in ~2 minutes (TTFNet vs CenterNet, 18 s each, tiny data) -> multirun/race_mini-cpu
+	$(BIN)/python -m ttfnet_lightning.train experiment=race_mini
 
 bench: $(STAMP)  ## run every benchmark (quiet machine!) -> benchmarks/report.md and report.json
 	$(BIN)/python benchmarks/report.py

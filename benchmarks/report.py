@@ -25,6 +25,7 @@ from _common import machine  # noqa: E402
 BENCHMARKS = [
     ("latency", ["bench_latency.py"], True),
     ("train_step", ["bench_train_step.py"], True),
+    ("train_speed", ["bench_train_speed.py", "--loaders"], True),  # issue 24.4: levers and the pipeline's step
     ("data", ["bench_data.py"], True),
     ("encoder", ["bench_encoder.py"], True),
     ("deterministic", ["bench_deterministic.py"], False),
@@ -35,6 +36,7 @@ BENCHMARKS = [
 QUICK = {
     "latency": ["--quick", "--repeats", "3"],
     "train_step": ["--only", "make-train", "--steps", "3", "--skip", "1"],
+    "train_speed": ["--rounds", "1", "--steps", "2"],
     "data": ["--limit", "20"],
     "encoder": ["--repeats", "2", "--batch", "2", "--size", "128"],
     "deterministic": ["--repeats", "1"],

@@ -160,7 +160,7 @@ def _figure(args: argparse.Namespace) -> Any:
         images,
         dets,
         class_names=model.class_names,
-        heatmaps=heat,
+        heatmaps=heat or None,  # none: torchvision's detectors
         targets=[{"boxes": s[1], "labels": s[2]} for s in samples],
         score_threshold=args.threshold,
     )

@@ -45,6 +45,31 @@ def test_shapes_deterministic_per_index():
     assert not torch.equal(a[0][0], a[1][0])
 
 
+def test_shapes_cache_returns_the_rendered_samples_and_keeps_to_its_budget(monkeypatch):
+    plain = ShapesDataset(num_images=6, image_size=(64, 64), seed=2)
+    cached = ShapesDataset(num_images=6, image_size=(64, 64), seed=2, cache_mb=2 * 64 * 64 * 3 / 2**20 + 0.001)
+    renders = []
+    original = ShapesDataset._render
+    monkeypatch.setattr(
+        ShapesDataset, "_render", lambda self, i: (renders.append(i) if self is cached else None) or original(self, i)
+    )
+    for _ in range(2):  # two epochs
+        for i in range(6):
+            (ia, ta), (ib, tb) = plain[i], cached[i]
+            assert (
+                torch.equal(ia, ib)
+                and torch.equal(ta["boxes"], tb["boxes"])
+                and torch.equal(ta["labels"], tb["labels"])
+            )
+            ib.zero_()  # a transform writing into its sample never changes the cache
+            tb["boxes"].zero_()
+            tb["gt_labels"].fill_(-1)
+    # the budget holds two images: samples 0 and 1 rendered once, the other four every epoch
+    assert sorted(renders) == [0, 1, 2, 2, 3, 3, 4, 4, 5, 5]
+    with pytest.raises(ValueError, match="cache_mb"):
+        ShapesDataset(num_images=1, cache_mb=-1)
+
+
 def test_shapes_samples_are_valid():
     ds = ShapesDataset(num_images=40, image_size=(96, 128), seed=0, min_objects=2, max_objects=6)
     counts, seen = [], set()

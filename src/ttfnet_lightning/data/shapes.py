@@ -290,6 +290,9 @@ class ShapesDataset(Dataset):
         classes: shape names (subset of :data:`SHAPE_KINDS`), label k = ``classes[k]``.
         transforms: callable ``(image, target) -> (image, target)`` (see ``build_transforms``).
         max_iou, max_occlusion: overlap limits (see :func:`render_shapes`).
+        cache_mb: keep rendered samples (before ``transforms``) in memory up to this many MiB of
+            images per process, so later epochs do not render again (a sample is the same every
+            epoch: it depends only on ``(seed, i)``); 0: render every time. 128 px: 48 KiB a sample.
     """
 
     def __init__(
@@ -306,6 +309,7 @@ class ShapesDataset(Dataset):
         transforms: Callable[..., Any] | None = None,
         max_iou: float = 0.3,
         max_occlusion: float = 0.3,
+        cache_mb: float = 0.0,
     ) -> None:
         self.num_images = int(num_images)
         self.image_size = as_size(image_size, name="image_size")
@@ -317,6 +321,11 @@ class ShapesDataset(Dataset):
         self.max_iou, self.max_occlusion = float(max_iou), float(max_occlusion)
         if self.num_images < 0:
             raise ValueError(f"num_images must be >= 0, got {num_images}")
+        if not cache_mb >= 0:
+            raise ValueError(f"cache_mb must be >= 0, got {cache_mb}")
+        self.cache_bytes = int(float(cache_mb) * 2**20)
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._cached_bytes = 0
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {seed}")
         if not 0 <= self.min_objects <= self.max_objects:
@@ -339,7 +348,19 @@ class ShapesDataset(Dataset):
         return self.num_images
 
     def render(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Untransformed sample ``index``: image (H, W, 3) uint8, boxes (M, 4), labels (M,)."""
+        """Untransformed sample ``index``: image (H, W, 3) uint8, boxes (M, 4), labels (M,); from the
+        cache when it holds it (``cache_mb``; the cached arrays are shared: ``__getitem__`` copies them)."""
+        hit = self._cache.get(index)
+        if hit is not None:
+            return hit
+        sample = self._render(index)
+        size = sum(a.nbytes for a in sample)
+        if self._cached_bytes + size <= self.cache_bytes:
+            self._cache[index] = sample
+            self._cached_bytes += size
+        return sample
+
+    def _render(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return render_shapes(
             np.random.default_rng((self.seed, index)),
             image_size=self.image_size,
@@ -356,9 +377,10 @@ class ShapesDataset(Dataset):
         index = check_index(index, self.num_images)
         img, boxes, labels = self.render(index)
         return detection_sample(
+            # copies (permute + contiguous; tensor()): a transform never writes into a cached sample
             tv_tensors.Image(torch.from_numpy(img).permute(2, 0, 1).contiguous()),
-            gt_boxes=torch.from_numpy(boxes),
-            gt_labels=torch.from_numpy(labels),
+            gt_boxes=torch.tensor(boxes),
+            gt_labels=torch.tensor(labels),
             gt_iscrowd=torch.zeros(len(labels), dtype=torch.int64),
             image_id=index,
             transforms=self.transforms,

@@ -26,6 +26,8 @@ class ShapesDataModule(DetectionDataModule):
         augment: SSD-style augmentations for training (see ``build_transforms``).
         augment_style: ``released`` (the released TTFNet code's) or ``torchvision``.
         classes: shape class names.
+        cache_mb: rendered samples kept in memory per process (:class:`ShapesDataset`), so that only the
+            first epoch renders; 0: none.
     """
 
     def __init__(
@@ -43,6 +45,7 @@ class ShapesDataModule(DetectionDataModule):
         augment: bool = False,
         augment_style: str = "released",
         classes: Sequence[str] = DEFAULT_SHAPE_CLASSES,
+        cache_mb: float = 0.0,
     ) -> None:
         super().__init__(
             input_size=input_size,
@@ -55,6 +58,7 @@ class ShapesDataModule(DetectionDataModule):
         self.seed, self.val_seed = int(seed), int(val_seed)
         self.min_objects, self.max_objects = int(min_objects), int(max_objects)
         self.classes = tuple(str(c) for c in classes)
+        self.cache_mb = float(cache_mb)
         # validates the shape options now, and fixes class names before setup
         probe = self._dataset(num_images=0, seed=self.seed, train=False)
         self.class_names = probe.class_names
@@ -88,6 +92,7 @@ class ShapesDataModule(DetectionDataModule):
             max_objects=self.max_objects,
             classes=self.classes,
             transforms=self.train_transforms() if train else self.val_transforms(),
+            cache_mb=self.cache_mb,
         )
 
     def setup(self, stage: str | None = None) -> None:

@@ -121,7 +121,14 @@ def exportable_net(model: TTFNetModule) -> nn.Module:
     implementation (grid_sample + matmul: ONNX GridSample; same parameters and results).
 
     Raises:
-        ValueError: a model of another method than TTFNet (``net.method``): the graph decodes TTFNet's boxes."""
+        ValueError: a model of another method than TTFNet (``net.method``; torchvision's detectors, whose
+            ``peer.name`` is their method): the graph decodes TTFNet's boxes."""
+    peer = model.hparams.get("peer")
+    if peer:
+        raise ValueError(
+            f"export supports method=ttfnet; this checkpoint is {peer['name']} (torchvision's detector): export "
+            "its network, load_model(ckpt).net.detector, with torchvision's own tools"
+        )
     method = model.hparams.net.get("method", "ttfnet")
     if method != "ttfnet":
         raise ValueError(f"export supports method=ttfnet; this checkpoint is {method}")

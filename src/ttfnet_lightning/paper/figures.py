@@ -24,7 +24,7 @@ def run_model(model: Any, images: Sequence[Tensor]) -> tuple[list[dict[str, Tens
     """Detections and predicted heatmaps of a :class:`~ttfnet_lightning.training.lit_module.TTFNetModule`
     for images of any size: each (3, H, W) uint8 image is resized to the model's input size (as
     ``predict`` does), boxes come back in its own pixels, heatmaps (h, w) are the sigmoid, max
-    over classes, at the output map's resolution."""
+    over classes, at the output map's resolution (none for a module without heatmap: ``has_heatmap`` false)."""
     from torchvision.transforms.v2 import functional as TF
 
     if not images:
@@ -35,8 +35,9 @@ def run_model(model: Any, images: Sequence[Tensor]) -> tuple[list[dict[str, Tens
     meta = [{"orig_size": tuple(im.shape[-2:])} for im in images]
     hm, wh = model(model.normalize(batch))
     dets = model.decode(hm, wh, meta, tuple(size))
-    heat = hm.float().sigmoid().amax(1).cpu()
-    return [{k: v.cpu() for k, v in d.items()} for d in dets], list(heat)
+    # torchvision's detectors (PeerDetectorModule) have no heatmap: none
+    heat = list(hm.float().sigmoid().amax(1).cpu()) if getattr(model, "has_heatmap", True) else []
+    return [{k: v.cpu() for k, v in d.items()} for d in dets], heat
 
 
 # ------------------------------------------------------------------------------------ targets

@@ -34,6 +34,7 @@ from omegaconf import DictConfig
 from ttfnet_lightning.paper.analyze import ambiguity_ratio
 from ttfnet_lightning.paper.figures import save_figure
 from ttfnet_lightning.paper.layouts import BUILDERS, Table
+from ttfnet_lightning.paper.modern import modern_table
 from ttfnet_lightning.paper.plots import table_figure
 from ttfnet_lightning.paper.sweeps import COLLAPSE_RATIO, Job, expand_sweep
 from ttfnet_lightning.paper.values import paper_values
@@ -54,9 +55,10 @@ def build_table(sweep_dir: str | Path, *, ratio: bool = True) -> tuple[Table, li
         raise ValueError(f"{sweep_dir}: the sweep has no jobs")
     table_cfg = jobs[0].cfg.get("table")
     name = None if table_cfg is None else table_cfg.get("name")
-    if name not in BUILDERS:
+    builders = {**BUILDERS, "modern": modern_table}  # and the modern training options' sweep (paper/modern.py)
+    if name not in builders:
         raise ValueError(
-            f"{sweep_dir} is not a paper-table sweep (table.name = {name!r}; expected one of {sorted(BUILDERS)})"
+            f"{sweep_dir} is not a paper-table sweep (table.name = {name!r}; expected one of {sorted(builders)})"
         )
     ratio_fn = None
     if ratio:
@@ -65,7 +67,7 @@ def build_table(sweep_dir: str | Path, *, ratio: bool = True) -> tuple[Table, li
         def ratio_fn(cfg: DictConfig) -> float:
             return ambiguity_ratio(cfg, cache_dir=cache)
 
-    table = BUILDERS[name](jobs, paper_values(), ratio_fn=ratio_fn)
+    table = builders[name](jobs, paper_values(), ratio_fn=ratio_fn)
     protocol = jobs[0].cfg.table.get("protocol")
     if protocol == "cpu":
         table.seed_spread = CPU_SEED_SPREAD

@@ -17,7 +17,9 @@ import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from ttfnet_lightning.core.atomic import atomic_write
+from ttfnet_lightning.training.detector_module import DetectorModule
 from ttfnet_lightning.training.lit_module import GROUPS, TTFNetModule, _grouped
+from ttfnet_lightning.training.peer_module import PeerDetectorModule, is_peer_hparams, peer_hparams
 
 __all__ = [
     "load_model",
@@ -144,10 +146,13 @@ def _what_else(path: Path, obj: Any) -> str | None:
 
 
 def module_hparams(hparams: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """A checkpoint's ``hyper_parameters`` as the module's checked argument groups (grouped ones and
-    the flat ones of older releases). Raises TypeError/ValueError when they are not TTFNetModule's."""
+    """A checkpoint's ``hyper_parameters`` as the module's checked argument groups: TTFNetModule's (grouped
+    ones and the flat ones of older releases) or, when they have a ``peer`` group, PeerDetectorModule's.
+    Raises TypeError/ValueError when they are neither."""
     if not isinstance(hparams, Mapping) or not hparams:
         raise ValueError("no hyper-parameters")
+    if is_peer_hparams(hparams):
+        return peer_hparams(hparams)
     return _grouped({g: hparams.get(g) for g in GROUPS}, {k: v for k, v in hparams.items() if k not in GROUPS})
 
 
@@ -197,31 +202,42 @@ def checkpoint_problem(path: str | Path) -> str | None:
     return None
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> TTFNetModule:
-    """``TTFNetModule`` from a Lightning checkpoint, in eval mode, with a clear error for a bad path
-    or file (missing, empty, truncated, not a checkpoint, not of this project; see
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> DetectorModule:
+    """The trained module of a Lightning checkpoint, in eval mode: ``TTFNetModule``, or ``PeerDetectorModule``
+    when the checkpoint's hyper-parameters have a ``peer`` group (torchvision's detectors); with a clear
+    error for a bad path or file (missing, empty, truncated, not a checkpoint, not of this project; see
     :func:`read_checkpoint`). Loaded with ``weights_only=True``.
 
     No Hydra needed: the checkpoint holds plain hyper-parameters and the module builds its
     network from them (pretrained downloads are switched off: the weights are in the checkpoint).
     """
     path = Path(path)
-    read_checkpoint(path)
+    hparams = read_checkpoint(path).get("hyper_parameters") or {}
+    peer = is_peer_hparams(hparams)
+    cls = PeerDetectorModule if peer else TTFNetModule
+    # no download of ImageNet weights (nor a backbone file) for a network whose weights the checkpoint holds
+    overrides = {"backbone_weights": False} if peer else {"pretrained": False, "weights": None}
     try:
-        model = TTFNetModule.load_from_checkpoint(
-            str(path), map_location="cpu", weights_only=True, pretrained=False, weights=None
-        )
+        model = cls.load_from_checkpoint(str(path), map_location="cpu", weights_only=True, **overrides)
     except Exception as exc:
         raise CheckpointError(
-            f"checkpoint {path} does not build a ttfnet-lightning TTFNetModule: {type(exc).__name__}: "
+            f"checkpoint {path} does not build a ttfnet-lightning {cls.__name__}: {type(exc).__name__}: "
             f"{_first_line(exc)}"
         ) from exc
     return model.to(device).eval()
 
 
-def export_backbone_weights(model: TTFNetModule, path: str | Path) -> Path:
+def export_backbone_weights(model: DetectorModule, path: str | Path) -> Path:
     """Write the network's backbone as a state dict loadable with ``backbone.weights=PATH``
-    (torchvision key names for ResNets, the module's own names for DarkNet-53), atomically."""
+    (torchvision key names for ResNets, the module's own names for DarkNet-53), atomically.
+
+    Raises:
+        ValueError: ``model`` is torchvision's detector (a peer), whose backbone is not a TTFNet backbone."""
+    if isinstance(model, PeerDetectorModule):
+        raise ValueError(
+            f"export_backbone: model.method={model.hparams.peer['name']} is torchvision's detector; only TTFNet's "
+            "and CenterNet's backbones are written as backbone.weights files"
+        )
     backbone = model.net.backbone
     module = getattr(backbone, "net", backbone)  # ResNetBackbone wraps a torchvision ResNet
     state = {k: v.detach().cpu() for k, v in module.state_dict().items() if not k.startswith("fc.")}

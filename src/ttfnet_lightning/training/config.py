@@ -13,6 +13,13 @@ The same dataclasses serve three purposes:
   Hydra); ``TTFNet(**net)`` builds the network.
 * **Documentation** of every setting, below.
 
+**torchvision's detectors** (``model.method`` one of :data:`PEERS`, chosen with the group ``method=fcos``
+etc.: ``conf/method/*.yaml``) are trained by :class:`~ttfnet_lightning.training.peer_module.PeerDetectorModule`
+from the groups ``peer`` (:class:`PeerNetConfig`: the detector's name from ``model.method`` and the user node
+``peer``, :class:`PeerConfig`), ``optim`` (the ``schedule``, as TTFNet's), ``decode`` (``model.topk`` and
+``model.score_threshold``) and ``data_info`` (:func:`peer_groups`). Of the other nodes they use the data, the
+schedule, the trainer and the callbacks; ``backbone``, ``kernel`` and the TTFNet settings of ``model`` are unused.
+
 Adding a network setting: a field in :class:`NeckHeadConfig` (user key ``model.<name>``, stored in
 the checkpoint's ``net`` group) and its use in :class:`~ttfnet_lightning.core.models.TTFNet`. A kernel
 setting: a field in :class:`KernelConfig` and its use in :func:`~ttfnet_lightning.core.targets.encode_targets`.
@@ -32,6 +39,7 @@ from typing import Any, Dict, List, Optional  # noqa: UP035  (OmegaConf needs ty
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
+from ttfnet_lightning.training.precision import auto_precision
 from ttfnet_lightning.training.records import beside_run, job_dirname, sqlite_url
 
 __all__ = [
@@ -47,8 +55,17 @@ __all__ = [
     "ProgressConfig",
     "CallbacksConfig",
     "SpeedConfig",
+    "EmaConfig",
+    "MultiScaleConfig",
+    "BudgetConfig",
+    "LR_POLICIES",
     "DataInfo",
+    "PeerConfig",
+    "PeerNetConfig",
     "TrainConfig",
+    "METHODS",
+    "PEERS",
+    "peer_groups",
     "checked",
     "register_configs",
 ]
@@ -56,6 +73,10 @@ __all__ = [
 
 # ------------------------------------------------------------------------------------ network
 METHODS = ("ttfnet", "centernet")  # model.method: the network's head and training objective
+# model.method: torchvision's detectors trained beside TTFNet (training/peer_module.py; core.models.peers.PEERS,
+# tested equal)
+PEERS = ("fcos", "retinanet", "ssdlite", "faster_rcnn")
+LR_POLICIES = ("step", "cosine", "flat_cosine")  # schedule.lr_policy (training.optim.LR_POLICIES, tested equal)
 
 
 @dataclass
@@ -96,8 +117,13 @@ class NeckHeadConfig:
     method: str = "ttfnet"
 
     def __post_init__(self) -> None:
+        if self.method in PEERS:
+            raise ValueError(
+                f"model.method={self.method} is torchvision's detector: PeerDetectorModule "
+                "(ttfnet_lightning.training.peer_module) trains it, not TTFNetModule"
+            )
         if self.method not in METHODS:  # core.models.ttfnet.METHODS (tested equal)
-            raise ValueError(f"model.method must be one of {METHODS}, got {self.method!r}")
+            raise ValueError(f"model.method must be one of {METHODS + PEERS}, got {self.method!r}")
 
 
 @dataclass
@@ -131,6 +157,30 @@ class NetConfig(NeckHeadConfig):
                 box_convs=backbone["box_convs"],
             ),
         )
+
+
+@dataclass
+class PeerConfig:
+    """The user node ``peer``: settings of the torchvision detectors (``method=fcos|retinanet|ssdlite|faster_rcnn``;
+    :func:`~ttfnet_lightning.core.models.peers.build_peer`); unused by TTFNet and CenterNet."""
+
+    # torchvision's ImageNet weights for the backbone (ResNet-18, MobileNetV3-Large; torchvision downloads them
+    # unless they are in its cache) with frozen BN; false: from scratch with plain BN, every layer trained
+    pretrained_backbone: bool = False
+    # backbone stages trained (ResNet 0-5, MobileNet 0-6); null: all from scratch, torchvision's default
+    # (ResNet 3, MobileNet 6) with pretrained_backbone
+    trainable_layers: Optional[int] = None
+
+
+@dataclass
+class PeerNetConfig(PeerConfig):
+    """The peer module's group ``peer``: the detector (``model.method``) and its :class:`PeerConfig`."""
+
+    name: str = "fcos"
+
+    def __post_init__(self) -> None:
+        if self.name not in PEERS:
+            raise ValueError(f"peer detector (model.method) must be one of {PEERS}, got {self.name!r}")
 
 
 # ----------------------------------------------------------------------- targets, loss, decoder
@@ -201,6 +251,19 @@ class OptimConfig:
     warmup_ratio: float = 0.2
     milestones: List[int] = field(default_factory=lambda: [9, 11])  # epochs: LR x gamma
     gamma: float = 0.1
+    # after the warm-up: step (the paper's: x gamma at the milestones) | cosine (LR to min_lr_ratio x LR over the
+    # run's optimiser steps) | flat_cosine (the full LR for flat_fraction of the steps, then that cosine)
+    lr_policy: str = "step"
+    min_lr_ratio: float = 0.01  # cosine policies: the last LR / LR (the step policy ends at gamma^2 = 0.01)
+    flat_fraction: float = 0.5  # flat_cosine: the fraction of the run's optimiser steps at the full LR
+
+    def __post_init__(self) -> None:
+        if self.lr_policy not in LR_POLICIES:
+            raise ValueError(f"schedule.lr_policy must be one of {LR_POLICIES}, got {self.lr_policy!r}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"schedule.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if not 0.0 <= self.flat_fraction < 1.0:
+            raise ValueError(f"schedule.flat_fraction must be in [0, 1), got {self.flat_fraction}")
 
 
 @dataclass
@@ -250,6 +313,61 @@ class CallbacksConfig:
 
 
 @dataclass
+class EmaConfig:
+    """Hydra group ``ema`` (``conf/ema/*.yaml``): an exponential moving average of the weights, validated and
+    saved instead of the training weights (:class:`~ttfnet_lightning.training.ema.EMA`); off by default (the paper)."""
+
+    enabled: bool = False
+    decay: float = 0.9998  # average <- decay_t x average + (1 - decay_t) x weights after each update
+    # decay_t = decay x (1 - exp(-t / ramp_steps)), t the optimiser steps since start_step (YOLOX's EMA): a young
+    # average follows the weights; 0: the fixed decay from the first update on
+    ramp_steps: int = 2000
+    start_step: int = 0  # before this optimiser step the average is a copy of the weights
+    every_n_steps: int = 1  # update after every N-th optimiser step
+
+
+@dataclass
+class MultiScaleConfig:
+    """Hydra group ``multiscale`` (``conf/multiscale/*.yaml``; module group ``multiscale``): each training batch
+    resized on the device to the input size x one of ``scales`` (rounded to multiples of 32), boxes with it, before
+    its targets are encoded (:mod:`ttfnet_lightning.training.multiscale`); validation at the input size."""
+
+    scales: List[float] = field(default_factory=list)  # e.g. [0.75, 1.0, 1.25]; [] = off (the paper)
+    every_n_steps: int = 1  # a new size every N optimiser steps
+    seed: Optional[int] = None  # of the size sequence; null: the run's seed
+
+
+@dataclass
+class BudgetConfig:
+    """A budget of training time instead of a number of epochs (user keys ``budget.*``; the race of detectors,
+    ``experiment=race``): :mod:`ttfnet_lightning.training.time_budget`. Off by default (null)."""
+
+    # training stops after the first step at which the training time (validation excluded, the time/train_seconds
+    # of TimeToAccuracy, kept over resumes) reaches this; the final model is validated. trainer.max_epochs
+    # (schedule.max_epochs) still caps the run: set it high enough that the budget ends it
+    train_minutes: Optional[float] = None
+    # a validation every this many minutes of wall time since the last one (Lightning's time-based
+    # trainer.val_check_interval, with check_val_every_n_epoch=1); null: the trainer's own interval
+    val_every_minutes: Optional[float] = None
+    # with train_minutes: the LR from the fraction of the budget used, whatever the detector's speed (warm-up over
+    # warmup_fraction from schedule.warmup_ratio, then schedule.lr_policy: step = x schedule.gamma at each of
+    # milestones, or cosine / flat_cosine over the budget); false: the schedule's step-based LR (epochs, steps)
+    lr_by_time: bool = True
+    warmup_fraction: float = 0.05  # the budget's first fraction spent warming up (replaces schedule.warmup_steps)
+    milestones: List[float] = field(default_factory=lambda: [9 / 12, 11 / 12])  # fractions (fast: epochs 9, 11 of 12)
+
+    def __post_init__(self) -> None:
+        for key in ("train_minutes", "val_every_minutes"):
+            value = getattr(self, key)
+            if value is not None and not value > 0:
+                raise ValueError(f"budget.{key} must be positive (or null), got {value}")
+        if not 0.0 <= self.warmup_fraction < 1.0:
+            raise ValueError(f"budget.warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+        if any(not 0.0 < m <= 1.0 for m in self.milestones) or list(self.milestones) != sorted(self.milestones):
+            raise ValueError(f"budget.milestones must be increasing fractions in (0, 1], got {list(self.milestones)}")
+
+
+@dataclass
 class SpeedConfig:
     """Training speed switches that do not change the model (user keys ``speed.*``); with
     ``trainer.precision=bf16-mixed`` (or ``16-mixed``; ``trainer=gpu`` keeps the released fp32) and
@@ -286,25 +404,57 @@ class TrainConfig:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     kernel: KernelConfig = field(default_factory=KernelConfig)
+    peer: PeerConfig = field(default_factory=PeerConfig)  # torchvision's detectors (model.method in PEERS)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     data: Dict[str, Any] = field(default_factory=dict)
     trainer: Dict[str, Any] = field(default_factory=dict)
     logger: Optional[Dict[str, Any]] = field(default_factory=dict)
     callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
     speed: SpeedConfig = field(default_factory=SpeedConfig)
+    ema: EmaConfig = field(default_factory=EmaConfig)  # group ema=none|ema|short
+    multiscale: MultiScaleConfig = field(default_factory=MultiScaleConfig)  # group multiscale=none|standard
+    budget: BudgetConfig = field(default_factory=BudgetConfig)  # training-time budget (experiment=race)
 
 
 def module_groups(cfg: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """The composed training config (resolved, as plain containers) -> the module's argument groups
-    ``net``, ``kernel``, ``loss``, ``optim``, ``decode``: the user-facing groups ``backbone`` and
+    ``net``, ``kernel``, ``loss``, ``optim``, ``decode``, ``multiscale``: the user-facing groups ``backbone`` and
     ``model`` feed ``net``; ``model`` also holds the loss and decoder settings, ``schedule`` the
-    optimiser's (the schedule's other keys, e.g. ``max_epochs``, go to the Trainer)."""
+    optimiser's (the schedule's other keys, e.g. ``max_epochs``, go to the Trainer); ``multiscale`` is the user
+    node, its seed the run's when null and multi-scale training is on."""
     model, schedule = cfg["model"], cfg["schedule"]
     own = lambda cls, values: {f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values}  # noqa: E731
     return {
         "net": NetConfig.from_config(cfg["backbone"], model),
         "kernel": dict(cfg["kernel"]),
         "loss": own(LossConfig, model),
+        "optim": own(OptimConfig, schedule),
+        "decode": own(DecodeConfig, model),
+        "multiscale": _multiscale_group(cfg),
+    }
+
+
+def _multiscale_group(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    node = dict(cfg.get("multiscale") or {})
+    if node.get("scales") and node.get("seed") is None:
+        node["seed"] = int(cfg.get("seed") or 0)
+    return node
+
+
+def peer_groups(cfg: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The composed training config (resolved, as plain containers) of a torchvision detector
+    (``model.method`` in :data:`PEERS`) -> the peer module's argument groups ``peer`` (``model.method`` and the
+    ``peer`` node), ``optim`` (the ``schedule``'s optimiser settings, as :func:`module_groups`) and ``decode``
+    (``model.topk``, ``model.score_threshold``, ``model.box_convention``)."""
+    model, schedule = cfg["model"], cfg["schedule"]
+    own = lambda cls, values: {f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values}  # noqa: E731
+    if (cfg.get("multiscale") or {}).get("scales"):
+        raise ValueError(
+            f"multiscale.scales is set, but model.method={model['method']} (torchvision's detector) resizes its "
+            "images inside its own transform: multi-scale training is TTFNet's and CenterNet's (multiscale=none)"
+        )
+    return {
+        "peer": checked(PeerNetConfig, {**own(PeerConfig, cfg.get("peer") or {}), "name": model["method"]}),
         "optim": own(OptimConfig, schedule),
         "decode": own(DecodeConfig, model),
     }
@@ -334,6 +484,9 @@ def register_configs() -> None:
     # `${ttf_sqlite:${hydra.sweep.dir}/optuna.db}`: the Optuna study's storage (hparams_search=beta_lr)
     if not OmegaConf.has_resolver("ttf_sqlite"):
         OmegaConf.register_new_resolver("ttf_sqlite", sqlite_url)
+    # `trainer.precision: ${ttf_auto_precision:}` (trainer=auto/cpu): bf16-mixed on a CPU with native bf16
+    if not OmegaConf.has_resolver("ttf_auto_precision"):
+        OmegaConf.register_new_resolver("ttf_auto_precision", auto_precision)
     # `hydra.run.dir: ${ttf_beside_run:${ckpt},evaluate}/...`: evaluate writes beside the checkpoint's run
     if not OmegaConf.has_resolver("ttf_beside_run"):
         OmegaConf.register_new_resolver("ttf_beside_run", beside_run)

@@ -154,6 +154,9 @@ def _evaluate_once(
         trainer: pl.Trainer = instantiate(
             cfg.trainer,
             default_root_dir=str(out),
+            # the inference path applies ``precision`` itself; the training default (bf16-mixed on a CPU with
+            # native bf16, ttfnet_lightning.training.precision) must not autocast the fp32 evaluation
+            precision="32-true",
             logger=False,
             callbacks=[CocoResultsWriter(json_name)],
             _convert_="all",

@@ -8,22 +8,35 @@
 * linear LR scaling: ``lr`` is the LR for ``reference_batch`` images per step, scaled to the real
   total batch (per device x devices x gradient accumulation) when ``scale_lr``;
 * linear warm-up from ``warmup_ratio`` x LR over ``warmup_steps`` optimiser steps, then LR x
-  ``gamma`` at each epoch in ``milestones`` (epochs of the real data loader).
+  ``gamma`` at each epoch in ``milestones`` (epochs of the real data loader);
+* or, with ``lr_policy`` ``cosine`` / ``flat_cosine`` instead of the paper's ``step``, a cosine from LR to
+  ``min_lr_ratio`` x LR over the run's total optimiser steps (``flat_cosine``: flat for the first
+  ``flat_fraction`` of them), times the same warm-up (:func:`policy_factor`).
 
 Settings: :class:`ttfnet_lightning.training.config.OptimConfig`.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["lr_factor", "scaled_lr", "param_groups", "build_optimizer", "NORM_GROUPS"]
+__all__ = [
+    "lr_factor",
+    "policy_factor",
+    "scaled_lr",
+    "param_groups",
+    "build_optimizer",
+    "NORM_GROUPS",
+    "LR_POLICIES",
+]
 
 NORM_GROUPS = ("biases", "released")
+LR_POLICIES = ("step", "cosine", "flat_cosine")  # schedule.lr_policy (config.OptimConfig; tested equal)
 
 
 def lr_factor(
@@ -34,14 +47,50 @@ def lr_factor(
     gamma: float,
     warmup_steps: int,
     warmup_ratio: float,
+    lr_policy: str = "step",
+    total_steps: float | None = None,
+    min_lr_ratio: float = 0.01,
+    flat_fraction: float = 0.5,
 ) -> float:
     """LR multiplier at optimiser step ``step``: linear warm-up from ``warmup_ratio`` over
-    ``warmup_steps`` steps, times ``gamma`` for each epoch milestone passed."""
-    epoch = step // max(steps_per_epoch, 1)
-    factor = gamma ** sum(epoch >= m for m in milestones)
+    ``warmup_steps`` steps, times ``gamma`` for each epoch milestone passed (``lr_policy="step"``),
+    or times :func:`policy_factor` at ``step / total_steps`` (``cosine``, ``flat_cosine``)."""
+    if lr_policy not in LR_POLICIES:
+        raise ValueError(f"schedule.lr_policy must be one of {LR_POLICIES}, got {lr_policy!r}")
+    if lr_policy == "step":
+        epoch = step // max(steps_per_epoch, 1)
+        factor = gamma ** sum(epoch >= m for m in milestones)
+    else:
+        if total_steps is None or not math.isfinite(total_steps) or total_steps < 1:
+            raise ValueError(
+                f"schedule.lr_policy={lr_policy} needs the run's total optimiser steps, got {total_steps}: "
+                "give the run a length (trainer.max_epochs, or trainer.max_steps for a data set without one)"
+            )
+        factor = policy_factor(
+            step / total_steps, lr_policy=lr_policy, min_lr_ratio=min_lr_ratio, flat_fraction=flat_fraction
+        )
     if step < warmup_steps:
         factor *= warmup_ratio + (1 - warmup_ratio) * step / warmup_steps
     return factor
+
+
+def policy_factor(progress: float, *, lr_policy: str, min_lr_ratio: float, flat_fraction: float = 0.5) -> float:
+    """LR multiplier of the ``cosine`` and ``flat_cosine`` policies at ``progress``, the fraction of the run's
+    optimiser steps done (clipped to [0, 1]): ``cosine`` falls from 1 at 0 to ``min_lr_ratio`` at 1 along half a
+    cosine; ``flat_cosine`` stays at 1 until ``flat_fraction``, then falls the same way over the rest. (The
+    warm-up multiplies this, as it multiplies the step policy: :func:`lr_factor`.)"""
+    if lr_policy not in LR_POLICIES[1:]:
+        raise ValueError(f"schedule.lr_policy must be one of {LR_POLICIES[1:]} here, got {lr_policy!r}")
+    if not 0.0 <= min_lr_ratio <= 1.0:
+        raise ValueError(f"schedule.min_lr_ratio must be in [0, 1], got {min_lr_ratio}")
+    if not 0.0 <= flat_fraction < 1.0:
+        raise ValueError(f"schedule.flat_fraction must be in [0, 1), got {flat_fraction}")
+    start = flat_fraction if lr_policy == "flat_cosine" else 0.0
+    t = min(max(float(progress), 0.0), 1.0)
+    if t <= start:
+        return 1.0
+    cosine = 0.5 * (1.0 + math.cos(math.pi * (t - start) / (1.0 - start)))
+    return min_lr_ratio + (1.0 - min_lr_ratio) * cosine
 
 
 def scaled_lr(lr: float, *, total_batch: int, reference_batch: int, scale_lr: bool = True) -> float:
@@ -82,9 +131,11 @@ def build_optimizer(
     total_batch: int,
     steps_per_epoch: int,
     norm_names: Collection[str] = (),
+    total_steps: float | None = None,
 ) -> tuple[torch.optim.SGD, torch.optim.lr_scheduler.LambdaLR]:
     """SGD and its per-step LR schedule from the settings ``optim`` (an :class:`OptimConfig` dict);
-    ``norm_names``: the parameters ``optim["norm_groups"] == "released"`` trains like weights."""
+    ``norm_names``: the parameters ``optim["norm_groups"] == "released"`` trains like weights; ``total_steps``:
+    the run's optimiser steps (the ``cosine`` and ``flat_cosine`` policies; the trainer's estimate)."""
     norm_groups = optim.get("norm_groups", "biases")
     if norm_groups not in NORM_GROUPS:
         raise ValueError(f"schedule.norm_groups must be one of {NORM_GROUPS}, got {norm_groups!r}")
@@ -102,6 +153,8 @@ def build_optimizer(
     opt = torch.optim.SGD(groups, lr=lr, momentum=optim["momentum"])
     milestones, gamma = list(optim["milestones"]), float(optim["gamma"])
     warmup_steps, warmup_ratio = int(optim["warmup_steps"]), float(optim["warmup_ratio"])
+    # cosine / flat_cosine (LambdaLR calls factor(0) now: a bad setting fails here, not at the first step)
+    policy = {k: optim[k] for k in ("lr_policy", "min_lr_ratio", "flat_fraction") if k in optim}
 
     def factor(step: int) -> float:
         return lr_factor(
@@ -111,6 +164,8 @@ def build_optimizer(
             gamma=gamma,
             warmup_steps=warmup_steps,
             warmup_ratio=warmup_ratio,
+            total_steps=total_steps,
+            **policy,
         )
 
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)

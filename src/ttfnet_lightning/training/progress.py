@@ -18,7 +18,8 @@ the current epoch's. Here:
 :func:`progress_callbacks` picks them from ``callbacks.progress`` (``mode``: auto = bar when stdout is a
 terminal, else lines; ``every_seconds``); ``trainer.enable_progress_bar=false`` turns both off.
 
-The ETA and the totals: :mod:`ttfnet_lightning.training.run_clock`.
+The ETA and the totals: :mod:`ttfnet_lightning.training.run_clock`; under a training-time budget
+(:class:`~ttfnet_lightning.training.time_budget.TrainingTimeBudget`) no totals, and the budget's training time left.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from pytorch_lightning.callbacks import Callback, ModelSummary, ProgressBar, TQD
 from pytorch_lightning.utilities.model_summary.model_summary import _format_summary_table
 
 from ttfnet_lightning.training.run_clock import RunClock, RunPlan, format_duration, trainer_plan
+from ttfnet_lightning.training.time_budget import TrainingTimeBudget
 
 __all__ = ["PROGRESS_MODES", "ProgressLines", "RunProgressBar", "ParamSummary", "progress_callbacks"]
 
@@ -62,10 +64,14 @@ class _Tracker:
         self.now = now
         self.clock = RunClock(now=now)
         self.plan = RunPlan(None, None, None)
+        self.budget: TrainingTimeBudget | None = None
 
     def start(self, trainer: pl.Trainer) -> None:
         self.clock = RunClock(now=self.now)
         self.plan = trainer_plan(trainer)
+        self.budget = next((c for c in trainer.callbacks if isinstance(c, TrainingTimeBudget)), None)
+        if self.budget is not None:  # budget.train_minutes ends the run, not its steps or epochs (only a cap)
+            self.plan = RunPlan(self.plan.steps_per_epoch, None, None)
 
     def epoch(self, trainer: pl.Trainer) -> str:
         shown = trainer.current_epoch + 1
@@ -73,6 +79,8 @@ class _Tracker:
         return f"{min(shown, total)}/{total}" if total else str(shown)
 
     def eta(self, trainer: pl.Trainer) -> str:
+        if self.budget is not None:
+            return f"{format_duration(self.budget.remaining_seconds())} of training budget + validations"
         seconds, unknown = self.clock.eta(trainer.global_step, self.plan)
         if seconds is None:
             return "?"

@@ -30,15 +30,19 @@ from ttfnet_lightning.training.callbacks import (
     TimeToAccuracy,
 )
 from ttfnet_lightning.training.checkpoints import StrictCheckpointIO, export_backbone_weights, load_model
+from ttfnet_lightning.training.config import PEERS
 from ttfnet_lightning.training.data_order import DataOrder
+from ttfnet_lightning.training.detector_module import DetectorModule
 from ttfnet_lightning.training.distributed import (
     StopOnSignal,
     ddp_run_scope,
     is_launch_rank_zero,
     patch_lightning_hydra_command,
 )
+from ttfnet_lightning.training.ema import EMA
 from ttfnet_lightning.training.evaluate import model_speed
 from ttfnet_lightning.training.lit_module import TTFNetModule, data_info
+from ttfnet_lightning.training.peer_module import PeerDetectorModule
 from ttfnet_lightning.training.profiling import StepTimer
 from ttfnet_lightning.training.progress import progress_callbacks
 from ttfnet_lightning.training.records import output_dir, read_results
@@ -60,6 +64,7 @@ from ttfnet_lightning.training.runs import (
     write_results,
     write_run_record,
 )
+from ttfnet_lightning.training.time_budget import budget_callbacks, budget_trainer_kwargs
 from ttfnet_lightning.training.tracking import build_loggers, finish_wandb, job_overrides, log_hyperparams
 from ttfnet_lightning.training.warnings_policy import library_messages_filtered
 
@@ -72,9 +77,13 @@ def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
     return instantiate(cfg.data.datamodule, _convert_="all")
 
 
-def build_module(cfg: DictConfig, dm: pl.LightningDataModule) -> TTFNetModule:
-    """The LightningModule from the config (:meth:`TTFNetModule.from_config`) and the data module."""
-    return TTFNetModule.from_config(OmegaConf.to_container(cfg, resolve=True), data_info=data_info(dm))
+def build_module(cfg: DictConfig, dm: pl.LightningDataModule) -> DetectorModule:
+    """The LightningModule from the config and the data module: :meth:`TTFNetModule.from_config`, or for
+    torchvision's detectors (``model.method`` in :data:`~ttfnet_lightning.training.config.PEERS`)
+    :meth:`PeerDetectorModule.from_config`."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    module = PeerDetectorModule if resolved["model"]["method"] in PEERS else TTFNetModule
+    return module.from_config(resolved, data_info=data_info(dm))
 
 
 def build_callbacks(cfg: DictConfig, out: Path) -> list[pl.Callback]:
@@ -101,6 +110,9 @@ def build_callbacks(cfg: DictConfig, out: Path) -> list[pl.Callback]:
         # ... and when it stopped during a validation, the resumed run runs that validation again
         RerunInterruptedValidation(),
         TimeToAccuracy(),
+        # budget.train_minutes: stop at the training-time budget, the LR from the fraction of it used (before
+        # LearningRateMonitor, which then logs that LR); none without a budget (training/time_budget.py)
+        *budget_callbacks(cfg),
         ResumeMetrics(out),
         LearningRateMonitor(logging_interval="step"),  # train/lr/weights, train/lr/biases
         CocoResultsWriter(),  # detections_val.json of each validation
@@ -127,6 +139,11 @@ def build_callbacks(cfg: DictConfig, out: Path) -> list[pl.Callback]:
         callbacks.append(LogValPredictions(num_images=int(cfg.callbacks.log_val_images)))
     # the model summary and progress: a bar in a terminal, plain lines in a batch job's log
     callbacks.extend(progress_callbacks(cfg.callbacks.get("progress") or {}, cfg.trainer))
+    # ema=ema|short: validation and checkpoints on an average of the weights (training/ema.py); last, so that the
+    # other callbacks' validation-end hooks still see the average
+    ema = EMA.from_config(cfg.get("ema"))
+    if ema is not None:
+        callbacks.append(ema)
     return callbacks
 
 
@@ -297,7 +314,7 @@ def _wall_record(trainer: pl.Trainer, started: float) -> dict[str, Any]:
     return record
 
 
-def _build_data_and_model(cfg: DictConfig, ckpt_run: Any) -> tuple[pl.LightningDataModule, TTFNetModule]:
+def _build_data_and_model(cfg: DictConfig, ckpt_run: Any) -> tuple[pl.LightningDataModule, DetectorModule]:
     """Seeded data module and LightningModule (checked against the checkpoint it resumes, with the speed options)."""
     pl.seed_everything(int(cfg.seed), workers=True)
     dm = build_datamodule(cfg)
@@ -307,7 +324,7 @@ def _build_data_and_model(cfg: DictConfig, ckpt_run: Any) -> tuple[pl.LightningD
     if cfg.speed.channels_last:
         model.use_channels_last()
     if cfg.speed.compile:
-        model.net.compile()  # in place: checkpoints keep the plain network's keys
+        model.net.compile()  # in place: checkpoints keep the plain network's keys (a peer: its backbone and FPN)
     return dm, model
 
 
@@ -323,6 +340,7 @@ def _build_trainer(
     trainer: pl.Trainer = instantiate(
         cfg.trainer,
         default_root_dir=str(out),
+        **budget_trainer_kwargs(cfg),  # budget.val_every_minutes: time-based validation
         logger=loggers,
         callbacks=callbacks,
         plugins=[StrictCheckpointIO()],
@@ -336,7 +354,7 @@ def _fit(
     cfg: DictConfig,
     out: Path,
     trainer: pl.Trainer,
-    model: TTFNetModule,
+    model: DetectorModule,
     dm: pl.LightningDataModule,
     ckpt_path: Path | str | None,
     loggers: list[Any],
@@ -384,7 +402,7 @@ def _finish(
     cfg: DictConfig,
     out: Path,
     trainer: pl.Trainer,
-    model: TTFNetModule,
+    model: DetectorModule,
     metrics: dict[str, float],
     extra: dict[str, Any],
 ) -> None:

@@ -146,6 +146,7 @@ _RESUME_FREE_KEYS = (
     "callbacks",
     "trainer.enable_progress_bar",
     "data.datamodule.num_workers",
+    "data.datamodule.cache_mb",  # rendered shapes kept in memory: the same samples
     "data.datamodule.root",
     # where the streamed copy of the same data lives (data=coco_stream), not what it is
     "data.datamodule.input_dir",
@@ -200,9 +201,18 @@ _IMPLIED_WHEN_ABSENT = {
     "backbone.init": "pytorch",
     "backbone.norm_groups": "biases",
     "schedule.norm_groups": "biases",
+    # the modern training options (issue 24): runs before them had the paper's step LR, no EMA, one input size
+    "schedule.lr_policy": "step",
+    "schedule.min_lr_ratio": 0.01,
+    "schedule.flat_fraction": 0.5,
+    "ema.enabled": False,
+    "multiscale.scales": "[]",  # (lists compare as their JSON text)
 }
 # settings that only matter when another one is on: {key: the switch}
-_ONLY_WHEN = {"data.datamodule.augment_style": "data.datamodule.augment"}
+_ONLY_WHEN = {
+    "data.datamodule.augment_style": "data.datamodule.augment",
+    **{f"ema.{k}": "ema.enabled" for k in ("decay", "ramp_steps", "start_step", "every_n_steps")},
+}
 
 
 def _comparable(flat: dict[str, Any], *, stored: bool) -> dict[str, Any]:

@@ -200,9 +200,11 @@ class LogValPredictions(Callback):
     ) -> tuple[list[torch.Tensor], list[str]]:
         """The images ``pics`` (uint8, input size) with the predicted heatmap, scaled to its maximum,
         blended over them and the true boxes in white, and captions giving each maximum (one more
-        forward pass of these few images; nothing if it fails)."""
+        forward pass of these few images; nothing if it fails or the module has no heatmap)."""
         from torchvision.utils import draw_bounding_boxes
 
+        if not getattr(pl_module, "has_heatmap", True):  # torchvision's detectors (PeerDetectorModule)
+            return [], []
         try:
             with torch.no_grad():
                 hm, _ = pl_module(batch["images"][: len(pics)])
