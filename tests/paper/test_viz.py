@@ -51,7 +51,7 @@ import ttfnet_lightning.training.error_analysis, ttfnet_lightning.training.run_f
 import ttfnet_lightning.training.analysis_figures
 from ttfnet_lightning.paper import layouts, tables
 from ttfnet_lightning.core import drawing
-from ttfnet_lightning.paper import figures, plots, run_plots, workbench
+from ttfnet_lightning.paper import figures, plots, race, race_plot, run_plots, workbench
 img = drawing.draw_detections(torch.zeros(3, 32, 32, dtype=torch.uint8), torch.tensor([[2., 2., 20., 20.]]),
                               torch.tensor([1]), torch.tensor([0.9]), heatmap=torch.rand(8, 8))
 assert img.shape == (3, 32, 32)
@@ -77,6 +77,7 @@ else:
     assert users == [
         "paper/figures.py",
         "paper/plots.py",
+        "paper/race_plot.py",
         "paper/tables.py",
         "training/analysis_figures.py",
         "training/error_analysis.py",
