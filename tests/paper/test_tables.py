@@ -417,6 +417,7 @@ def test_a_failed_job_is_marked_and_said_at_once(tmp_path):
     assert "job failed, marked in" in proc.stdout + proc.stderr and "absent.pth" in proc.stdout + proc.stderr
 
 
+@pytest.mark.slow  # every table aggregated, ~20 s: make test stays under 15 min (make test-slow runs it)
 def test_verdicts_follow_the_numbers(tmp_path):
     from ttfnet_lightning.paper.verdicts import verdicts
 

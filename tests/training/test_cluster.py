@@ -237,6 +237,7 @@ def test_submitit_job_preempted_requeues_and_resumes(tmp_path):
 
 
 # ---------------------------------------------------------------------------- Optuna search
+@pytest.mark.slow  # an Optuna study over two launches, ~18 s: make test stays under 15 min (make test-slow runs it)
 def test_beta_lr_search_persists_and_a_relaunch_continues_the_study(tmp_path):
     """``-m hparams_search=beta_lr``: 3 trials at tiny settings, each returning val/AP to the sweeper,
     the study in ``<sweep dir>/optuna.db``; running the command again adds trials to the same study."""

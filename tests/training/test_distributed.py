@@ -250,6 +250,7 @@ def _each_image_once(run: Path, num_images: int) -> list[dict]:
     return dets
 
 
+@pytest.mark.slow  # two DDP processes, ~21 s: make test stays under 15 min (make test-slow runs it)
 def test_two_process_run_matches_one_process_with_the_same_total_batch(tmp_path):
     """``trainer=ddp_cpu`` (2 processes, gloo, 4 images each) against one process with 4 images x 2
     accumulated (total batch 8 both): the same LR at every step (that of the total batch 8), the
