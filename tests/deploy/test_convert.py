@@ -137,11 +137,10 @@ def test_architecture_read_from_the_shapes():
     r50 = r34 | {"backbone.layer1.0.conv3.weight": torch.empty(1, device="meta")}
     with pytest.raises(ConvertError, match="bottleneck ResNet"):
         detect_backbone(r50)
-    dla = {k: v for k, v in r34.items() if not k.startswith("backbone.")} | {
-        "backbone.base_layer.0.weight": r34["backbone.conv1.weight"]
-    }
-    with pytest.raises(ConvertError, match="DLA-34"):
-        detect_backbone(dla)
+    head = {k: v for k, v in r34.items() if not k.startswith("backbone.")}
+    assert detect_backbone(head | {"backbone.base.base_layer.0.weight": r34["backbone.conv1.weight"]}) == "dla34"
+    with pytest.raises(ConvertError, match=r"backbone not recognised \(r18, r34, d53, dla34 convert\)"):
+        detect_backbone(head | {"backbone.base_layer.0.weight": r34["backbone.conv1.weight"]})  # a bare DLA trunk
 
 
 def test_errors_name_the_file_and_keys(r18, tmp_path):
@@ -295,5 +294,5 @@ def test_command_line_config(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     cfg = OmegaConf.create(out.stdout)
     assert (cfg.input, cfg.output, cfg.backbone, cfg.overwrite) == ("a.pth", "b.ckpt", None, False)
-    assert (cfg.frozen_stages, cfg.batch_size, cfg.wh_scale) == (1, None, 16.0)
+    assert (cfg.frozen_stages, cfg.batch_size, cfg.wh_scale) == (None, None, 16.0)
     assert not list(tmp_path.iterdir())  # Hydra writes no run folder

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from datetime import timedelta
 from pathlib import Path
 
@@ -171,6 +172,10 @@ def test_the_budget_stops_training_validates_the_final_model_and_sets_the_lr_by_
     assert len(lrs) == 5, lrs
     base = lrs[0] / 0.2
     assert [v / base for v in lrs] == pytest.approx([0.2, 0.2 + 0.8 * 0.2 / 0.3, 1.0, 1.0, 0.1]), lrs
+    # the progress lines show the budget's LR, not the step-based scheduler's it replaces (warm-up: 0.208 at step 5)
+    end = [line for line in out if " train end: " in line]
+    shown = float(re.search(r"\| lr ([0-9.e+-]+) \|", end[-1])[1])
+    assert shown == pytest.approx(base * 0.01, rel=1e-3), end  # the budget spent: x0.1 twice
 
 
 def test_the_budget_holds_over_an_interruption_and_a_spent_one_trains_no_step(tmp_path, monkeypatch):

@@ -1,6 +1,6 @@
 """Released TTFNet weights (ZJULearning/ttfnet, mmdetection 1.x) -> a ttfnet-lightning checkpoint.
 
-    python -m ttfnet_lightning.convert input=ttfnet18_2x.pth output=ttfnet18_2x.ckpt [backbone=r18|r34|d53]
+    python -m ttfnet_lightning.convert input=ttfnet18_2x.pth output=ttfnet18_2x.ckpt [backbone=r18|r34|d53|dla34]
 
 The input is a released TTFNet checkpoint (:mod:`ttfnet_lightning.deploy.released`: its layout, the strict
 rename). The output is a Lightning checkpoint of :class:`~ttfnet_lightning.training.lit_module.TTFNetModule`,
@@ -60,14 +60,15 @@ def convert_checkpoint(
     output: str | Path,
     *,
     backbone: str | None = None,
-    frozen_stages: int = 1,
+    frozen_stages: int | None = None,
     batch_size: int | None = None,
     wh_scale: float = 16.0,
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """Convert the released TTFNet checkpoint ``input`` into the ttfnet-lightning checkpoint ``output``
     (written atomically; never onto ``input``; an existing ``output`` only with ``overwrite``). ``backbone``:
-    ``r18``, ``r34``, ``d53`` or None (detected; a given one must agree). ``frozen_stages`` and
+    ``r18``, ``r34``, ``d53``, ``dla34`` or None (detected; a given one must agree). ``frozen_stages`` (None: the
+    released configs', 1 = stem + stage 1, or -1 for DLA-34, whose every stage trains) and
     ``batch_size`` (None: ``data=coco``'s) are stored as the module's settings, which ``train ckpt_path=``
     compares with its own (``backbone.frozen_stages``, ``data.datamodule.batch_size``). Returns the
     conversion record.
@@ -85,6 +86,8 @@ def convert_checkpoint(
     found = detect_backbone(state, source=input)
     if backbone is not None and backbone != found:
         raise ConvertError(f"{input}: backbone={backbone} was given, but the file's backbone.* keys are {found}'s")
+    if frozen_stages is None:
+        frozen_stages = -1 if found == "dla34" else 1
     if batch_size is None:
         batch_size = int(OmegaConf.load(conf_dir() / "data" / "coco.yaml").datamodule.batch_size)
     groups = released_hparams(
@@ -125,7 +128,7 @@ def convert(cfg: Mapping[str, Any]) -> dict[str, Any]:
         cfg["input"],
         cfg["output"],
         backbone=cfg.get("backbone"),
-        frozen_stages=int(cfg.get("frozen_stages", 1)),
+        frozen_stages=None if cfg.get("frozen_stages") is None else int(cfg["frozen_stages"]),
         batch_size=cfg.get("batch_size"),
         wh_scale=float(cfg.get("wh_scale", 16.0)),
         overwrite=bool(cfg.get("overwrite", False)),

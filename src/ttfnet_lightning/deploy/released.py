@@ -3,13 +3,15 @@ architecture their shapes describe, and the rename of their keys onto this libra
 
 A released checkpoint is an mmdetection checkpoint (``{"state_dict": ..., "meta": ..., "optimizer": ...}``) or a
 bare state dict of the ``TTFNet`` detector: ``backbone.*`` (torchvision-style ResNet-18/34 names, or the released
-DarknetV3's ``stem.conv``, ``layerN.M.body.K.conv``) and ``bbox_head.*`` (the TTFHead: ``deconv_layers.i`` =
-modulated deformable conv (``conv_offset_mask``) + BN, ``shortcut_layers.i.layers``, ``hm`` and ``wh`` =
-ConvModules + a 1x1 conv). The mapping is a rename (:func:`target_key`); shapes are equal.
+DarknetV3's ``stem.conv``, ``layerN.M.body.K.conv``, or the DLA-34 models' ``DLASeg``: ``base.*`` (the trunk,
+official DLA names) and ``dla_up.ida_i.*`` / ``ida_up.*`` (its up-sampling: ``proj_j``/``node_j`` = deformable
+conv + ``actf`` BN, ``up_j`` transposed convs)) and ``bbox_head.*`` (the TTFHead: ``deconv_layers.i`` =
+modulated deformable conv (``conv_offset_mask``) + BN, ``shortcut_layers.i.layers`` (none in DLA-34 models),
+``hm`` and ``wh`` = ConvModules + a 1x1 conv). The mapping is a rename (:func:`target_key`); shapes are equal.
 :func:`convert_state` is strict: every key of the file is mapped or knowingly dropped (the unused ``shortcut``
-conv an early release built in each ``ShortcutConv2d``), every tensor of the model is filled (a BN's
-``num_batches_tracked`` the file lacks is 0) and every shape is checked; anything else raises
-:class:`ConvertError` naming the file, the first offending keys and what the file looks like.
+conv an early release built in each ``ShortcutConv2d``, the unused ``project`` of DLA's depth-2 trees), every
+tensor of the model is filled (a BN's ``num_batches_tracked`` the file lacks is 0) and every shape is checked;
+anything else raises :class:`ConvertError` naming the file, the first offending keys and what the file looks like.
 """
 
 from __future__ import annotations
@@ -164,8 +166,8 @@ def read_released(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any], 
 
 
 def detect_backbone(state: Mapping[str, Tensor], *, source: str | Path = "the file") -> str:
-    """``"r18"``, ``"r34"`` or ``"d53"`` from the ``backbone.*`` keys of a released TTFNet state dict.
-    Raises :class:`ConvertError` for any other backbone (ResNet-50+, DLA-34, unknown)."""
+    """``"r18"``, ``"r34"``, ``"d53"`` or ``"dla34"`` (the released ``DLASeg``: ``backbone.base.*``) from the
+    ``backbone.*`` keys of a released TTFNet state dict. Raises :class:`ConvertError` for any other backbone."""
     if "backbone.stem.conv.weight" in state:
         return "d53"
     if "backbone.layer1.0.conv1.weight" in state:
@@ -175,12 +177,11 @@ def detect_backbone(state: Mapping[str, Tensor], *, source: str | Path = "the fi
         if blocks in _RESNET_BLOCKS:
             return _RESNET_BLOCKS[blocks]
         raise ConvertError(f"{source}: a ResNet with {blocks} blocks in layer3 (2: ResNet-18, 6: ResNet-34)")
-    if any(k.startswith(("backbone.base_layer.", "backbone.level0.")) for k in state):
-        raise ConvertError(
-            f"{source}: a DLA-34 TTFNet (DLASeg with its IDA-up and FPN), which has no counterpart here: "
-            "r18, r34 and d53 convert"
-        )
-    raise ConvertError(f"{source}: backbone not recognised (r18, r34, d53 convert); the file: {_describe(state)}")
+    if "backbone.base.base_layer.0.weight" in state:
+        return "dla34"
+    raise ConvertError(
+        f"{source}: backbone not recognised (r18, r34, d53, dla34 convert); the file: {_describe(state)}"
+    )
 
 
 def _branch(state: Mapping[str, Tensor], name: str, source: str | Path) -> tuple[int, int | None, int]:
@@ -219,21 +220,12 @@ def released_hparams(
         )
     if wh_out not in (4, 4 * num_classes):
         raise ConvertError(f"{source}: bbox_head.wh.{n_wh}.weight has {wh_out} outputs, expected 4 or 4 x classes")
-    ups = sorted(int(m[1]) for k in state if (m := re.fullmatch(r"bbox_head\.deconv_layers\.(\d+)\.0\.weight", k)))
-    if ups != [0, 1, 2]:
-        raise ConvertError(
-            f"{source}: {len(ups)} up-sampling stages (bbox_head.deconv_layers.i.0.weight); the TTFNet neck has 3"
-        )
-    shortcuts = [
-        len({k for k in state if re.fullmatch(rf"bbox_head\.shortcut_layers\.{i}\.layers\.\d+\.weight", k)})
-        for i in range(3)
-    ]
     cfg = OmegaConf.load(conf_dir() / "backbone" / f"{backbone}.yaml")
+    cfg = cfg.get("backbone", cfg)  # dla34.yaml is a global-package file (it also sets model.neck)
     net = {
         "backbone": backbone,
         "frozen_stages": frozen_stages,
-        "neck_channels": [int(state[f"bbox_head.deconv_layers.{i}.0.weight"].shape[0]) for i in range(3)],
-        "shortcut_convs": shortcuts[::-1],  # released order: from the stride-16 map; here from stride 4
+        **(_dla_neck(state) if backbone == "dla34" else _ttf_neck(state, source)),
         "heatmap_convs": n_hm,
         "box_convs": n_wh,
         "wh_scale": float(wh_scale),
@@ -256,7 +248,43 @@ def released_hparams(
     }
 
 
+def _ttf_neck(state: Mapping[str, Tensor], source: str | Path) -> dict[str, Any]:
+    """The TTFNet neck's sizes from the released ``bbox_head.deconv_layers`` and ``shortcut_layers``."""
+    ups = sorted(int(m[1]) for k in state if (m := re.fullmatch(r"bbox_head\.deconv_layers\.(\d+)\.0\.weight", k)))
+    if ups != [0, 1, 2]:
+        raise ConvertError(
+            f"{source}: {len(ups)} up-sampling stages (bbox_head.deconv_layers.i.0.weight); the TTFNet neck has 3"
+        )
+    shortcuts = [
+        len({k for k in state if re.fullmatch(rf"bbox_head\.shortcut_layers\.{i}\.layers\.\d+\.weight", k)})
+        for i in range(3)
+    ]
+    return {
+        "neck": "ttfnet",
+        "neck_channels": [int(state[f"bbox_head.deconv_layers.{i}.0.weight"].shape[0]) for i in range(3)],
+        "shortcut_convs": shortcuts[::-1],  # released order: from the stride-16 map; here from stride 4
+    }
+
+
+def _dla_neck(state: Mapping[str, Tensor]) -> dict[str, Any]:
+    """The released DLA-34 model's neck: ``DLASeg``'s DLA up-sampling, deformable unless its nodes are plain."""
+    return {"neck": "dla_up", "deformable": "backbone.ida_up.node_1.conv.conv_offset_mask.weight" in state}
+
+
 _DROP = "<dropped>"
+_DLA_NODE = r"backbone\.(dla_up\.ida_\d|ida_up)\.((?:proj|node)_\d)"
+# a released DLASeg key (DLA-34 models) -> this library's TTFNet key (its trunk: backbone.base.* -> backbone.*)
+_DLA_RULES = tuple(
+    (re.compile(src), dst)
+    for src, dst in (
+        (r"backbone\.base\.(level[34])\.project\.\S+", _DROP),  # built, never used by depth-2 trees (dla.py)
+        (r"backbone\.base\.(\S+)", r"backbone.\1"),
+        (rf"{_DLA_NODE}\.conv\.(weight|bias)", r"neck.\1.\2.conv.conv.\3"),
+        (rf"{_DLA_NODE}\.conv\.conv_offset_mask\.(weight|bias)", r"neck.\1.\2.conv.offset_mask.\3"),
+        (rf"{_DLA_NODE}\.actf\.0\.(\w+)", r"neck.\1.\2.actf.0.\3"),
+        (r"backbone\.(dla_up\.ida_\d|ida_up)\.(up_\d)\.weight", r"neck.\1.\2.weight"),
+    )
+)
 # a released TTFHead key -> this library's TTFNet key (hm and wh: _head_key)
 _HEAD_RULES = tuple(
     (re.compile(rf"bbox_head\.{src}"), dst)
@@ -286,6 +314,11 @@ def _head_key(key: str, n_convs: dict[str, int]) -> str | None:
 def target_key(key: str, backbone: str, n_convs: dict[str, int]) -> str | None:
     """This library's ``TTFNet`` key for a key of the released detector (``_DROP`` for one knowingly
     dropped, None for one that has no place). ``n_convs``: the 3x3 convs of the ``hm`` and ``wh`` branches."""
+    if backbone == "dla34" and key.startswith("backbone."):
+        for pattern, target in _DLA_RULES:
+            if pattern.fullmatch(key):
+                return target if target == _DROP else pattern.sub(target, key)
+        return None
     if key.startswith("backbone."):
         rest = key[len("backbone.") :]
         if backbone == "d53":

@@ -84,6 +84,7 @@ METHODS = ("ttfnet", "centernet")  # model.method: the network's head and traini
 # model.method: torchvision's detectors trained beside TTFNet (training/peer_module.py; core.models.peers.PEERS,
 # tested equal)
 PEERS = ("fcos", "retinanet", "ssdlite", "faster_rcnn")
+NECKS = ("ttfnet", "dla_up")  # model.neck (core.models.ttfnet.NECKS, tested equal)
 LR_POLICIES = ("step", "cosine", "flat_cosine")  # schedule.lr_policy (training.optim.LR_POLICIES, tested equal)
 
 
@@ -103,6 +104,8 @@ class BackboneConfig:
     # weights' LR and decay: mmdetection 1.x's rule for layers named bn/bnN; -> schedule.norm_groups)
     norm_groups: str = "biases"
     box_convs: Optional[int] = None  # convs of the box head; null = the paper's per-backbone value
+    neck: str = "ttfnet"  # the neck of this backbone's released model (-> model.neck): ttfnet | dla_up (DLA-34)
+    heatmap_channels: int = 128  # the heatmap head's width in its released model (-> model.heatmap_channels)
     lr: float = 0.016  # the paper's LR for this backbone ...
     reference_batch: int = 128  # ... per this many images (8 GPUs x 16)
 
@@ -111,6 +114,9 @@ class BackboneConfig:
 class NeckHeadConfig:
     """Neck and heads of :class:`~ttfnet_lightning.core.models.TTFNet` (user keys ``model.*``)."""
 
+    # ttfnet (the paper's up-sampling neck) | dla_up (the released DLA-34 configs' DLA up-sampling; backbone=dla34
+    # sets it; neck_channels and shortcut_convs are TTFNet's neck's only)
+    neck: str = "ttfnet"
     neck_channels: List[int] = field(default_factory=lambda: [256, 128, 64])
     shortcut_convs: List[int] = field(default_factory=lambda: [3, 2, 1])  # paper Table 4
     deformable: bool = True  # modulated deformable up-sampling convs (paper)
@@ -132,6 +138,8 @@ class NeckHeadConfig:
             )
         if self.method not in METHODS:  # core.models.ttfnet.METHODS (tested equal)
             raise ValueError(f"model.method must be one of {METHODS + PEERS}, got {self.method!r}")
+        if self.neck not in NECKS:  # core.models.ttfnet.NECKS (tested equal)
+            raise ValueError(f"model.neck must be one of {NECKS}, got {self.neck!r}")
 
 
 @dataclass

@@ -158,13 +158,23 @@ class BudgetLR(Callback):
         # on resume); without a scheduler the LR the group starts with
         self._base = [[float(g.get("initial_lr", g["lr"])) for g in opt.param_groups] for opt in trainer.optimizers]
 
-    def on_train_batch_start(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
-    ) -> None:
+    def _apply(self, trainer: pl.Trainer) -> None:
         factor = self.factor()
         for opt, base in zip(trainer.optimizers, self._base):
             for group, lr in zip(opt.param_groups, base):
                 group["lr"] = lr * factor
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self._apply(trainer)
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        # the step-based scheduler has just stepped and written its own LR into the groups: put the budget's back,
+        # so that what reads the groups before the next step (the progress lines, a checkpoint) sees the LR in use
+        self._apply(trainer)
 
 
 def _node(cfg: Mapping[str, Any], key: str) -> dict[str, Any]:

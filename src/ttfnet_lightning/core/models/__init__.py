@@ -3,6 +3,7 @@
 from ttfnet_lightning.core.models.backbones import DarkNet53, ResNetBackbone, build_backbone
 from ttfnet_lightning.core.models.base import WeightsError, load_state_dict_strict
 from ttfnet_lightning.core.models.dla import DLA34
+from ttfnet_lightning.core.models.dla_up import DLAUpNeck
 from ttfnet_lightning.core.models.head import TTFHead
 from ttfnet_lightning.core.models.neck import ModulatedDeformConv2d, UpsampleNeck
 from ttfnet_lightning.core.models.timm_backbone import TimmBackbone
@@ -10,6 +11,7 @@ from ttfnet_lightning.core.models.ttfnet import TTFNet
 
 __all__ = [
     "DLA34",
+    "DLAUpNeck",
     "DarkNet53",
     "ModulatedDeformConv2d",
     "ResNetBackbone",

@@ -7,16 +7,20 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from ttfnet_lightning.core.models.backbones import build_backbone
+from ttfnet_lightning.core.models.dla_up import DLAUpNeck
 from ttfnet_lightning.core.models.head import CenterNetHead, TTFHead
 from ttfnet_lightning.core.models.neck import UpsampleNeck
 
-__all__ = ["TTFNet", "METHODS"]
+__all__ = ["TTFNet", "METHODS", "NECKS"]
 
 # regression convs per backbone in the released configs (DLA-34: stacked_convs=(2, 1))
 _DEFAULT_BOX_CONVS = {"r18": 1, "r34": 2, "d53": 2, "dla34": 1}
 
 #: the heads (and training objectives) a network can have: TTFNet's, or CenterNet's (core/centernet.py)
 METHODS = ("ttfnet", "centernet")
+#: up-sampling necks: TTFNet's (paper Fig. 2) or the released DLA-34 configs' DLA up-sampling (core/models/dla_up.py)
+NECKS = ("ttfnet", "dla_up")
+_TTF_NECK_DEFAULTS = {"neck_channels": (256, 128, 64), "shortcut_convs": (3, 2, 1)}
 
 
 class TTFNet(nn.Module):
@@ -32,6 +36,9 @@ class TTFNet(nn.Module):
         frozen_stages: backbone stages frozen (1 = stem + stage 1; -1 none).
         frozen_bn: ``eval`` (frozen stages' BN statistics fixed) or ``train`` (the released DarkNet-53).
         backbone_init: DarkNet-53's conv init, ``pytorch`` or ``kaiming`` (the released code from scratch).
+        neck: ``"ttfnet"`` (:class:`~.neck.UpsampleNeck`) or ``"dla_up"`` (:class:`~.dla_up.DLAUpNeck`, the
+            released DLA-34 configs' neck; its widths are the backbone's, so ``neck_channels`` and
+            ``shortcut_convs`` must stay at their defaults).
         neck_channels: (256, 128, 64).
         shortcut_convs: shortcut convs for backbone stages 2, 3, 4 ((3, 2, 1); (0, 0, 0) = none).
         deformable: modulated deformable up-sampling convs (True) or plain convs.
@@ -68,6 +75,7 @@ class TTFNet(nn.Module):
         frozen_stages: int = 1,
         frozen_bn: str = "eval",
         backbone_init: str = "pytorch",
+        neck: str = "ttfnet",
         neck_channels: Sequence[int] = (256, 128, 64),
         shortcut_convs: Sequence[int] = (3, 2, 1),
         deformable: bool = True,
@@ -98,9 +106,10 @@ class TTFNet(nn.Module):
             frozen_bn=frozen_bn,
             init=backbone_init,
         )
-        self.neck = UpsampleNeck(
+        self.neck = _build_neck(
+            neck,
             in_channels=self.backbone.out_channels,
-            channels=tuple(neck_channels),
+            neck_channels=tuple(neck_channels),
             shortcut_convs=tuple(shortcut_convs),
             deformable=deformable,
             deform_impl=deform_impl,
@@ -129,3 +138,32 @@ class TTFNet(nn.Module):
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
         return self.head(self.neck(self.backbone(images)))
+
+
+def _build_neck(
+    neck: str,
+    *,
+    in_channels: Sequence[int],
+    neck_channels: tuple[int, ...],
+    shortcut_convs: tuple[int, ...],
+    deformable: bool,
+    deform_impl: str,
+) -> nn.Module:
+    if neck == "ttfnet":
+        return UpsampleNeck(
+            in_channels=in_channels,
+            channels=neck_channels,
+            shortcut_convs=shortcut_convs,
+            deformable=deformable,
+            deform_impl=deform_impl,
+        )
+    if neck != "dla_up":
+        raise ValueError(f"neck must be one of {NECKS}, got {neck!r}")
+    given = {"neck_channels": neck_channels, "shortcut_convs": shortcut_convs}
+    changed = [f"{k}={list(v)}" for k, v in given.items() if tuple(v) != _TTF_NECK_DEFAULTS[k]]
+    if changed:
+        raise ValueError(
+            f"neck='dla_up' takes its widths from the backbone and has no shortcut convs; {', '.join(changed)} "
+            "only apply to neck='ttfnet'"
+        )
+    return DLAUpNeck(in_channels=in_channels, deformable=deformable, deform_impl=deform_impl)
