@@ -27,7 +27,7 @@ from omegaconf import OmegaConf
 from torch import Tensor
 
 from ttfnet_lightning.conf import conf_dir
-from ttfnet_lightning.core.models import TTFNet
+from ttfnet_lightning.core.models import DLA34, TTFNet
 from ttfnet_lightning.core.models.backbones import is_released_darknet, released_darknet_key
 
 __all__ = [
@@ -221,7 +221,6 @@ def released_hparams(
     if wh_out not in (4, 4 * num_classes):
         raise ConvertError(f"{source}: bbox_head.wh.{n_wh}.weight has {wh_out} outputs, expected 4 or 4 x classes")
     cfg = OmegaConf.load(conf_dir() / "backbone" / f"{backbone}.yaml")
-    cfg = cfg.get("backbone", cfg)  # dla34.yaml is a global-package file (it also sets model.neck)
     net = {
         "backbone": backbone,
         "frozen_stages": frozen_stages,
@@ -277,7 +276,8 @@ _DLA_NODE = r"backbone\.(dla_up\.ida_\d|ida_up)\.((?:proj|node)_\d)"
 _DLA_RULES = tuple(
     (re.compile(src), dst)
     for src, dst in (
-        (r"backbone\.base\.(level[34])\.project\.\S+", _DROP),  # built, never used by depth-2 trees (dla.py)
+        # the projections DLA34.UNUSED_OFFICIAL_KEYS names: built, never used by depth-2 trees (dla.py)
+        *((rf"backbone\.base\.{re.escape(prefix)}\S+", _DROP) for prefix in DLA34.UNUSED_OFFICIAL_KEYS),
         (r"backbone\.base\.(\S+)", r"backbone.\1"),
         (rf"{_DLA_NODE}\.conv\.(weight|bias)", r"neck.\1.\2.conv.conv.\3"),
         (rf"{_DLA_NODE}\.conv\.conv_offset_mask\.(weight|bias)", r"neck.\1.\2.conv.offset_mask.\3"),
@@ -315,19 +315,21 @@ def target_key(key: str, backbone: str, n_convs: dict[str, int]) -> str | None:
     """This library's ``TTFNet`` key for a key of the released detector (``_DROP`` for one knowingly
     dropped, None for one that has no place). ``n_convs``: the 3x3 convs of the ``hm`` and ``wh`` branches."""
     if backbone == "dla34" and key.startswith("backbone."):
-        for pattern, target in _DLA_RULES:
-            if pattern.fullmatch(key):
-                return target if target == _DROP else pattern.sub(target, key)
-        return None
+        return _by_rules(key, _DLA_RULES)
     if key.startswith("backbone."):
         rest = key[len("backbone.") :]
         if backbone == "d53":
             rest = released_darknet_key(rest)
         return None if rest is None else f"backbone.{rest}"
-    for pattern, target in _HEAD_RULES:
+    return _by_rules(key, _HEAD_RULES) or _head_key(key, n_convs)
+
+
+def _by_rules(key: str, rules: tuple[tuple[re.Pattern[str], str], ...]) -> str | None:
+    """The first rule whose pattern matches the whole key: its target (``_DROP``, or the key rewritten); None."""
+    for pattern, target in rules:
         if pattern.fullmatch(key):
             return target if target == _DROP else pattern.sub(target, key)
-    return _head_key(key, n_convs)
+    return None
 
 
 def convert_state(
