@@ -28,7 +28,7 @@ from ttfnet_lightning.core.models.dla_up import bilinear_up_weights
 from ttfnet_lightning.core.models.ttfnet import NECKS
 from ttfnet_lightning.deploy.convert import convert_checkpoint
 from ttfnet_lightning.deploy.released import detect_backbone, released_hparams
-from ttfnet_lightning.training.config import module_groups
+from ttfnet_lightning.training.config_groups import module_groups
 
 Shapes = dict[str, tuple[int, ...]]
 

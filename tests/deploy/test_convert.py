@@ -31,8 +31,9 @@ from ttfnet_lightning.deploy.released import (
     detect_backbone,
     released_hparams,
 )
-from ttfnet_lightning.training.config import module_groups
-from ttfnet_lightning.training.runs import check_checkpoint_module, checkpoint_run
+from ttfnet_lightning.training.config_groups import module_groups
+from ttfnet_lightning.training.run_start import check_checkpoint_module
+from ttfnet_lightning.training.runs import checkpoint_run
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "core"))
 from test_released_layouts import RELEASED, _by_hand, random_state, ttfnet_layout  # noqa: E402

@@ -17,7 +17,7 @@ from conftest import CONF_DIR, TINY_TRAIN, compose
 from ttfnet_lightning.paper.modern import BASELINE, option_of
 from ttfnet_lightning.paper.sweeps import expand_grid
 from ttfnet_lightning.paper.tables import aggregate, build_table
-from ttfnet_lightning.training.config import module_groups
+from ttfnet_lightning.training.config_groups import module_groups
 from ttfnet_lightning.training.ema import EMA
 from ttfnet_lightning.training.multiscale import MultiScale
 from ttfnet_lightning.training.optim import lr_factor
@@ -103,7 +103,8 @@ def _fake_sweep(tmp_path: Path, ap50_of) -> Path:
         if ap50 is None:
             continue  # not finished
         metrics = {"val/AP50": ap50, "val/AP": ap50 / 2, "time/train_seconds": 300.0}
-        (d / "results.json").write_text(json.dumps({"status": "finished", "metrics": metrics}))
+        results = {"status": "finished", "metrics": metrics, "global_step": 744}
+        (d / "results.json").write_text(json.dumps(results))
     return sweep
 
 
@@ -132,8 +133,12 @@ def test_the_table_has_mean_std_paired_differences_and_each_seed(tmp_path):
     assert table.cells[("flat_cosine", "AP50 seed 1")].text() == "69.0"
     assert (BASELINE, "ΔAP50") not in table.cells
     md = table.markdown()
-    assert "756 optimiser steps per job (every job the same)" in md and "14 finished, 1 running" in md
+    # 1000 images / batch 16 = 62 full batches (the partial one dropped) x 12 epochs
+    assert "744 optimiser steps per job (every job the same)" in md and "14 finished, 1 running" in md
     assert "(2/3)" in md  # multi-scale: 2 of 3 seeds
+    stopped_early = next(sweep.glob("*modern-ema,seed=1*")) / "results.json"
+    stopped_early.write_text(json.dumps({**json.loads(stopped_early.read_text()), "global_step": 700}))
+    assert "700, 744 optimiser steps per job (the jobs differ" in build_table(sweep, ratio=False)[0].markdown()
     aggregate(sweep, quiet=True)
     rows = list(csv.DictReader(open(sweep / "table.csv")))
     assert {r["row"] for r in rows} >= set(table.rows) and (sweep / "table.md").is_file()

@@ -207,3 +207,26 @@ def test_the_mini_race_runs_end_to_end_and_resumes(tmp_path):
     assert f"skipping {jobs['ttfnet']}" in proc.stdout and f"resuming {jobs['centernet']}" in proc.stdout
     assert json.loads((jobs["centernet"] / "results.json").read_text())["global_step"] == steps
     assert (sweep / "race.md").is_file()
+
+
+def test_the_plot_keeps_a_detectors_mean_and_legend_while_one_seed_still_runs(tmp_path):
+    """A running seed whose only validation falls just before the finished seed's first used to leave no common
+    span: the detector lost its bold mean and its legend entry. The mean is now the finished seeds'."""
+    pytest.importorskip("matplotlib")
+    from ttfnet_lightning.paper.race import Detector, SeedRun
+    from ttfnet_lightning.paper.race_plot import race_figure
+
+    def curve(hours):
+        return [{"hours": h, "step": 100 * k, "val/AP": 10.0 * k, "val/AP50": 20.0 * k} for k, h in enumerate(hours, 1)]
+
+    det = Detector("ssdlite", "SSDlite")
+    det.runs = [
+        SeedRun(0, "finished", tmp_path, curve([0.0250, 0.05, 0.1, 0.2])),
+        SeedRun(1, "running", tmp_path, curve([0.0249])),
+    ]
+    fig = race_figure([det])
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["SSDlite (1 seed, 1 more running)"]
+    bold = [line for line in ax.get_lines() if line.get_linewidth() > 2]
+    assert len(bold) == 1 and list(bold[0].get_ydata()) == [20.0, 40.0, 60.0, 80.0]

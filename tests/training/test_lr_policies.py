@@ -12,7 +12,8 @@ from torch import nn
 
 from conftest import compose
 from ttfnet_lightning.training import config as config_mod
-from ttfnet_lightning.training.config import OptimConfig, checked, module_groups
+from ttfnet_lightning.training.config import OptimConfig, checked
+from ttfnet_lightning.training.config_groups import module_groups
 from ttfnet_lightning.training.optim import LR_POLICIES, build_optimizer, lr_factor, policy_factor
 
 STEP = dict(steps_per_epoch=10, milestones=[9, 11], gamma=0.1)

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from conftest import compose
 from ttfnet_lightning.training.checkpoints import module_hparams
-from ttfnet_lightning.training.config import module_groups, peer_groups
+from ttfnet_lightning.training.config_groups import module_groups, peer_groups
 from ttfnet_lightning.training.lit_module import TTFNetModule
 from ttfnet_lightning.training.multiscale import MultiScale, resize_batch, size_index, train_sizes
 

@@ -9,7 +9,6 @@ composed config (:func:`option_of`), not from its directory name.
 
 from __future__ import annotations
 
-import math
 import statistics
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -40,12 +39,16 @@ def option_of(cfg: DictConfig) -> str:
     return " + ".join(parts) or BASELINE
 
 
-def _optimizer_steps(cfg: DictConfig) -> int | None:
-    """Optimiser steps of a job on a sized data set (training images / batch, rounded up, x epochs)."""
-    dm = cfg.get("data", {}).get("datamodule", {})
+def _optimizer_steps(job: Job) -> int | None:
+    """Optimiser steps of a job: a finished job's own count (``global_step`` of its results), else the planned count
+    on a sized data set (x epochs, per epoch the training images / batch, the last partial batch dropped as the
+    training loader does when there is more than one batch)."""
+    if job.status == "finished" and isinstance(job.results.get("global_step"), int):
+        return int(job.results["global_step"])
+    dm = job.cfg.get("data", {}).get("datamodule", {})
     try:
-        per_epoch = math.ceil(int(dm["num_train"]) / int(dm["batch_size"]))
-        return per_epoch * int(cfg.schedule.max_epochs)
+        num, batch = int(dm["num_train"]), int(dm["batch_size"])
+        return (num // batch if num > batch else 1) * int(job.cfg.schedule.max_epochs)
     except (KeyError, TypeError, ValueError):
         return None
 
@@ -99,7 +102,7 @@ def modern_table(jobs: Sequence[Job], paper: dict[str, Any], ratio_fn: Callable[
                 cells[(option, f"Δ{name}")] = _paired(cell, by_option[BASELINE])
     cells.update(_seed_cells(jobs))
     columns = ["AP50", "AP", "ΔAP50", "ΔAP", *(f"{m} seed {s}" for m in METRICS for s in seeds)]
-    steps = sorted({s for s in (_optimizer_steps(j.cfg) for j in jobs) if s is not None})
+    steps = sorted({s for s in (_optimizer_steps(j) for j in jobs) if s is not None})
     notes = [
         f"Final validation of each job (val/AP50, val/AP); ΔAP50, ΔAP: the option minus the paper's recipe "
         f"({BASELINE}: step LR policy, no EMA, one input size), mean ± std of the per-seed differences; "

@@ -45,6 +45,18 @@ def _unit(hours: float) -> tuple[str, float]:
     return ("minutes", 60.0) if hours <= 3.0 else ("hours", 1.0)
 
 
+def _mean_and_label(det: Any, metric: str) -> tuple[tuple[np.ndarray, np.ndarray] | None, str, int]:
+    """The bold curve of ``det``, its legend label and how many seeds it averages: the mean over its finished
+    seeds (over every seed when none has finished), so that a seed still running, whose validations cover only the
+    start, neither shortens the mean nor, when its first validation falls just before the others', removes it; the
+    label counts the running seeds."""
+    with_curve = [r for r in det.runs if r.curve]
+    finished = [r for r in with_curve if r.status == "finished"] or with_curve
+    n, others = len(finished), len(with_curve) - len(finished)
+    label = f"{det.label} ({n} seed{'s' if n != 1 else ''}" + (f", {others} more running)" if others else ")")
+    return mean_curve([r.curve for r in finished], metric), label, n
+
+
 def race_figure(detectors: Sequence[Any], *, levels: Sequence[float] = (), title: str | None = None) -> Any:
     """val AP50 (with the ``levels`` as dotted lines) and val AP against training time for the race's
     ``detectors`` (:class:`~ttfnet_lightning.paper.race.Detector`). Returns a matplotlib Figure."""
@@ -66,11 +78,10 @@ def race_figure(detectors: Sequence[Any], *, levels: Sequence[float] = (), title
                     marker="o",
                     ms=2,
                 )
-            mean = mean_curve(curves, metric)
+            mean, label, n = _mean_and_label(det, metric)
             if mean is not None:
-                seeds = f"{len(curves)} seed{'s' if len(curves) != 1 else ''}"
-                one = {"marker": "o", "ms": 3} if len(curves) == 1 else {}  # one seed: its validations as dots
-                ax.plot(scale * mean[0], mean[1], color=color, lw=2.4, label=f"{det.label} ({seeds})", **one)
+                one = {"marker": "o", "ms": 3} if n == 1 else {}  # one seed: its validations as dots
+                ax.plot(scale * mean[0], mean[1], color=color, lw=2.4, label=label, **one)
         if metric == "val/AP50":
             for level in levels:
                 ax.axhline(level, color="grey", lw=0.7, ls=":")

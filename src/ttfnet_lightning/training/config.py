@@ -73,7 +73,6 @@ __all__ = [
     "TrainConfig",
     "METHODS",
     "PEERS",
-    "peer_groups",
     "checked",
     "register_configs",
 ]
@@ -344,50 +343,6 @@ class TrainConfig:
     ema: EmaConfig = field(default_factory=EmaConfig)  # group ema=none|ema|short
     multiscale: MultiScaleConfig = field(default_factory=MultiScaleConfig)  # group multiscale=none|standard
     budget: BudgetConfig = field(default_factory=BudgetConfig)  # training-time budget (experiment=race)
-
-
-def module_groups(cfg: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """The composed training config (resolved, as plain containers) -> the module's argument groups
-    ``net``, ``kernel``, ``loss``, ``optim``, ``decode``, ``multiscale``: the user-facing groups ``backbone`` and
-    ``model`` feed ``net``; ``model`` also holds the loss and decoder settings, ``schedule`` the
-    optimiser's (the schedule's other keys, e.g. ``max_epochs``, go to the Trainer); ``multiscale`` is the user
-    node, its seed the run's when null and multi-scale training is on."""
-    model, schedule = cfg["model"], cfg["schedule"]
-    own = lambda cls, values: {f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values}  # noqa: E731
-    return {
-        "net": NetConfig.from_config(cfg["backbone"], model),
-        "kernel": dict(cfg["kernel"]),
-        "loss": own(LossConfig, model),
-        "optim": own(OptimConfig, schedule),
-        "decode": own(DecodeConfig, model),
-        "multiscale": _multiscale_group(cfg),
-    }
-
-
-def _multiscale_group(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    node = dict(cfg.get("multiscale") or {})
-    if node.get("scales") and node.get("seed") is None:
-        node["seed"] = int(cfg.get("seed") or 0)
-    return node
-
-
-def peer_groups(cfg: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """The composed training config (resolved, as plain containers) of a torchvision detector
-    (``model.method`` in :data:`PEERS`) -> the peer module's argument groups ``peer`` (``model.method`` and the
-    ``peer`` node), ``optim`` (the ``schedule``'s optimiser settings, as :func:`module_groups`) and ``decode``
-    (``model.topk``, ``model.score_threshold``, ``model.box_convention``)."""
-    model, schedule = cfg["model"], cfg["schedule"]
-    own = lambda cls, values: {f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values}  # noqa: E731
-    if (cfg.get("multiscale") or {}).get("scales"):
-        raise ValueError(
-            f"multiscale.scales is set, but model.method={model['method']} (torchvision's detector) resizes its "
-            "images inside its own transform: multi-scale training is TTFNet's and CenterNet's (multiscale=none)"
-        )
-    return {
-        "peer": checked(PeerNetConfig, {**own(PeerConfig, cfg.get("peer") or {}), "name": model["method"]}),
-        "optim": own(OptimConfig, schedule),
-        "decode": own(DecodeConfig, model),
-    }
 
 
 def checked(cls: type, values: Mapping[str, Any], *, where: str | None = None) -> dict[str, Any]:

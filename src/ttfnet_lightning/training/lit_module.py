@@ -29,8 +29,8 @@ from ttfnet_lightning.training.config import (
     NetConfig,
     OptimConfig,
     checked,
-    module_groups,
 )
+from ttfnet_lightning.training.config_groups import module_groups
 from ttfnet_lightning.training.detector_module import (  # noqa: F401  (re-exported: their historical home)
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -147,7 +147,7 @@ class TTFNetModule(DetectorModule):
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any], *, data_info: Mapping[str, Any]) -> TTFNetModule:
         """The module from the composed training config (resolved plain containers; see
-        :func:`~ttfnet_lightning.training.config.module_groups`) and what it knows of its data
+        :func:`~ttfnet_lightning.training.config_groups.module_groups`) and what it knows of its data
         (:class:`~ttfnet_lightning.training.config.DataInfo`, e.g. from :func:`data_info`)."""
         return cls(**module_groups(cfg), data_info=data_info)
 

@@ -29,8 +29,8 @@ from ttfnet_lightning.training.config import (
     OptimConfig,
     PeerNetConfig,
     checked,
-    peer_groups,
 )
+from ttfnet_lightning.training.config_groups import peer_groups
 from ttfnet_lightning.training.detector_module import DetectorModule
 
 log = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ class PeerDetectorModule(DetectorModule):
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any], *, data_info: Mapping[str, Any]) -> PeerDetectorModule:
         """The module from the composed training config (resolved plain containers;
-        :func:`~ttfnet_lightning.training.config.peer_groups`) and what it knows of its data.
+        :func:`~ttfnet_lightning.training.config_groups.peer_groups`) and what it knows of its data.
 
         Raises:
             ValueError: ``export_backbone`` is set (a peer's backbone is not a TTFNet backbone file)."""

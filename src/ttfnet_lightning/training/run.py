@@ -29,7 +29,7 @@ from ttfnet_lightning.training.callbacks import (
     RerunInterruptedValidation,
     TimeToAccuracy,
 )
-from ttfnet_lightning.training.checkpoints import StrictCheckpointIO, export_backbone_weights, load_model
+from ttfnet_lightning.training.checkpoints import StrictCheckpointIO, export_backbone_weights
 from ttfnet_lightning.training.config import PEERS
 from ttfnet_lightning.training.data_order import DataOrder
 from ttfnet_lightning.training.detector_module import DetectorModule
@@ -48,18 +48,11 @@ from ttfnet_lightning.training.progress import progress_callbacks
 from ttfnet_lightning.training.records import output_dir, read_results
 from ttfnet_lightning.training.run_figures import finish_run_figures
 from ttfnet_lightning.training.run_lock import lock_output_dir
+from ttfnet_lightning.training.run_start import check_checkpoint_module, check_folder, resume_point, skip_finished
 from ttfnet_lightning.training.runs import (
     ResumeMetrics,
     RunRecord,
-    check_checkpoint_module,
-    check_checkpoint_run,
-    check_same_config,
-    check_same_data,
-    checkpoint_candidates,
-    checkpoint_run,
     data_record,
-    read_data_record,
-    resume_checkpoint,
     truncate_metrics,
     write_results,
     write_run_record,
@@ -182,64 +175,6 @@ def _terminated_workers(exc: BaseException, trainer: pl.Trainer) -> bool:
     return bool(getattr(getattr(trainer, "_signal_connector", None), "received_sigterm", False))
 
 
-def _check_folder(
-    out: Path, resolved: dict[str, Any], data: dict[str, Any] | None, done: dict[str, Any] | None
-) -> None:
-    """Refuse to resume or skip the run stored in ``out`` (its results or checkpoints) when it has
-    another config or other data (:class:`~ttfnet_lightning.training.runs.RunMismatchError`)."""
-    if done is not None or checkpoint_candidates(out):
-        check_same_config(out, resolved)
-        check_same_data(str(out), read_data_record(out, done), data)
-
-
-def _resume_point(
-    cfg: DictConfig, out: Path, resolved: dict[str, Any], data: dict[str, Any] | None, rank_zero: bool
-) -> tuple[Path | None, dict[str, Any] | None]:
-    """The checkpoint to resume from (``ckpt_path``, else the newest readable one of the folder,
-    else None) and what it says about its run, after checking that run's config and data.
-
-    Raises:
-        RunMismatchError: the checkpoint's run has another config or other data.
-        FileNotFoundError, CheckpointError: ``ckpt_path`` is missing or not a usable checkpoint."""
-    explicit = cfg.get("ckpt_path")
-    skipped: list[tuple[Path, str]] = []
-    ckpt = explicit if explicit else resume_checkpoint(out, skipped)
-    if rank_zero:
-        for path, why in skipped:
-            print(f"not resuming from {path}: {why}", file=sys.stderr, flush=True)
-        if skipped and ckpt is None:
-            print(f"no readable checkpoint in {out}: training from the start", file=sys.stderr, flush=True)
-    if ckpt is None:
-        return None, None
-    run = checkpoint_run(ckpt, verify=bool(explicit))  # a found one was checked whole already
-    check_checkpoint_run(run, resolved, data)
-    return Path(ckpt), run
-
-
-def _skip_finished(cfg: DictConfig, out: Path, done: dict[str, Any] | None, rank_zero: bool) -> bool:
-    """Whether this run finished earlier and is skipped (``skip_finished``); exports its backbone
-    again when that file is missing."""
-    if not (cfg.get("skip_finished", True) and done and done.get("status") == "finished"):
-        return False
-    export_missing = bool(cfg.get("export_backbone")) and not Path(cfg.export_backbone).is_file()
-    last_ckpt = out / "checkpoints" / "last.ckpt"
-    if export_missing and not last_ckpt.is_file():
-        # The run finished, but both its exported backbone and its checkpoint are gone (e.g. a
-        # fresh clone: results.json is tracked, weights are not). The export is the point of
-        # such a run, so train it again rather than fail or skip.
-        if rank_zero:
-            print(
-                f"\n{out} finished earlier, but {cfg.export_backbone} and {last_ckpt} are both "
-                "missing: training it again to re-create the backbone weights"
-            )
-        return False
-    if rank_zero:
-        print(f"\nskipping {out}: finished earlier (results.json; skip_finished=false trains again)")
-    if export_missing and rank_zero:
-        export_backbone_weights(load_model(last_ckpt), cfg.export_backbone)
-    return True
-
-
 def train(cfg: DictConfig) -> float | None:
     """Train and validate; returns the last value of ``cfg.optimized_metric`` (None if never validated).
 
@@ -266,10 +201,10 @@ def _train(cfg: DictConfig, out: Path) -> float | None:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     data = data_record(resolved["data"]["datamodule"])
     done = read_results(out)
-    _check_folder(out, resolved, data, done)
-    if _skip_finished(cfg, out, done, rank_zero):
+    check_folder(out, resolved, data, done)
+    if skip_finished(cfg, out, done, rank_zero):
         return done.get("metrics", {}).get(str(cfg.optimized_metric))
-    ckpt_path, ckpt_run = _resume_point(cfg, out, resolved, data, rank_zero)
+    ckpt_path, ckpt_run = resume_point(cfg, out, resolved, data, rank_zero)
     if cfg.get("export_backbone") and Path(cfg.export_backbone).is_dir():  # found now, not after training
         raise IsADirectoryError(
             f"export_backbone={cfg.export_backbone} is a directory: give the file to write (e.g. .../r18.pth)"

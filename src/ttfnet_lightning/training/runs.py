@@ -35,7 +35,6 @@ __all__ = [
     "write_run_record",
     "checkpoint_run",
     "check_checkpoint_run",
-    "check_checkpoint_module",
     "truncate_metrics",
     "write_results",
     "ResumeMetrics",
@@ -380,28 +379,3 @@ def check_checkpoint_run(run: dict[str, Any], resolved: dict[str, Any], data: di
             run["where"],
         )
     check_same_data(run["where"], run["data"], data)
-
-
-# module settings that may differ on resume (where the initial weights came from)
-_HPARAMS_FREE = ("net.pretrained", "net.weights")
-
-
-def check_checkpoint_module(run: dict[str, Any], hparams: dict[str, Any]) -> None:
-    """Refuse to resume from a checkpoint whose module settings (network, target kernel, loss,
-    optimiser, decoder, classes and input size) differ from the module this run builds.
-
-    Raises:
-        RunMismatchError: a setting differs (each named with both values)."""
-    stored, now = flatten_dict(run["hparams"]), flatten_dict(module_hparams(hparams))
-    diff = sorted(
-        k
-        for k in set(stored) | set(now)
-        if k not in _HPARAMS_FREE and stored.get(k, "<absent>") != now.get(k, "<absent>")
-    )
-    if diff:
-        lines = [f"  {k}: checkpoint {stored.get(k, '<absent>')!r}, now {now.get(k, '<absent>')!r}" for k in diff[:15]]
-        raise RunMismatchError(
-            f"{run['where']} holds a model with other settings than this run's:\n"
-            + "\n".join(lines)
-            + "\nResume it with the settings it was trained with, or start a new run without ckpt_path."
-        )

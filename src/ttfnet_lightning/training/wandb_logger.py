@@ -5,7 +5,7 @@ the best checkpoint as a model artifact.
   without Hydra's ``_target_``-style keys and without the copies ``conf/train.yaml`` wires into
   instantiated objects (``trainer.max_epochs: ${schedule.max_epochs}``); Lightning's own call with
   the LightningModule's hyper-parameters (``net.*``, ``optim.*``, ..., all derived from the same
-  config by ``training.config.module_groups``) is not sent once the run config is.
+  config by ``training.config_groups.module_groups``) is not sent once the run config is.
 * Summary: ``val/AP*`` keep their maximum (``define_metric(summary="max")``, W&B shows
   ``val/AP.max``), ``val/loss`` its minimum, and ``best/val/AP``, ``best/step``,
   ``best/train_hours``, ``best/epoch`` say where the best ``val/AP`` was reached.
