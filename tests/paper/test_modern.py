@@ -5,6 +5,7 @@ std, paired differences, each seed), and one tiny training run per option."""
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 from collections import Counter
 from pathlib import Path
@@ -142,6 +143,8 @@ def test_the_table_has_mean_std_paired_differences_and_each_seed(tmp_path):
     aggregate(sweep, quiet=True)
     rows = list(csv.DictReader(open(sweep / "table.csv")))
     assert {r["row"] for r in rows} >= set(table.rows) and (sweep / "table.md").is_file()
+    if importlib.util.find_spec("matplotlib") is not None:  # the viz extra: the option bars and paired differences
+        assert (sweep / "table.png").is_file()
 
 
 # --------------------------------------------------------------------------- one tiny run per option

@@ -152,14 +152,14 @@ def table_figure(
         "table4": _plot_table4,
         "table5": _plot_table5,
         "table6": _plot_table6,
+        "modern": _plot_modern,
     }.get(name, _plot_generic)
     fig = plotter(cells, paper.get(name, {}))
     collapsed = " x = runs whose box regression collapsed;" if any(r["collapsed"] for r in rows) else ""
     paper_net = "R18 / R34 / D53" if name == "table6" else "TTFNet-53"  # Table 6 compares backbones
+    against = "the paper's recipe (no paper values)" if name == "modern" else f"paper (COCO, {paper_net})"
     fig.suptitle(
-        title
-        or f"{name}: ours (mean ± std over seeds, dots = seeds;{collapsed} this sweep's protocol) "
-        f"vs paper (COCO, {paper_net})",
+        title or f"{name}: ours (mean ± std over seeds, dots = seeds;{collapsed} this sweep's protocol) vs {against}",
         fontsize=10,
     )
     fig.tight_layout()
@@ -343,6 +343,40 @@ def _plot_table6(cells: dict, p: dict) -> Any:
         ax.set_xticks(range(len(cols)), cols)
         style_axes(ax, f"Table 6, long schedules: {t}")
         ax.legend(fontsize=7)
+    return fig
+
+
+def _plot_modern(cells: dict, p: dict) -> Any:
+    """experiment=modern: final AP50 and AP per option (bars), and each option's difference to the paper's recipe
+    paired by seed (the seeds' spread cancels)."""
+    options = list(dict.fromkeys(r for r, c in cells if c == "AP50"))
+    fig, axes = subplots(1, 2, (11, 3.8), squeeze=True)
+    for k, metric in enumerate(("AP50", "AP")):
+        _bars(
+            axes[0],
+            options,
+            [cells.get((o, metric)) for o in options],
+            color=("#1f77b4", "#ff7f0e")[k],
+            ours=True,
+            offset=0.2 * (2 * k - 1),
+            width=0.38,
+            label=f"val/{metric}",
+        )
+        _bars(
+            axes[1],
+            options,
+            [cells.get((o, f"Δ{metric}")) for o in options],
+            color=("#1f77b4", "#ff7f0e")[k],
+            ours=True,
+            offset=0.2 * (2 * k - 1),
+            width=0.38,
+            label=f"Δ{metric}",
+        )
+    for ax, title in ((axes[0], "final val AP50 and AP per option"), (axes[1], "difference to the paper's recipe")):
+        ax.set_xticks(range(len(options)), options, rotation=15, ha="right", fontsize=8)
+        ax.legend(fontsize=7)
+        style_axes(ax, title)
+    axes[1].axhline(0, color="grey", lw=0.8)
     return fig
 
 
