@@ -49,6 +49,8 @@ def test_the_paper_tables_and_explicit_settings_keep_their_precision(monkeypatch
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert _compose(["protocol=cpu"]).trainer.precision == "32-true"  # the stored tables ran in fp32
+    # and so did the CPU backbones they load (else `make table6` on a bf16 CPU refuses results/cpu-pretrained/r34-run)
+    assert _compose(["experiment=cpu_pretrain", "backbone=r34"]).trainer.precision == "32-true"
     assert _compose(["trainer=gpu"]).trainer.precision == "32-true"
     assert _compose(["trainer.precision=16-mixed"]).trainer.precision == "16-mixed"
 
