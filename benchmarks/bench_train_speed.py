@@ -56,8 +56,9 @@ def compose(overrides: list[str]) -> Any:
         return hydra_compose("train", overrides)
 
 
-def bare_steps(cfg: Any, levers: dict[str, tuple[bool, bool, bool]], *, rounds: int) -> dict[str, float]:
-    """Median seconds of forward + loss + backward per lever, the levers interleaved round by round."""
+def bare_setups(cfg: Any, levers: dict[str, tuple[bool, bool, bool]]) -> dict[str, tuple[Any, torch.Tensor, Any, bool]]:
+    """Per lever (bf16, channels_last, compile): a fresh training module of ``cfg`` and one fixed training batch,
+    normalised and encoded on the device: ``(model, images, targets, bf16)`` for :func:`bare_step`."""
     from ttfnet_lightning.training.run import build_datamodule, build_module
 
     pl.seed_everything(0)
@@ -77,15 +78,25 @@ def bare_steps(cfg: Any, levers: dict[str, tuple[bool, bool, bool]], *, rounds: 
             images = images.contiguous(memory_format=torch.channels_last)
         targets = model.encode({**batch, "images": images})
         runs[name] = (model, images, targets, bf16)
+    return runs
+
+
+def bare_step(model: Any, images: torch.Tensor, targets: Any, bf16: bool) -> None:
+    """One bare step: the network's forward (under bf16 autocast with ``bf16``), the loss and its backward."""
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        out = model.net(images)
+    model.loss_fn(*out, *targets)["loss"].backward()
+    model.zero_grad(set_to_none=True)
+
+
+def bare_steps(cfg: Any, levers: dict[str, tuple[bool, bool, bool]], *, rounds: int) -> dict[str, float]:
+    """Median seconds of forward + loss + backward per lever, the levers interleaved round by round."""
+    runs = bare_setups(cfg, levers)
     times: dict[str, list[float]] = {name: [] for name in runs}
     for r in range(rounds + 2):  # two warm-up rounds (compilation, allocator)
-        for name, (model, images, targets, bf16) in runs.items():
+        for name, run in runs.items():
             t0 = time.perf_counter()
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                out = model.net(images)
-            loss = model.loss_fn(*out, *targets)["loss"]
-            loss.backward()
-            model.zero_grad(set_to_none=True)
+            bare_step(*run)
             if r >= 2:
                 times[name].append(time.perf_counter() - t0)
     return {name: statistics.median(v) for name, v in times.items()}

@@ -14,11 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-import pytorch_lightning as pl
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train_speed import MAKE_TRAIN, compose  # noqa: E402
+from bench_train_speed import LEVERS, MAKE_TRAIN, bare_setups, bare_step, compose  # noqa: E402
 
 from _common import machine  # noqa: E402
 
@@ -29,35 +26,18 @@ def main() -> None:
     args = parser.parse_args()
     from torch.profiler import ProfilerActivity, profile
 
-    from ttfnet_lightning.training.run import build_datamodule, build_module
-
     print(machine())
-    cfg = compose(MAKE_TRAIN)
-    pl.seed_everything(0)
-    dm = build_datamodule(cfg)
-    dm.setup("fit")
-    batch = next(iter(dm.train_dataloader()))
-    model = build_module(cfg, dm).train()
-    model.trainer = None
-    images = model.normalize(batch["images"])
-    targets = model.encode({**batch, "images": images})
-
-    def step(bf16: bool) -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            out = model.net(images)
-        model.loss_fn(*out, *targets)["loss"].backward()
-        model.zero_grad(set_to_none=True)
-
-    for bf16 in (False, True):
+    runs = bare_setups(compose(MAKE_TRAIN), {"fp32 eager": LEVERS["fp32 eager"], "bf16 autocast": LEVERS["bf16"]})
+    for name, run in runs.items():
         for _ in range(2):
-            step(bf16)
+            bare_step(*run)
         t0 = time.perf_counter()
         for _ in range(3):
-            step(bf16)
-        print(f"\n{'bf16 autocast' if bf16 else 'fp32 eager'}: {1000 * (time.perf_counter() - t0) / 3:.0f} ms per step")
+            bare_step(*run)
+        print(f"\n{name}: {1000 * (time.perf_counter() - t0) / 3:.0f} ms per step")
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             for _ in range(2):
-                step(bf16)
+                bare_step(*run)
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows, max_name_column_width=40))
 
 

@@ -352,26 +352,17 @@ def _plot_modern(cells: dict, p: dict) -> Any:
     options = list(dict.fromkeys(r for r, c in cells if c == "AP50"))
     fig, axes = subplots(1, 2, (11, 3.8), squeeze=True)
     for k, metric in enumerate(("AP50", "AP")):
-        _bars(
-            axes[0],
-            options,
-            [cells.get((o, metric)) for o in options],
-            color=("#1f77b4", "#ff7f0e")[k],
-            ours=True,
-            offset=0.2 * (2 * k - 1),
-            width=0.38,
-            label=f"val/{metric}",
-        )
-        _bars(
-            axes[1],
-            options,
-            [cells.get((o, f"Δ{metric}")) for o in options],
-            color=("#1f77b4", "#ff7f0e")[k],
-            ours=True,
-            offset=0.2 * (2 * k - 1),
-            width=0.38,
-            label=f"Δ{metric}",
-        )
+        for ax, column in ((axes[0], metric), (axes[1], f"Δ{metric}")):
+            _bars(
+                ax,
+                options,
+                [cells.get((o, column)) for o in options],
+                color=("#1f77b4", "#ff7f0e")[k],
+                ours=True,
+                offset=0.2 * (2 * k - 1),
+                width=0.38,
+                label=column if ax is axes[1] else f"val/{metric}",
+            )
     for ax, title in ((axes[0], "final val AP50 and AP per option"), (axes[1], "difference to the paper's recipe")):
         ax.set_xticks(range(len(options)), options, rotation=15, ha="right", fontsize=8)
         ax.legend(fontsize=7)
