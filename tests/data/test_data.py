@@ -25,6 +25,7 @@ from ttfnet_lightning.data import (
     build_transforms,
     collate_detection,
 )
+from ttfnet_lightning.data.datamodules import train_batches_per_epoch
 from ttfnet_lightning.data.shapes import SHAPE_KINDS, _draw_mask
 from ttfnet_lightning.data.transforms import IoUCropIfBoxes
 
@@ -255,7 +256,7 @@ def test_shapes_datamodule_batches():
     assert dm.label_to_cat_id is None and dm.val_ann_file is None
     dm.setup("fit")
     train = dm.train_dataloader()
-    assert train.drop_last and len(train) == 3
+    assert train.drop_last and len(train) == 3 == train_batches_per_epoch(12, 4)
     _check_batch(next(iter(train)), b=4, size=(64, 64), num_classes=5)
     val = dm.val_dataloader()
     assert not val.drop_last and len(val) == 2
@@ -269,7 +270,7 @@ def test_shapes_datamodule_small_set_keeps_last_batch():
     dm = ShapesDataModule(input_size=(64, 64), num_train=3, num_val=3, batch_size=4, num_workers=0)
     dm.setup("fit")
     loader = dm.train_dataloader()
-    assert not loader.drop_last and len(loader) == 1
+    assert not loader.drop_last and len(loader) == 1 == train_batches_per_epoch(3, 4)
 
 
 def test_shapes_datamodule_two_workers():

@@ -35,8 +35,8 @@ from torch import Tensor
 
 from ttfnet_lightning.core.decode import local_max
 from ttfnet_lightning.core.losses import modified_focal_loss
-from ttfnet_lightning.core.targets.geometry import _profile, _span, gaussian_radius
-from ttfnet_lightning.core.targets.windows import _draw_max, _Layer, _static_window
+from ttfnet_lightning.core.targets.geometry import gaussian_profile, gaussian_radius, window_span
+from ttfnet_lightning.core.targets.windows import DrawLayer, draw_max, static_window
 
 __all__ = ["CenterNetTargets", "encode_centernet_targets", "reg_l1_loss", "CenterNetLoss", "decode_centernet"]
 
@@ -131,17 +131,17 @@ def _draw_gaussians(
     """
     (h, w), (B, M), C = output_size, cx.shape, num_classes
     device = cx.device
-    heat_planes = torch.zeros(B * C + 1, h, w, device=device)  # + a spare plane (see core.targets.windows._Layer)
+    heat_planes = torch.zeros(B * C + 1, h, w, device=device)  # + a spare plane (see core.targets.windows.DrawLayer)
     if M == 0:
         return heat_planes[: B * C].view(B, C, h, w)
     N = B * M
-    gx, _ = _profile(torch.arange(w, device=device), cx, radius)  # (B, M, w), 0 outside |x - cx| <= r
-    gy, _ = _profile(torch.arange(h, device=device), cy, radius)  # (B, M, h)
-    span = _span(cy - radius, cy + radius, h, cx - radius, cx + radius, w)  # (4, B, M) clipped windows
+    gx, _ = gaussian_profile(torch.arange(w, device=device), cx, radius)  # (B, M, w), 0 outside |x - cx| <= r
+    gy, _ = gaussian_profile(torch.arange(h, device=device), cy, radius)  # (B, M, h)
+    span = window_span(cy - radius, cy + radius, h, cx - radius, cx + radius, w)  # (4, B, M) clipped windows
     plane = (torch.arange(B, device=device).unsqueeze(1) * C + channel).view(N)
-    layer = _Layer(heat_planes.view(-1), plane, gy.view(N, h), gx.view(N, w))
-    static = _static_window(h, w, kind="iso", min_overlap=min_overlap, radius_formula="centernet")
-    _draw_max([layer], span.view(4, N), h=h, w=w, static=static, cap=chunk_size * B)
+    layer = DrawLayer(heat_planes.view(-1), plane, gy.view(N, h), gx.view(N, w))
+    static = static_window(h, w, kind="iso", min_overlap=min_overlap, radius_formula="centernet")
+    draw_max([layer], span.view(4, N), h=h, w=w, static=static, cap=chunk_size * B)
     return heat_planes[: B * C].view(B, C, h, w)
 
 

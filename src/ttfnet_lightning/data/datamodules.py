@@ -34,9 +34,19 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DetectionDataModule", "ImageFileDataModule", "CocoDataModule", "VocDataModule"]
+__all__ = ["DetectionDataModule", "ImageFileDataModule", "CocoDataModule", "VocDataModule", "train_batches_per_epoch"]
 
 STRIDE = 32  # input sizes must be multiples of the backbone's total stride
+
+
+def drops_last_batch(num_images: int, batch_size: int) -> bool:
+    """Whether the training loader drops the last partial batch: only when there is more than one batch."""
+    return num_images > batch_size
+
+
+def train_batches_per_epoch(num_images: int, batch_size: int) -> int:
+    """Training batches (optimiser steps) per epoch of ``num_images`` images, by the loader's rule above."""
+    return num_images // batch_size if drops_last_batch(num_images, batch_size) else 1
 
 
 class DetectionDataModule(pl.LightningDataModule):
@@ -93,7 +103,7 @@ class DetectionDataModule(pl.LightningDataModule):
             dataset,
             batch_size=self.batch_size,
             shuffle=train,
-            drop_last=train and len(dataset) > self.batch_size,
+            drop_last=train and drops_last_batch(len(dataset), self.batch_size),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),  # faster host-to-GPU copies; off on CPU-only machines

@@ -15,6 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from ttfnet_lightning.data.datamodules import train_batches_per_epoch
 from ttfnet_lightning.paper.layouts import Cell, Table
 from ttfnet_lightning.paper.sweeps import Job
 
@@ -41,14 +42,13 @@ def option_of(cfg: DictConfig) -> str:
 
 def _optimizer_steps(job: Job) -> int | None:
     """Optimiser steps of a job: a finished job's own count (``global_step`` of its results), else the planned count
-    on a sized data set (x epochs, per epoch the training images / batch, the last partial batch dropped as the
-    training loader does when there is more than one batch)."""
+    on a sized data set (epochs x the training loader's batches per epoch)."""
     if job.status == "finished" and isinstance(job.results.get("global_step"), int):
         return int(job.results["global_step"])
     dm = job.cfg.get("data", {}).get("datamodule", {})
     try:
         num, batch = int(dm["num_train"]), int(dm["batch_size"])
-        return (num // batch if num > batch else 1) * int(job.cfg.schedule.max_epochs)
+        return train_batches_per_epoch(num, batch) * int(job.cfg.schedule.max_epochs)
     except (KeyError, TypeError, ValueError):
         return None
 

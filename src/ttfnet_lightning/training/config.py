@@ -39,6 +39,7 @@ from typing import Any, Dict, List, Optional  # noqa: UP035  (OmegaConf needs ty
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
+from ttfnet_lightning.core.models.neck import NECK_CHANNELS, SHORTCUT_CONVS
 from ttfnet_lightning.training.precision import auto_precision
 from ttfnet_lightning.training.records import beside_run, job_dirname, sqlite_url
 from ttfnet_lightning.training.run_options import (
@@ -116,8 +117,8 @@ class NeckHeadConfig:
     # ttfnet (the paper's up-sampling neck) | dla_up (the released DLA-34 configs' DLA up-sampling; backbone=dla34
     # sets it; neck_channels and shortcut_convs are TTFNet's neck's only)
     neck: str = "ttfnet"
-    neck_channels: List[int] = field(default_factory=lambda: [256, 128, 64])
-    shortcut_convs: List[int] = field(default_factory=lambda: [3, 2, 1])  # paper Table 4
+    neck_channels: List[int] = field(default_factory=lambda: list(NECK_CHANNELS))
+    shortcut_convs: List[int] = field(default_factory=lambda: list(SHORTCUT_CONVS))  # paper Table 4
     deformable: bool = True  # modulated deformable up-sampling convs (paper)
     deform_impl: str = "native"  # native (grid_sample, fast on CPU) | torchvision (ops.deform_conv2d)
     heatmap_convs: int = 2

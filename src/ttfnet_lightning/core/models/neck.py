@@ -20,7 +20,11 @@ from torchvision.ops import deform_conv2d
 
 from ttfnet_lightning.core.models.deform import deform_conv2d_native
 
-__all__ = ["ModulatedDeformConv2d", "UpsampleNeck"]
+__all__ = ["ModulatedDeformConv2d", "UpsampleNeck", "NECK_CHANNELS", "SHORTCUT_CONVS"]
+
+#: the paper's neck (Fig. 2): up-sampling widths for strides 16, 8, 4 and shortcut convs for backbone stages 2, 3, 4
+NECK_CHANNELS = (256, 128, 64)
+SHORTCUT_CONVS = (3, 2, 1)
 
 
 DEFORM_IMPLS = ("native", "torchvision")
@@ -111,8 +115,8 @@ class UpsampleNeck(nn.Module):
         self,
         *,
         in_channels: Sequence[int],
-        channels: Sequence[int] = (256, 128, 64),
-        shortcut_convs: Sequence[int] = (3, 2, 1),
+        channels: Sequence[int] = NECK_CHANNELS,
+        shortcut_convs: Sequence[int] = SHORTCUT_CONVS,
         deformable: bool = True,
         deform_impl: str = "native",
     ) -> None:

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from ttfnet_lightning.core.models.backbones import build_backbone
 from ttfnet_lightning.core.models.dla_up import DLAUpNeck
 from ttfnet_lightning.core.models.head import CenterNetHead, TTFHead
-from ttfnet_lightning.core.models.neck import UpsampleNeck
+from ttfnet_lightning.core.models.neck import NECK_CHANNELS, SHORTCUT_CONVS, UpsampleNeck
 
 __all__ = ["TTFNet", "METHODS", "NECKS"]
 
@@ -20,7 +20,7 @@ _DEFAULT_BOX_CONVS = {"r18": 1, "r34": 2, "d53": 2, "dla34": 1}
 METHODS = ("ttfnet", "centernet")
 #: up-sampling necks: TTFNet's (paper Fig. 2) or the released DLA-34 configs' DLA up-sampling (core/models/dla_up.py)
 NECKS = ("ttfnet", "dla_up")
-_TTF_NECK_DEFAULTS = {"neck_channels": (256, 128, 64), "shortcut_convs": (3, 2, 1)}
+_TTF_NECK_DEFAULTS = {"neck_channels": NECK_CHANNELS, "shortcut_convs": SHORTCUT_CONVS}
 
 
 class TTFNet(nn.Module):
@@ -76,8 +76,8 @@ class TTFNet(nn.Module):
         frozen_bn: str = "eval",
         backbone_init: str = "pytorch",
         neck: str = "ttfnet",
-        neck_channels: Sequence[int] = (256, 128, 64),
-        shortcut_convs: Sequence[int] = (3, 2, 1),
+        neck_channels: Sequence[int] = NECK_CHANNELS,
+        shortcut_convs: Sequence[int] = SHORTCUT_CONVS,
         deformable: bool = True,
         deform_impl: str = "native",
         heatmap_convs: int = 2,

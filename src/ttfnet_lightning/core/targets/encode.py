@@ -14,7 +14,7 @@ from ttfnet_lightning.core.targets.geometry import (
     _check_inputs,
     _geometry,
 )
-from ttfnet_lightning.core.targets.windows import _draw_max, _Layer, _static_window
+from ttfnet_lightning.core.targets.windows import DrawLayer, draw_max, static_window
 
 
 @torch.no_grad()
@@ -157,33 +157,33 @@ def _draw_boxes(
     gx_a, gy_a, inx_r, iny_r = geo.gx_a, geo.gy_a, geo.inx_r, geo.iny_r
     N = B * M
     image = torch.arange(B, device=device).unsqueeze(1)
-    heat_planes = torch.zeros(B * C + 1, h, w, device=device)  # + a spare plane (see _Layer)
+    heat_planes = torch.zeros(B * C + 1, h, w, device=device)  # + a spare plane (see DrawLayer)
     owner_planes = torch.zeros(B * G + 1, h, w, device=device, dtype=torch.int32)  # int32: fast products
     heatmap = heat_planes[: B * C].view(B, C, h, w)  # contiguous (its storage holds the spare plane too)
     owner_rank = owner_planes[: B * G].view(B, G, h, w)  # 0: no box, else 1 + index in drawing order
-    heat = _Layer(
+    heat = DrawLayer(
         heat_planes.view(-1),
         (image * C + hm_channel.clamp(max=max(C - 1, 0))).view(N),
         gy_a.view(N, h),
         gx_a.view(N, w),
     )
-    own = _Layer(
+    own = DrawLayer(
         owner_planes.view(-1),
         (image * G + group).view(N),
         (iny_r * rank.unsqueeze(-1)).view(N, h),
         inx_r.to(torch.int32).view(N, w),
     )
     win = dict(h=h, w=w, cap=chunk_size * B)
-    heat_static = _static_window(
+    heat_static = static_window(
         h, w, kind="aspect" if aspect_ratio else "iso", k=alpha, min_overlap=min_overlap, radius_formula=radius_formula
     )
     layers = [heat] if C > 0 else []
     if wh_gaussian and beta == alpha:  # one kernel for both: the same windows
-        _draw_max([*layers, own], geo.span_a.view(4, N), static=heat_static, **win)
+        draw_max([*layers, own], geo.span_a.view(4, N), static=heat_static, **win)
     else:
-        _draw_max(layers, geo.span_a.view(4, N), static=heat_static, **win)
-        reg_static = _static_window(h, w, kind="aspect", k=beta) if wh_gaussian else (h, w)
-        _draw_max([own], geo.span_r.view(4, N), static=reg_static, **win)
+        draw_max(layers, geo.span_a.view(4, N), static=heat_static, **win)
+        reg_static = static_window(h, w, kind="aspect", k=beta) if wh_gaussian else (h, w)
+        draw_max([own], geo.span_r.view(4, N), static=reg_static, **win)
 
     return heatmap, owner_rank
 

@@ -15,7 +15,7 @@ _RADIUS_FORMULAS = ("centernet", "exact")
 #: encoder options that never change which pixels are samples (weights, memory, naming)
 _WEIGHT_ONLY_OPTIONS = ("name", "gaussian_weight", "area_weight", "chunk_size")
 
-__all__ = ["gaussian_radius", "AreaWeight", "RadiusFormula"]
+__all__ = ["gaussian_radius", "gaussian_profile", "window_span", "AreaWeight", "RadiusFormula"]
 
 
 def gaussian_radius(
@@ -61,7 +61,7 @@ def gaussian_radius(
     return torch.minimum(torch.minimum(r1, r2), r3).to(height.dtype if height.is_floating_point() else torch.float32)
 
 
-def _profile(pos: Tensor, center: Tensor, radius: Tensor) -> tuple[Tensor, Tensor]:
+def gaussian_profile(pos: Tensor, center: Tensor, radius: Tensor) -> tuple[Tensor, Tensor]:
     """1-D truncated Gaussian along one axis.
 
     Args:
@@ -88,7 +88,7 @@ def _interval(pos: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
     return (p >= lo.unsqueeze(-1)) & (p <= hi.unsqueeze(-1))
 
 
-def _span(y1: Tensor, y2: Tensor, h: int, x1: Tensor, x2: Tensor, w: int) -> Tensor:
+def window_span(y1: Tensor, y2: Tensor, h: int, x1: Tensor, x2: Tensor, w: int) -> Tensor:
     """(4, B, M) int64: first row, number of rows, first column, number of columns of the
     inclusive ranges ``y1..y2``, ``x1..x2`` (B, M) clipped to the map; the first row/column is
     on the map even where the range misses it (0 rows/columns)."""
@@ -179,7 +179,7 @@ def _regression_rectangle(
     y1s, y2s = [torch.round(v / stride).clamp(0, h - 1).to(torch.int64) for v in (y1s, y2s)]
     inx_r = _interval(xs, x1s, x2s)
     iny_r = _interval(ys, y1s, y2s)
-    span_r = _span(y1s, y2s, h, x1s, x2s, w)
+    span_r = window_span(y1s, y2s, h, x1s, x2s, w)
     span_r[1] *= valid  # padding: no rows
     return inx_r.to(torch.float32), inx_r, iny_r.to(torch.float32), iny_r, span_r
 
@@ -217,9 +217,9 @@ def _geometry(
 
     xs = torch.arange(w, device=device)
     ys = torch.arange(h, device=device)
-    gx_a, inx_a = _profile(xs, cx, rw_a)  # (B, M, w)
-    gy_a, iny_a = _profile(ys, cy, rh_a)  # (B, M, h)
-    span_a = _span(cy - rh_a, cy + rh_a, h, cx - rw_a, cx + rw_a, w)
+    gx_a, inx_a = gaussian_profile(xs, cx, rw_a)  # (B, M, w)
+    gy_a, iny_a = gaussian_profile(ys, cy, rh_a)  # (B, M, h)
+    span_a = window_span(cy - rh_a, cy + rh_a, h, cx - rw_a, cx + rw_a, w)
 
     # --- regression area per box: 1-D profiles (weights) and inside masks along x and y
     if not wh_gaussian:
@@ -229,9 +229,9 @@ def _geometry(
     else:
         rw_b = (feat_w / 2.0 * beta).to(torch.int64)
         rh_b = (feat_h / 2.0 * beta).to(torch.int64)
-        gx_r, inx_r = _profile(xs, cx, rw_b)
-        gy_r, iny_r = _profile(ys, cy, rh_b)
-        span_r = _span(cy - rh_b, cy + rh_b, h, cx - rw_b, cx + rw_b, w)
+        gx_r, inx_r = gaussian_profile(xs, cx, rw_b)
+        gy_r, iny_r = gaussian_profile(ys, cy, rh_b)
+        span_r = window_span(cy - rh_b, cy + rh_b, h, cx - rw_b, cx + rw_b, w)
 
     hm_channel = torch.where(valid, labels, torch.full_like(labels, C))
     group = hm_channel if class_aware else torch.zeros_like(labels)

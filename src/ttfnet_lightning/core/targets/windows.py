@@ -8,9 +8,12 @@ from torch import Tensor
 
 from ttfnet_lightning.core.targets.geometry import RadiusFormula, gaussian_radius
 
+# shared with the CenterNet encoder (core/centernet.py); the rest stays private to the TTFNet encoder
+__all__ = ["DrawLayer", "draw_max", "static_window"]
 
-class _Layer(NamedTuple):
-    """One output reduced by :func:`_draw_max`: box n draws ``py[n, y] * px[n, x]`` into plane
+
+class DrawLayer(NamedTuple):
+    """One output reduced by :func:`draw_max`: box n draws ``py[n, y] * px[n, x]`` into plane
     ``row[n]`` of ``out`` (a flat view of (planes + 1, h, w)), keeping the element-wise max. The
     last plane is spare: a window that runs past a plane's last row spills zeros into the next."""
 
@@ -27,7 +30,7 @@ def _radius_bound(length: int, k: float) -> int:
     return int(r) + 1 if r == r and r > 0 else 1
 
 
-def _static_window(
+def static_window(
     h: int,
     w: int,
     *,
@@ -63,7 +66,7 @@ def _windows(
 
     Args:
         ny, nx: (N,) int64 rows and columns of each box's window (0: it draws nothing).
-        static: (rows, columns) that hold any box's window (see :func:`_static_window`).
+        static: (rows, columns) that hold any box's window (see :func:`static_window`).
         cap: most boxes in one group.
     Returns:
         ``order``: the boxes to draw, in the order the groups refer to (None: all, as given), and
@@ -111,9 +114,9 @@ _GROUP_ELEMENTS = 1 << 17
 _FIT_ON_CPU = True
 
 
-def _draw_max(layers: list[_Layer], span: Tensor, *, h: int, w: int, static: tuple[int, int], cap: int) -> None:
+def draw_max(layers: list[DrawLayer], span: Tensor, *, h: int, w: int, static: tuple[int, int], cap: int) -> None:
     """Draw every box into each layer's output with an in-place scatter-max, touching only the
-    box's window ``span`` ((4, N): first row, rows, first column, columns; see :func:`_span`).
+    box's window ``span`` ((4, N): first row, rows, first column, columns; see :func:`window_span`).
     The layers share the windows.
 
     A window starts at the box's first row and column and has its group's size, so it may run
@@ -124,7 +127,7 @@ def _draw_max(layers: list[_Layer], span: Tensor, *, h: int, w: int, static: tup
     order, groups = _windows(n_y, n_x, static=static, cap=cap)
     if order is not None:  # the boxes to draw, sorted once so that every group is a slice
         lo_y, lo_x = lo_y.index_select(0, order), lo_x.index_select(0, order)
-        layers = [_Layer(layer.out, *(t.index_select(0, order) for t in layer[1:])) for layer in layers]
+        layers = [DrawLayer(layer.out, *(t.index_select(0, order) for t in layer[1:])) for layer in layers]
     windowed = [(s, e, r, c) for s, e, r, c in groups if (r, c) != (h, w)]
     if windowed:  # every box's profiles over its window of the largest size, starting at (lo_y, lo_x)
         rows, cols = max(g[2] for g in windowed), max(g[3] for g in windowed)
