@@ -57,6 +57,18 @@ def _mean_and_label(det: Any, metric: str) -> tuple[tuple[np.ndarray, np.ndarray
     return mean_curve([r.curve for r in finished], metric), label, n
 
 
+def _plot_detector(ax: Any, det: Any, metric: str, *, color: Any, scale: float) -> None:
+    """One detector on ``ax``: each seed's ``metric`` a thin line with its validations as dots, the mean bold."""
+    for run in det.runs:
+        if run.curve:
+            xs, ys = [scale * r["hours"] for r in run.curve], [r[metric] for r in run.curve]
+            ax.plot(xs, ys, color=color, lw=0.8, alpha=0.45, marker="o", ms=2)
+    mean, label, n = _mean_and_label(det, metric)
+    if mean is not None:
+        one = {"marker": "o", "ms": 3} if n == 1 else {}  # one seed: its validations as dots
+        ax.plot(scale * mean[0], mean[1], color=color, lw=2.4, label=label, **one)
+
+
 def race_figure(detectors: Sequence[Any], *, levels: Sequence[float] = (), title: str | None = None) -> Any:
     """val AP50 (with the ``levels`` as dotted lines) and val AP against training time for the race's
     ``detectors`` (:class:`~ttfnet_lightning.paper.race.Detector`). Returns a matplotlib Figure."""
@@ -66,22 +78,7 @@ def race_figure(detectors: Sequence[Any], *, levels: Sequence[float] = (), title
     unit, scale = _unit(longest)
     for ax, metric in zip(axes[0], ("val/AP50", "val/AP")):
         for i, det in enumerate(detectors):
-            color = cmap(i % cmap.N)
-            curves = [r.curve for r in det.runs if r.curve]
-            for c in curves:
-                ax.plot(
-                    [scale * r["hours"] for r in c],
-                    [r[metric] for r in c],
-                    color=color,
-                    lw=0.8,
-                    alpha=0.45,
-                    marker="o",
-                    ms=2,
-                )
-            mean, label, n = _mean_and_label(det, metric)
-            if mean is not None:
-                one = {"marker": "o", "ms": 3} if n == 1 else {}  # one seed: its validations as dots
-                ax.plot(scale * mean[0], mean[1], color=color, lw=2.4, label=label, **one)
+            _plot_detector(ax, det, metric, color=cmap(i % cmap.N), scale=scale)
         if metric == "val/AP50":
             for level in levels:
                 ax.axhline(level, color="grey", lw=0.7, ls=":")
