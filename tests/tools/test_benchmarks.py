@@ -3,6 +3,7 @@ themselves are measured by `make bench`, not asserted: timing does not belong in
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -42,6 +43,24 @@ def test_gpu_benchmark_says_so_without_cuda():
         [sys.executable, str(REPO / "benchmarks" / "bench_gpu.py")], capture_output=True, text=True, timeout=300
     )
     assert proc.returncode == 0 and "no CUDA device" in proc.stdout
+
+
+@pytest.mark.slow  # ~30-75 s on 2 cores: every part of the GPU benchmark, run on the CPU at a toy size
+def test_gpu_benchmark_runs_every_part_on_the_cpu(tmp_path):
+    """The script has never run on a GPU (none lent); `--device cpu` runs every part but the CUDA-only calls
+    (synchronize, peak memory, fp16 inference), so a part broken for any device shows here."""
+    report_md, report_json = tmp_path / "gpu.md", tmp_path / "gpu.json"
+    args = ["--device", "cpu", "--size", "64", "--batch", "2", "--steps", "1", "--warmup", "1", "--jpegs", "2"]
+    args += ["--variants", "fp32,bf16-cl", "--report", str(report_md), "--json", str(report_json)]
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "bench_gpu.py"), *args], capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    figures = json.loads(report_json.read_text())
+    assert set(figures["training"]) == {"fp32", "bf16-cl"}
+    assert all(v["images_per_s"] > 0 for v in figures["training"].values())
+    assert figures["data"]["device_decode_images_per_s"] > 0 and figures["encoder_decoder"]["decoder_ms"] > 0
+    assert set(figures["inference"]) == {"fp32", "bf16"} and "| fp32 |" in report_md.read_text()
 
 
 def test_summary_block_is_rewritten_between_its_markers(tmp_path):
