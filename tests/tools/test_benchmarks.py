@@ -45,7 +45,7 @@ def test_gpu_benchmark_says_so_without_cuda():
     assert proc.returncode == 0 and "no CUDA device" in proc.stdout
 
 
-@pytest.mark.slow  # ~30-75 s on 2 cores: every part of the GPU benchmark, run on the CPU at a toy size
+@pytest.mark.slow  # 82 s on 2 cores beside other work (2026-12-06): every part of the GPU benchmark, on the CPU
 def test_gpu_benchmark_runs_every_part_on_the_cpu(tmp_path):
     """The script has never run on a GPU (none lent); `--device cpu` runs every part but the CUDA-only calls
     (synchronize, peak memory, fp16 inference), so a part broken for any device shows here."""
